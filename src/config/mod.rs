@@ -1,0 +1,120 @@
+//! Configuration: where the file is, how it is parsed (Luna brace format or crystoki.ini), and the
+//! typed [`HaConfig`] the rest of p11ha uses. Every error names file, line and key.
+//!
+//! INTERFACE CONTRACT (used by ffi/ha/halog/cli): the types below and `locate`, `load`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Everything p11ha reads from Chrystoki.conf / crystoki.ini.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HaConfig {
+    /// The file this was read from.
+    pub path: PathBuf,
+    pub groups: Vec<GroupConfig>,
+    pub providers: Vec<ProviderConfig>,
+    /// `HAConfiguration.HAOnly`: list only the virtual slots.
+    pub ha_only: bool,
+    pub log: LogSettings,
+    pub recovery: RecoverySettings,
+    /// `HAConfiguration.failover_on_deactivation`.
+    pub failover_on_deactivation: bool,
+    /// `ReceiveTimeout` (ms in the file): a member silent this long is declared failed.
+    pub receive_timeout: Duration,
+    /// `ConnectTimeout` (ms in the file): bound on loading/initializing one member module.
+    pub connect_timeout: Duration,
+    /// Non-fatal findings (misspelled keys, ...), already formatted with file:line.
+    pub warnings: Vec<String>,
+}
+
+/// One HA group (`VirtualTokenNN*`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupConfig {
+    /// NN of `VirtualTokenNNLabel`.
+    pub index: u32,
+    pub label: String,
+    /// Group serial: configured `VirtualTokenNNSN`, else derived from the first member (at most 16 chars).
+    pub serial: String,
+    /// Active members' token serials, in file order.
+    pub members: Vec<String>,
+    /// Standby members' token serials (`VirtualTokenNNStandby`).
+    pub standby: Vec<String>,
+    /// `HASynchronize.<label> = 1`.
+    pub synchronize: bool,
+    /// `HARecovery.<label>` counter, if present.
+    pub manual_recovery: Option<u64>,
+}
+
+/// One member module instance (`HAProviders.ProviderNN*`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderConfig {
+    pub index: u32,
+    pub library: PathBuf,
+    /// `ProviderNNEnv`: set while calling C_GetFunctionList and C_Initialize.
+    pub env: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogSettings {
+    /// `haLogPath`: directory of haErrorLog.txt; `None` = no log.
+    pub path: Option<PathBuf>,
+    /// `haLogStatus = enabled|disabled`.
+    pub enabled: bool,
+    /// `logLen`: rotate after a record takes the file to this many bytes.
+    pub max_len: u64,
+    /// `haLogToStdout = enabled`.
+    pub to_stdout: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecoveryMode {
+    /// `activeBasic`: a recovered member serves sessions opened after its return.
+    Basic,
+    /// `activeEnhanced`: a recovered member also gets sessions and login of open virtual sessions.
+    Enhanced,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecoverySettings {
+    pub mode: RecoveryMode,
+    /// `reconnAtt`: 0 = no auto-recovery, -1 = unlimited, N = N attempts.
+    pub attempts: i64,
+    /// `AutoReconnectInterval` (seconds in the file).
+    pub interval: Duration,
+}
+
+/// A configuration error: what and where.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": {key}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The configuration file: `P11HA_CONF`, else `$ChrystokiConfigurationPath/Chrystoki.conf`,
+/// else `/etc/Chrystoki.conf`.
+pub fn locate() -> PathBuf {
+    todo!("config helper")
+}
+
+/// Read and validate `path` (`.ini` = crystoki.ini, anything else = brace format).
+pub fn load(path: &Path) -> Result<HaConfig, ConfigError> {
+    let _ = path;
+    todo!("config helper")
+}

@@ -1,0 +1,12 @@
+//! p11ha: a high-availability PKCS#11 client.
+//!
+//! Data path, top to bottom: application → [`ffi`] (C ABI) → [`ha`] (pick member, call, fail over)
+//! → [`provider`] (one loaded member module) → member token. [`config`], [`halog`] and [`rv`] are
+//! leaves everyone may call and that call no one back.
+
+pub mod config;
+pub mod ffi;
+pub mod ha;
+pub mod halog;
+pub mod provider;
+pub mod rv;

@@ -1,0 +1,1 @@
+//! Member module instance.
