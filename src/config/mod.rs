@@ -6,6 +6,17 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod brace;
+mod ini;
+#[cfg(test)]
+mod tests;
+mod typed;
+
+pub use typed::{
+    derive_group_serial, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_LOG_LEN, DEFAULT_RECEIVE_TIMEOUT_MS,
+    DEFAULT_RECONNECT_INTERVAL_S, DEFAULT_RECONN_ATT, MAX_LABEL_LEN, MAX_SERIAL_LEN,
+};
+
 /// Everything p11ha reads from Chrystoki.conf / crystoki.ini.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HaConfig {
@@ -107,14 +118,65 @@ impl std::fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// One `Key = Value` as written, with its 1-based line.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RawEntry {
+    pub key: String,
+    pub value: String,
+    pub line: usize,
+}
+
+/// One section (`Name = { ... }` or `[Name]`) with its entries in file order.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RawSection {
+    pub name: String,
+    pub line: usize,
+    pub entries: Vec<RawEntry>,
+}
+
 /// The configuration file: `P11HA_CONF`, else `$ChrystokiConfigurationPath/Chrystoki.conf`,
 /// else `/etc/Chrystoki.conf`.
 pub fn locate() -> PathBuf {
-    todo!("config helper")
+    locate_from(
+        std::env::var_os("P11HA_CONF"),
+        std::env::var_os("ChrystokiConfigurationPath"),
+    )
+}
+
+fn locate_from(conf: Option<std::ffi::OsString>, dir: Option<std::ffi::OsString>) -> PathBuf {
+    match (conf, dir) {
+        (Some(conf), _) if !conf.is_empty() => PathBuf::from(conf),
+        (_, Some(dir)) if !dir.is_empty() => PathBuf::from(dir).join("Chrystoki.conf"),
+        _ => PathBuf::from("/etc/Chrystoki.conf"),
+    }
+}
+
+/// True when `path` is read as crystoki.ini (extension `.ini`, any case).
+pub fn is_ini(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("ini"))
 }
 
 /// Read and validate `path` (`.ini` = crystoki.ini, anything else = brace format).
 pub fn load(path: &Path) -> Result<HaConfig, ConfigError> {
-    let _ = path;
-    todo!("config helper")
+    let bytes = std::fs::read(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        line: None,
+        key: None,
+        message: format!("cannot read the configuration file: {e}"),
+    })?;
+    // Lossy: a stray Latin-1 byte in a comment must not make the whole file unreadable.
+    let text = String::from_utf8_lossy(&bytes);
+    parse_str(&text, path)
+}
+
+/// Parse and validate configuration text as if read from `path` (the format follows `path`'s
+/// extension, as in [`load`]). Provider libraries are still checked on the file system.
+pub fn parse_str(text: &str, path: &Path) -> Result<HaConfig, ConfigError> {
+    let sections = if is_ini(path) {
+        ini::parse(text, path)?
+    } else {
+        brace::parse(text, path)?
+    };
+    typed::build(&sections, path)
 }

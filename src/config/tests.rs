@@ -1,0 +1,851 @@
+//! Unit tests for the configuration module.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::*;
+
+/// Seed 003 (Luna "HA Logging" page), copied verbatim with its `// comments`.
+const SEED_003: &str = r#"VirtualToken = {
+VirtualToken00Label = haGroup1; // The label of the HA group.
+VirtualToken00SN = 11234840370164; // The pseudo serial number of the HA group.
+VirtualToken00Members = 1234840370164, 1234924189183; // The serial number of the members.
+VirtualTokenActiveRecovery = activeEnhanced; // The recovery mode.
+}
+HASynchronize = {
+haGroup1 = 1; // Enable automatic synchronization of objects.
+}
+HAConfiguration = {
+HAOnly = 1; // Enable listing HA groups only via PKCS#11 library.
+haLogPath = /tmp/halog; // Base path of the HA log file; i.e., “/tmp/halog/haErrorLog.txt”.
+haLogStatus = enabled; // Enable HA log.
+logLen = 100000000; // Maximum size of HA log file in bytes.
+failover_on_deactivation = 1; // if a partition becomes deactivated then the client will immediately 
+                              // failover and resume its operation on the other HA partitions. This 
+                              // is currently an alpha feature
+reconnAtt = 120; // Number of recovery attempts.
+}
+HARecovery = {
+haGroup1 = 1; // Deprecated in this release as auto recovery will cover the use case. When cryptoki 
+              // loads into memory it reads the number and if the number changes (gets incremented) 
+              // then cryptoki interprets this as a manual recovery attempt.
+}
+"#;
+
+/// The one-line form of REFERENCE §1.
+const REFERENCE_ONE_LINE: &str = r#"VirtualToken = {
+  VirtualToken00Label = haGroup1;
+  VirtualToken00SN = 11234840370164;
+  VirtualToken00Members = 1234840370164, 1234924189183;
+  VirtualTokenActiveRecovery = activeEnhanced;
+}
+HASynchronize = { haGroup1 = 1; }
+HAConfiguration = { HAOnly = 1; haLogPath = /tmp/halog; haLogStatus = enabled; logLen = 100000000;
+                    failover_on_deactivation = 1; reconnAtt = 120; AutoReconnectInterval = 60; }
+HARecovery = { haGroup1 = 1; }
+"#;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    lib: String,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let lib = dir.path().join("libmember.so");
+    std::fs::write(&lib, b"not really a module").unwrap();
+    Fixture {
+        lib: lib.to_str().unwrap().to_string(),
+        _dir: dir,
+    }
+}
+
+const CONF: &str = "/etc/Chrystoki.conf";
+
+fn parse(text: &str) -> Result<HaConfig, ConfigError> {
+    parse_str(text, Path::new(CONF))
+}
+
+/// `text` plus a one-provider HAProviders section pointing at an existing file.
+fn with_provider(text: &str, f: &Fixture) -> String {
+    format!(
+        "{text}\nHAProviders = {{ Provider00Library = {}; }}\n",
+        f.lib
+    )
+}
+
+fn ok(text: &str) -> HaConfig {
+    let f = fixture();
+    match parse(&with_provider(text, &f)) {
+        Ok(c) => c,
+        Err(e) => panic!("unexpected error: {e}"),
+    }
+}
+
+fn err(text: &str) -> ConfigError {
+    let f = fixture();
+    match parse(&with_provider(text, &f)) {
+        Ok(c) => panic!("expected an error, got {c:?}"),
+        Err(e) => e,
+    }
+}
+
+#[track_caller]
+fn assert_err(e: &ConfigError, line: usize, key: &str, needle: &str) {
+    assert_eq!(e.file, PathBuf::from(CONF), "{e}");
+    assert_eq!(e.line, Some(line), "{e}");
+    assert_eq!(e.key.as_deref(), Some(key), "{e}");
+    assert!(
+        e.message.contains(needle),
+        "message {:?} lacks {needle:?}",
+        e.message
+    );
+}
+
+const GROUP: &str = "VirtualToken = {\n\
+    VirtualToken00Label = g1;\n\
+    VirtualToken00Members = 111, 222;\n\
+}\n";
+
+// ---------------------------------------------------------------- locate
+
+#[test]
+fn locate_order() {
+    use std::ffi::OsString;
+    let s = |v: &str| Some(OsString::from(v));
+    assert_eq!(
+        locate_from(s("/x/p.conf"), s("/dir")),
+        PathBuf::from("/x/p.conf")
+    );
+    assert_eq!(
+        locate_from(s(""), s("/dir")),
+        PathBuf::from("/dir/Chrystoki.conf")
+    );
+    assert_eq!(
+        locate_from(None, s("/dir")),
+        PathBuf::from("/dir/Chrystoki.conf")
+    );
+    assert_eq!(
+        locate_from(None, s("")),
+        PathBuf::from("/etc/Chrystoki.conf")
+    );
+    assert_eq!(
+        locate_from(None, None),
+        PathBuf::from("/etc/Chrystoki.conf")
+    );
+}
+
+// ---------------------------------------------------------------- brace syntax
+
+#[test]
+fn seed_003_parses_as_is() {
+    let sections = brace::parse(SEED_003, Path::new(CONF)).unwrap();
+    let names: Vec<&str> = sections.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "VirtualToken",
+            "HASynchronize",
+            "HAConfiguration",
+            "HARecovery"
+        ]
+    );
+    let vt = &sections[0].entries;
+    assert_eq!(vt.len(), 4);
+    assert_eq!(
+        (vt[0].key.as_str(), vt[0].value.as_str(), vt[0].line),
+        ("VirtualToken00Label", "haGroup1", 2)
+    );
+    assert_eq!(vt[2].value, "1234840370164, 1234924189183");
+    let conf = &sections[2].entries;
+    let kv: Vec<(&str, &str, usize)> = conf
+        .iter()
+        .map(|e| (e.key.as_str(), e.value.as_str(), e.line))
+        .collect();
+    assert_eq!(
+        kv,
+        [
+            ("HAOnly", "1", 11),
+            ("haLogPath", "/tmp/halog", 12),
+            ("haLogStatus", "enabled", 13),
+            ("logLen", "100000000", 14),
+            ("failover_on_deactivation", "1", 15),
+            ("reconnAtt", "120", 18),
+        ]
+    );
+    assert_eq!(sections[3].entries[0].line, 21);
+}
+
+#[test]
+fn seed_003_without_providers_is_an_error() {
+    let e = parse(SEED_003).unwrap_err();
+    assert_err(&e, 2, "HAProviders", "no member providers configured");
+}
+
+#[test]
+fn seed_003_typed_values() {
+    let c = ok(SEED_003);
+    assert_eq!(c.path, PathBuf::from(CONF));
+    assert_eq!(c.groups.len(), 1);
+    let g = &c.groups[0];
+    assert_eq!(g.index, 0);
+    assert_eq!(g.label, "haGroup1");
+    assert_eq!(g.serial, "11234840370164");
+    assert_eq!(g.members, ["1234840370164", "1234924189183"]);
+    assert!(g.standby.is_empty());
+    assert!(g.synchronize);
+    assert_eq!(g.manual_recovery, Some(1));
+    assert!(c.ha_only);
+    assert_eq!(c.log.path, Some(PathBuf::from("/tmp/halog")));
+    assert!(c.log.enabled);
+    assert_eq!(c.log.max_len, 100_000_000);
+    assert!(!c.log.to_stdout);
+    assert!(c.failover_on_deactivation);
+    assert_eq!(c.recovery.mode, RecoveryMode::Enhanced);
+    assert_eq!(c.recovery.attempts, 120);
+    assert_eq!(c.recovery.interval, Duration::from_secs(60));
+    assert_eq!(c.receive_timeout, Duration::from_millis(10_000));
+    assert_eq!(c.connect_timeout, Duration::from_millis(5_000));
+    assert_eq!(c.providers.len(), 1);
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}
+
+#[test]
+fn reference_one_line_form() {
+    let c = ok(REFERENCE_ONE_LINE);
+    let g = &c.groups[0];
+    assert_eq!(
+        (g.label.as_str(), g.serial.as_str()),
+        ("haGroup1", "11234840370164")
+    );
+    assert!(g.synchronize);
+    assert_eq!(g.manual_recovery, Some(1));
+    assert!(c.ha_only);
+    assert_eq!(c.recovery.attempts, 120);
+    assert_eq!(c.recovery.interval, Duration::from_secs(60));
+    assert_eq!(c.log.max_len, 100_000_000);
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}
+
+#[test]
+fn missing_final_semicolon_and_unusual_values() {
+    let f = fixture();
+    let text = format!(
+        "VirtualToken = {{\n\
+         VirtualToken00Label = g1\n\
+         VirtualToken00Members = 111, 222 // no semicolon, comment\n\
+         }}\n\
+         HASynchronize = {{ g1 = 1 }}\n\
+         HAConfiguration = {{ haLogPath = C:\\Program Files\\x; reconnAtt = 3 }}\n\
+         # hash comment line\n\
+         HAProviders = {{\n\
+         Provider00Library = {lib};\n\
+         Provider00Env = P11_KIT_SERVER_ADDRESS=unix:path=/run/a.sock, X=a=b:c/d, EMPTY=\n\
+         }}\n",
+        lib = f.lib
+    );
+    let c = parse(&text).unwrap();
+    assert_eq!(c.groups[0].label, "g1");
+    assert_eq!(c.groups[0].members, ["111", "222"]);
+    assert!(c.groups[0].synchronize);
+    assert_eq!(c.log.path, Some(PathBuf::from("C:\\Program Files\\x")));
+    assert_eq!(c.recovery.attempts, 3);
+    assert_eq!(
+        c.providers[0].env,
+        [
+            (
+                "P11_KIT_SERVER_ADDRESS".to_string(),
+                "unix:path=/run/a.sock".to_string()
+            ),
+            ("X".to_string(), "a=b:c/d".to_string()),
+            ("EMPTY".to_string(), String::new()),
+        ]
+    );
+    assert_eq!(c.providers[0].library, PathBuf::from(&f.lib));
+}
+
+#[test]
+fn url_like_values_keep_double_slash() {
+    let c = ok("HAConfiguration = { haLogPath = //server/share/halog; }\n\
+                Misc = { Url = http://example.com/x; }\n");
+    assert_eq!(c.log.path, Some(PathBuf::from("//server/share/halog")));
+}
+
+#[test]
+fn real_world_conf_with_unrelated_sections() {
+    let text = r#"Chrystoki2 = {
+   LibUNIX = /usr/safenet/lunaclient/lib/libCryptoki2.so;
+   LibUNIX64 = /usr/safenet/lunaclient/lib/libCryptoki2_64.so;
+}
+Luna = {
+  DefaultTimeOut = 500000;
+  PEDTimeout1 = 100000;
+  KeypairGenTimeOut = 2700000;
+  CloningCommandTimeOut = 300000;
+  CommandTimeOutPedSet = 720000;
+}
+CardReader = {
+  RemoteCommand = 1;
+}
+Misc = {
+  PE1746Enabled = 0;
+  ToolsDir = /usr/safenet/lunaclient/bin;
+  MutexFolder = /usr/safenet/lunaclient/lock;
+}
+LunaSA Client = {
+   ReceiveTimeout = 20000;
+   SSLConfigFile = /usr/safenet/lunaclient/bin/openssl.cnf;
+   ClientPrivKeyFile = /usr/safenet/lunaclient/cert/client/myhostKey.pem;
+   ClientCertFile = /usr/safenet/lunaclient/cert/client/myhost.pem;
+   ServerCAFile = /usr/safenet/lunaclient/cert/server/CAFile.pem;
+   NetClient = 1;
+   TCPKeepAlive = 1;
+   ServerName00 = 10.0.0.5;
+   ServerPort00 = 1792;
+   ServerHtl00 = 0;
+}
+Secure Trusted Channel = {
+   ClientTokenLib = /usr/safenet/lunaclient/lib/libSoftToken.so;
+   SoftTokenDir = /usr/safenet/lunaclient/configData/token;
+}
+VirtualToken = {
+   VirtualToken00Label = prod;
+   VirtualToken00Members = 1234840370164;
+}
+"#;
+    let c = ok(text);
+    assert_eq!(c.groups[0].label, "prod");
+    assert_eq!(c.groups[0].serial, "11234840370164");
+    // LunaSA Client's ReceiveTimeout is honoured; unrelated keys raise no warning.
+    assert_eq!(c.receive_timeout, Duration::from_millis(20_000));
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}
+
+#[test]
+fn ha_configuration_timeouts_win_over_lunasa_client() {
+    let c = ok(
+        "LunaSA Client = { ReceiveTimeout = 20000; ConnectTimeout = 7000; }\n\
+                HAConfiguration = { ReceiveTimeout = 3000; }\n",
+    );
+    assert_eq!(c.receive_timeout, Duration::from_millis(3000));
+    assert_eq!(c.connect_timeout, Duration::from_millis(7000));
+}
+
+#[test]
+fn defaults_and_case_insensitive_keys() {
+    let c = ok(GROUP);
+    assert!(!c.ha_only);
+    assert_eq!(c.log.path, None);
+    assert!(!c.log.enabled);
+    assert_eq!(c.log.max_len, 100_000_000);
+    assert!(c.failover_on_deactivation);
+    assert_eq!(c.recovery.mode, RecoveryMode::Enhanced);
+    assert_eq!(c.recovery.attempts, -1);
+    assert_eq!(c.recovery.interval, Duration::from_secs(60));
+    assert_eq!(c.receive_timeout, Duration::from_millis(10_000));
+    assert_eq!(c.connect_timeout, Duration::from_millis(5_000));
+    assert!(!c.groups[0].synchronize);
+    assert_eq!(c.groups[0].manual_recovery, None);
+
+    let c = ok(&format!(
+        "{GROUP}haconfiguration = {{ haonly = yes; HALOGPATH = /var/log/ha; halogstatus = Disabled; \
+         HaLogToStdout = TRUE; FAILOVER_ON_DEACTIVATION = no; RECONNATT = 0; \
+         autoreconnectinterval = 1; receivetimeout = 100; connecttimeout = 600000; }}\n\
+         virtualtoken = {{ virtualtokenactiverecovery = ACTIVEBASIC; }}\n"
+    ));
+    assert!(c.ha_only);
+    assert_eq!(c.log.path, Some(PathBuf::from("/var/log/ha")));
+    assert!(!c.log.enabled);
+    assert!(c.log.to_stdout);
+    assert!(!c.failover_on_deactivation);
+    assert_eq!(c.recovery.attempts, 0);
+    assert_eq!(c.recovery.mode, RecoveryMode::Basic);
+    assert_eq!(c.recovery.interval, Duration::from_secs(1));
+    assert_eq!(c.receive_timeout, Duration::from_millis(100));
+    assert_eq!(c.connect_timeout, Duration::from_millis(600_000));
+}
+
+#[test]
+fn groups_standby_and_order() {
+    let c = ok("VirtualToken = {\n\
+                VirtualToken01Label = b;\n\
+                VirtualToken01Members = 5;\n\
+                VirtualToken00Label = a;\n\
+                VirtualToken00Members = 1 , 2;\n\
+                VirtualToken00Standby = 3,4;\n\
+                VirtualToken02Label = c;\n\
+                VirtualToken02Standby = 9;\n\
+                }\n");
+    let labels: Vec<&str> = c.groups.iter().map(|g| g.label.as_str()).collect();
+    assert_eq!(labels, ["a", "b", "c"]);
+    assert_eq!(c.groups[0].members, ["1", "2"]);
+    assert_eq!(c.groups[0].standby, ["3", "4"]);
+    assert_eq!(c.groups[1].index, 1);
+    // Standby-only group: serial derived from the first standby member.
+    assert_eq!(c.groups[2].serial, "19");
+    assert!(c.groups[2].members.is_empty());
+}
+
+#[test]
+fn no_groups_no_providers_is_fine() {
+    let c = parse("Misc = { ToolsDir = /x; }\n").unwrap();
+    assert!(c.groups.is_empty());
+    assert!(c.providers.is_empty());
+}
+
+// ---------------------------------------------------------------- serials
+
+#[test]
+fn derived_serial_rule() {
+    assert_eq!(derive_group_serial("1234840370164"), "11234840370164");
+    // 15 characters: "1" + 15 = 16 fits.
+    assert_eq!(derive_group_serial("123456789012345"), "1123456789012345");
+    // SoftHSM serials are 16 hex characters: "1" + the last 15.
+    assert_eq!(derive_group_serial("a1b2c3d4e5f60718"), "11b2c3d4e5f60718");
+    assert_eq!(derive_group_serial("a1b2c3d4e5f60718").len(), 16);
+    let c = ok("VirtualToken = { VirtualToken00Label = s; VirtualToken00Members = a1b2c3d4e5f60718, 9; }\n");
+    assert_eq!(c.groups[0].serial, "11b2c3d4e5f60718");
+}
+
+#[test]
+fn configured_serial_wins_and_is_validated() {
+    let c = ok("VirtualToken = { VirtualToken00Label = s; VirtualToken00SN = ABCDEF0123456789; VirtualToken00Members = 77; }\n");
+    assert_eq!(c.groups[0].serial, "ABCDEF0123456789");
+    let e = err("VirtualToken = {\nVirtualToken00Label = s;\nVirtualToken00SN = 12345678901234567;\nVirtualToken00Members = 77; }\n");
+    assert_err(&e, 3, "VirtualToken00SN", "1 to 16 printable ASCII");
+    let e = err("VirtualToken = {\nVirtualToken00Label = s;\nVirtualToken00SN = 12 34;\nVirtualToken00Members = 77; }\n");
+    assert_err(&e, 3, "VirtualToken00SN", "\"12 34\"");
+    let e = err("VirtualToken = {\nVirtualToken00Label = s;\nVirtualToken00SN = ;\nVirtualToken00Members = 77; }\n");
+    assert_err(&e, 3, "VirtualToken00SN", "printable");
+}
+
+// ---------------------------------------------------------------- syntax errors
+
+#[test]
+fn error_unclosed_brace() {
+    let e = parse("Misc = { A = 1; }\nVirtualToken = {\n  VirtualToken00Label = g;\n").unwrap_err();
+    assert_err(&e, 2, "VirtualToken", "unclosed brace");
+}
+
+#[test]
+fn error_missing_closing_brace_before_next_section() {
+    let e = parse("VirtualToken = {\n  VirtualToken00Label = g;\nHASynchronize = {\n g = 1; }\n")
+        .unwrap_err();
+    assert_err(&e, 3, "HASynchronize", "nested sections are not supported");
+}
+
+#[test]
+fn error_missing_equals() {
+    let e = parse("VirtualToken = {\n  VirtualToken00Label g1;\n}\n").unwrap_err();
+    assert_err(&e, 2, "VirtualToken00Label g1", "missing '='");
+    let e = parse("\n\nVirtualToken {\n}\n").unwrap_err();
+    assert_err(&e, 3, "VirtualToken", "missing '='");
+}
+
+#[test]
+fn error_key_outside_section() {
+    let e = parse("// comment\nHAOnly = 1;\n").unwrap_err();
+    assert_err(&e, 2, "HAOnly", "key outside a section");
+    let e = parse("A = { }\n\nstray\n").unwrap_err();
+    assert_err(&e, 3, "stray", "key outside a section");
+    let e = parse("A = { }\n}\n").unwrap_err();
+    assert_eq!(e.line, Some(2));
+    assert!(e.message.contains("unexpected '}'"), "{e}");
+}
+
+#[test]
+fn error_missing_key() {
+    let e = parse("Misc = {\n = 3;\n}\n").unwrap_err();
+    assert_eq!(e.line, Some(2));
+    assert_eq!(e.key, None);
+    assert!(e.message.contains("missing key"), "{e}");
+}
+
+#[test]
+fn display_names_file_line_key() {
+    let e = parse("VirtualToken = {\n  VirtualToken00Label g1;\n}\n").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "/etc/Chrystoki.conf:2: VirtualToken00Label g1: missing '=' in section VirtualToken: \
+         expected 'Key = Value;'"
+    );
+}
+
+// ---------------------------------------------------------------- group errors
+
+#[test]
+fn error_member_twice_in_group() {
+    let e =
+        err("VirtualToken = {\nVirtualToken00Label = g;\nVirtualToken00Members = 1, 2, 1;\n}\n");
+    assert_err(&e, 3, "VirtualToken00Members", "member 1 is listed twice");
+}
+
+#[test]
+fn error_member_active_and_standby() {
+    let e = err("VirtualToken = {\nVirtualToken00Label = g;\nVirtualToken00Members = 1, 2;\nVirtualToken00Standby = 2;\n}\n");
+    assert_err(&e, 4, "VirtualToken00Standby", "as active and as standby");
+}
+
+#[test]
+fn error_member_in_two_groups() {
+    let e = err("VirtualToken = {\nVirtualToken00Label = g;\nVirtualToken00Members = 1;\nVirtualToken01Label = h;\nVirtualToken01Members = 1;\n}\n");
+    assert_err(&e, 5, "VirtualToken01Members", "already in group \"g\"");
+}
+
+#[test]
+fn error_duplicate_labels() {
+    let e = err("VirtualToken = {\nVirtualToken00Label = g;\nVirtualToken00Members = 1;\nVirtualToken01Label = G;\nVirtualToken01Members = 2;\n}\n");
+    assert_err(&e, 4, "VirtualToken01Label", "duplicate label");
+}
+
+#[test]
+fn error_sn_or_members_without_label() {
+    let e = err("VirtualToken = {\nVirtualToken00Label = g;\nVirtualToken00Members = 1;\nVirtualToken01SN = 99;\nVirtualToken01Members = 2;\n}\n");
+    assert_err(&e, 4, "VirtualToken01SN", "group 01 has no label");
+    let e = err("VirtualToken = {\nVirtualToken03Members = 2;\n}\n");
+    assert_err(&e, 2, "VirtualToken03Members", "VirtualToken03Label");
+}
+
+#[test]
+fn error_empty_label_and_no_members() {
+    let e = err("VirtualToken = {\nVirtualToken00Label = ;\nVirtualToken00Members = 1;\n}\n");
+    assert_err(&e, 2, "VirtualToken00Label", "empty label");
+    let e = err("VirtualToken = {\nVirtualToken00Label = g;\n}\n");
+    assert_err(&e, 2, "VirtualToken00Label", "has no members");
+    let e = err("VirtualToken = {\nVirtualToken00Label = g;\nVirtualToken00Members = ;\n}\n");
+    assert_err(&e, 3, "VirtualToken00Members", "has no members");
+    let e = err("VirtualToken = {\nVirtualToken00Label = 123456789012345678901234567890123;\nVirtualToken00Members = 1;\n}\n");
+    assert_err(&e, 2, "VirtualToken00Label", "at most 32");
+}
+
+#[test]
+fn error_bad_member_lists() {
+    let e = err("VirtualToken = {\nVirtualToken00Label = g;\nVirtualToken00Members = 1,,2;\n}\n");
+    assert_err(&e, 3, "VirtualToken00Members", "empty item");
+    let e = err("VirtualToken = {\nVirtualToken00Label = g;\nVirtualToken00Members = 1 2;\n}\n");
+    assert_err(&e, 3, "VirtualToken00Members", "missing comma");
+}
+
+#[test]
+fn error_one_digit_group_number_and_bad_mode() {
+    let e = err("VirtualToken = {\nVirtualToken0Label = g;\n}\n");
+    assert_err(&e, 2, "VirtualToken0Label", "at least two digits");
+    let e = err("VirtualToken = {\nVirtualTokenActiveRecovery = fast;\n}\n");
+    assert_err(
+        &e,
+        2,
+        "VirtualTokenActiveRecovery",
+        "activeBasic or activeEnhanced",
+    );
+}
+
+#[test]
+fn error_duplicate_key() {
+    let e = err(&format!(
+        "{GROUP}HAConfiguration = {{\nlogLen = 5;\nLOGLEN = 6;\n}}\n"
+    ));
+    assert_err(&e, 7, "LOGLEN", "already set at line 6");
+}
+
+#[test]
+fn error_hasynchronize() {
+    let e = err(&format!("{GROUP}HASynchronize = {{\n  g2 = 1;\n}}\n"));
+    assert_err(
+        &e,
+        6,
+        "g2",
+        "unknown HA group label \"g2\" in HASynchronize",
+    );
+    assert!(e.message.contains("\"g1\""), "{e}");
+    let e = err(&format!("{GROUP}HASynchronize = {{ g1 = 2; }}\n"));
+    assert_err(&e, 5, "g1", "expected 0 or 1");
+    // Labels match case-insensitively when there is no exact match.
+    let c = ok(&format!("{GROUP}HASynchronize = {{ G1 = 1; }}\n"));
+    assert!(c.groups[0].synchronize);
+}
+
+#[test]
+fn error_harecovery() {
+    let e = err(&format!("{GROUP}HARecovery = {{ nope = 1; }}\n"));
+    assert_err(&e, 5, "nope", "unknown HA group label");
+    let e = err(&format!("{GROUP}HARecovery = {{ g1 = -1; }}\n"));
+    assert_err(&e, 5, "g1", "non-negative integer");
+    let c = ok(&format!("{GROUP}HARecovery = {{ g1 = 42; }}\n"));
+    assert_eq!(c.groups[0].manual_recovery, Some(42));
+}
+
+// ---------------------------------------------------------------- providers
+
+#[test]
+fn error_missing_provider_library() {
+    let e = parse(&format!(
+        "{GROUP}HAProviders = {{\n Provider00Library = /nonexistent/libx.so;\n}}\n"
+    ))
+    .unwrap_err();
+    assert_err(&e, 6, "Provider00Library", "missing provider library");
+}
+
+#[test]
+fn error_provider_env() {
+    let f = fixture();
+    let e = parse(&format!(
+        "{GROUP}HAProviders = {{\n Provider00Library = {};\n Provider00Env = A=1, B;\n}}\n",
+        f.lib
+    ))
+    .unwrap_err();
+    assert_err(&e, 7, "Provider00Env", "malformed item \"B\"");
+    let e = parse(&format!(
+        "{GROUP}HAProviders = {{\n Provider00Library = {};\n Provider01Env = A=1;\n}}\n",
+        f.lib
+    ))
+    .unwrap_err();
+    assert_err(&e, 7, "Provider01Env", "without Provider01Library");
+    let e = parse(&format!(
+        "{GROUP}HAProviders = {{\n Provider00Library = {};\n Provider00Env = =1;\n}}\n",
+        f.lib
+    ))
+    .unwrap_err();
+    assert_err(&e, 7, "Provider00Env", "not an environment variable name");
+}
+
+#[test]
+fn error_no_provider_with_groups() {
+    let e = parse(GROUP).unwrap_err();
+    assert_err(&e, 2, "HAProviders", "no member providers configured");
+}
+
+#[test]
+fn several_providers() {
+    let f = fixture();
+    let c = parse(&format!(
+        "{GROUP}HAProviders = {{\n Provider01Library = {lib};\n Provider01Env = SOFTHSM2_CONF=/etc/b.conf;\n Provider00Library = {lib}; }}\n",
+        lib = f.lib
+    ))
+    .unwrap();
+    assert_eq!(c.providers.len(), 2);
+    assert_eq!(c.providers[0].index, 0);
+    assert!(c.providers[0].env.is_empty());
+    assert_eq!(c.providers[1].index, 1);
+    assert_eq!(
+        c.providers[1].env,
+        [("SOFTHSM2_CONF".to_string(), "/etc/b.conf".to_string())]
+    );
+}
+
+// ---------------------------------------------------------------- HAConfiguration
+
+#[test]
+fn error_ha_configuration_values() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "logLen = abc",
+            "expected a number of bytes (a positive integer), found \"abc\"",
+        ),
+        ("logLen = 0", "positive integer"),
+        ("reconnAtt = -2", "-1 = unlimited"),
+        ("reconnAtt = many", "found \"many\""),
+        (
+            "AutoReconnectInterval = 0",
+            "expected a number of seconds from 1 to 3600",
+        ),
+        ("AutoReconnectInterval = 3601", "from 1 to 3600"),
+        ("ReceiveTimeout = 99", "milliseconds from 100 to 600000"),
+        ("ConnectTimeout = 600001", "from 100 to 600000"),
+        ("HAOnly = 2", "expected 0/1"),
+        ("haLogStatus = on", "enabled/disabled"),
+        ("haLogToStdout = maybe", "found \"maybe\""),
+        ("failover_on_deactivation = x", "expected 0/1"),
+    ];
+    for (line, needle) in cases {
+        let e = err(&format!("{GROUP}HAConfiguration = {{\n  {line};\n}}\n"));
+        let key = line.split(" =").next().unwrap();
+        assert_err(&e, 6, key, needle);
+    }
+}
+
+#[test]
+fn error_lunasa_client_timeout() {
+    let e = err("LunaSA Client = {\n ReceiveTimeout = fast;\n}\n");
+    assert_err(&e, 2, "ReceiveTimeout", "milliseconds");
+}
+
+#[test]
+fn log_status_default_follows_path() {
+    let c = ok("HAConfiguration = { haLogPath = /tmp/h; }\n");
+    assert!(c.log.enabled);
+    let c = ok("HAConfiguration = { haLogPath = /tmp/h; haLogStatus = disabled; }\n");
+    assert!(!c.log.enabled);
+    let c = ok("HAConfiguration = { haLogPath = ; haLogStatus = enabled; }\n");
+    assert_eq!(c.log.path, None);
+    assert!(!c.log.enabled);
+    assert_eq!(c.warnings.len(), 1);
+    assert!(
+        c.warnings[0].contains("haLogPath is not set"),
+        "{:?}",
+        c.warnings
+    );
+}
+
+// ---------------------------------------------------------------- warnings
+
+#[test]
+fn warnings_for_misspelled_keys() {
+    let c = ok(&format!(
+        "{GROUP}HAConfiguration = {{\n reconAtt = 5;\n haLogPth = /x;\n frobnicate = 1;\n}}\n\
+         VirtualToken = {{\n VirtualToken01Lable = x;\n}}\n\
+         HAProviders = {{ Provider00Libary = /x; }}\n"
+    ));
+    assert_eq!(
+        c.warnings,
+        [
+            "/etc/Chrystoki.conf:11: VirtualToken01Lable: unknown key in VirtualToken (did you mean 'VirtualToken01Label'?)",
+            "/etc/Chrystoki.conf:13: Provider00Libary: unknown key in HAProviders (did you mean 'Provider00Library'?)",
+            "/etc/Chrystoki.conf:6: reconAtt: unknown key in HAConfiguration (did you mean 'reconnAtt'?)",
+            "/etc/Chrystoki.conf:7: haLogPth: unknown key in HAConfiguration (did you mean 'haLogPath'?)",
+            "/etc/Chrystoki.conf:8: frobnicate: unknown key in HAConfiguration (ignored)",
+        ]
+    );
+    // The misspelled keys had no effect.
+    assert_eq!(c.recovery.attempts, -1);
+    assert_eq!(c.log.path, None);
+}
+
+// ---------------------------------------------------------------- INI
+
+#[test]
+fn ini_with_backslash_paths() {
+    let f = fixture();
+    let text = format!(
+        "; crystoki.ini\r\n\
+         [Chrystoki2]\r\n\
+         LibNT=C:\\Program Files\\SafeNet\\LunaClient\\cryptoki.dll\r\n\
+         \r\n\
+         [VirtualToken]\r\n\
+         VirtualToken00Label=haGroup1\r\n\
+         VirtualToken00SN=11234840370164\r\n\
+         VirtualToken00Members=1234840370164, 1234924189183\r\n\
+         VirtualTokenActiveRecovery=activeBasic\r\n\
+         [HASynchronize]\r\n\
+         haGroup1=1\r\n\
+         [HAConfiguration]\r\n\
+         haLogPath=C:\\Program Files\\Safenet\\Lunaclient\\halog\r\n\
+         reconnAtt=7\r\n\
+         [HAProviders]\r\n\
+         Provider00Library={}\r\n\
+         Provider00Env=P11_KIT_SERVER_ADDRESS=unix:path=C:\\tmp\\a.sock\r\n",
+        f.lib
+    );
+    let path = Path::new("C:\\Windows\\crystoki.ini");
+    let c = parse_str(&text, path).unwrap();
+    assert_eq!(c.groups[0].label, "haGroup1");
+    assert_eq!(c.groups[0].serial, "11234840370164");
+    assert_eq!(c.groups[0].members, ["1234840370164", "1234924189183"]);
+    assert!(c.groups[0].synchronize);
+    assert_eq!(c.recovery.mode, RecoveryMode::Basic);
+    assert_eq!(c.recovery.attempts, 7);
+    assert_eq!(
+        c.log.path,
+        Some(PathBuf::from(
+            "C:\\Program Files\\Safenet\\Lunaclient\\halog"
+        ))
+    );
+    assert_eq!(
+        c.providers[0].env,
+        [(
+            "P11_KIT_SERVER_ADDRESS".to_string(),
+            "unix:path=C:\\tmp\\a.sock".to_string()
+        )]
+    );
+
+    // Errors and warnings in INI files still name the line.
+    let bad = text.replace("reconnAtt=7", "logLen=abc\r\nreconAtt=1");
+    let e = parse_str(&bad, path).unwrap_err();
+    assert_eq!(e.line, Some(14), "{e}");
+    assert_eq!(e.key.as_deref(), Some("logLen"));
+    let warn = text.replace("reconnAtt=7", "reconAtt=7");
+    let c = parse_str(&warn, path).unwrap();
+    assert_eq!(
+        c.warnings,
+        ["C:\\Windows\\crystoki.ini:14: reconAtt: unknown key in HAConfiguration (did you mean 'reconnAtt'?)"]
+    );
+    let dup = text.replace("haGroup1=1", "haGroup1=1\r\nhaGroup2=1");
+    let e = parse_str(&dup, path).unwrap_err();
+    assert_eq!((e.line, e.key.as_deref()), (Some(12), Some("haGroup2")));
+}
+
+#[test]
+fn ini_key_outside_section() {
+    let e = parse_str("\nHAOnly=1\n[Misc]\n", Path::new("x.INI")).unwrap_err();
+    assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("HAOnly")));
+    assert!(e.message.contains("outside a section"), "{e}");
+}
+
+// ---------------------------------------------------------------- files
+
+#[test]
+fn load_reads_a_file_and_reports_missing_ones() {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("Chrystoki.conf");
+    std::fs::write(&path, with_provider(SEED_003, &f)).unwrap();
+    let c = load(&path).unwrap();
+    assert_eq!(c.path, path);
+    assert_eq!(c.groups[0].serial, "11234840370164");
+
+    let missing = dir.path().join("nope.conf");
+    let e = load(&missing).unwrap_err();
+    assert_eq!((e.file.as_path(), e.line), (missing.as_path(), None));
+    assert!(
+        e.message.contains("cannot read the configuration file"),
+        "{e}"
+    );
+}
+
+/// The shipped examples parse, with their provider libraries replaced by an existing file.
+fn shipped(name: &str, text: &str, f: &Fixture) -> HaConfig {
+    let mut text = text.to_string();
+    for lib in [
+        "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so",
+        "/usr/lib/softhsm/libsofthsm2.so",
+    ] {
+        assert!(text.contains(lib), "{name} lacks {lib}");
+        text = text.replace(lib, &f.lib);
+    }
+    match parse_str(&text, Path::new(name)) {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn shipped_examples_parse() {
+    let f = fixture();
+    let conf = shipped(
+        "Chrystoki.conf",
+        include_str!("../../config/Chrystoki.conf"),
+        &f,
+    );
+    let ini = shipped(
+        "crystoki.ini",
+        include_str!("../../config/crystoki.ini"),
+        &f,
+    );
+    for c in [&conf, &ini] {
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        assert_eq!(c.groups.len(), 1);
+        assert_eq!(c.providers.len(), 2);
+        assert_eq!(c.groups[0].label, "haGroup1");
+    }
+    // Both files say the same thing (apart from the file name).
+    assert_eq!(
+        ini.log.path,
+        Some(PathBuf::from("C:\\Program Files\\p11ha\\halog"))
+    );
+    assert_eq!(conf.log.path, Some(PathBuf::from("/var/log/p11ha")));
+    assert_eq!(conf.recovery.attempts, -1);
+    assert_eq!(conf.groups[0].standby, ["0a1b2c3d4e5f6071"]);
+    let mut ini = ini;
+    ini.path = conf.path.clone();
+    ini.log.path = conf.log.path.clone();
+    assert_eq!(conf, ini);
+}
