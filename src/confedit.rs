@@ -166,8 +166,7 @@ impl ConfFile {
             .iter()
             .filter(|s| eq_ci(&self.text[s.name.clone()], section))
             .flat_map(|s| s.entries.iter())
-            .filter(|e| eq_ci(&self.text[e.key.clone()], key))
-            .last()
+            .rfind(|e| eq_ci(&self.text[e.key.clone()], key))
             .map(|e| String::from_utf8_lossy(&self.text[e.value.clone()]).into_owned())
     }
 

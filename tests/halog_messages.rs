@@ -42,7 +42,9 @@ fn prefix_layout_matches_seed() {
 }
 
 /// Every method, and the seed text it must produce after the prefix.
-fn expected() -> Vec<(&'static str, &'static str, Box<dyn Fn(&HaLog)>)> {
+type Case = (&'static str, &'static str, Box<dyn Fn(&HaLog)>);
+
+fn expected() -> Vec<Case> {
     vec![
         ("HALOG_CONFIGURED_AS_PASSWORD", "configured as a \"PASSWORD Based\" virtual device",
             Box::new(|l: &HaLog| l.configured_as_password(GROUP))),

@@ -160,7 +160,7 @@ fn mp_child() {
     assert_eq!(log.dropped_pending(), 0);
 }
 
-fn wait_bounded(children: &mut Vec<Child>, limit: Duration) {
+fn wait_bounded(children: &mut [Child], limit: Duration) {
     let start = Instant::now();
     let mut done = vec![false; children.len()];
     while done.iter().any(|d| !d) {
