@@ -4,7 +4,6 @@ mod support;
 
 use std::ffi::OsStr;
 use std::path::Path;
-use std::process::Command;
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -12,7 +11,7 @@ use std::time::{Duration, Instant};
 use cryptoki::error::{Error, RvError};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, ObjectClass};
-use support::clients::{run_cmd, CLIENTS};
+use support::clients::CLIENTS;
 use support::*;
 
 fn is_device_error<T: std::fmt::Debug>(r: &Result<T, Error>) -> bool {
@@ -260,32 +259,20 @@ fn p11ha_lib_is_found() {
     assert!(p.ends_with("libp11ha.so"));
 }
 
-fn c_client_cmd(exe: &Path, module: &str, label: &str, args: &[&str]) -> Command {
-    let mut cmd = Command::new(exe);
-    cmd.args(["-m", module, "-t", label]).args(args);
-    cmd
-}
-
-fn counts(out: &str) -> (u64, u64) {
-    let line = out
-        .lines()
-        .find(|l| l.starts_with("ok="))
-        .unwrap_or_else(|| panic!("no summary in {out}"));
-    let mut it = line.split_whitespace();
-    let ok = it.next().unwrap()[3..].parse().unwrap();
-    let failed = it.next().unwrap()[7..].parse().unwrap();
-    (ok, failed)
-}
-
 #[test]
 fn c_client_signs_via_p11kit_client() {
     let c = Cluster::started(1);
-    let exe = build_c_client(c.dir());
-    let mut cmd = c_client_cmd(&exe, P11KIT_CLIENT_LIB, "m0", &["-n", "2", "-d", "2"]);
+    let exe = c.build_c_client();
+    let mut cmd = c_client_cmd(
+        &exe,
+        Path::new(P11KIT_CLIENT_LIB),
+        "m0",
+        &["-n", "2", "-d", "2"],
+    );
     cmd.env("P11_KIT_SERVER_ADDRESS", c.members[0].address());
     let r = run_cmd(cmd, Duration::from_secs(30));
     r.assert_ok();
-    let (ok, failed) = counts(&r.stdout);
+    let (ok, failed) = c_client_counts(&r.stdout).expect("summary");
     eprintln!("C client, 2 threads, 2 s via p11-kit-client: ok={ok} failed={failed}");
     assert!(ok > 0);
     assert_eq!(failed, 0);
@@ -296,7 +283,7 @@ fn c_client_signs_via_p11kit_client() {
 #[test]
 fn c_client_member_killed_under_it_observed() {
     let c = Cluster::started(1);
-    let exe = build_c_client(c.dir());
+    let exe = c.build_c_client();
     for (mode, args) in [
         ("idle 200ms", &["-n", "1", "-d", "3", "-i", "200", "-q"][..]),
         ("busy 2 threads", &["-n", "2", "-d", "3", "-q"][..]),
@@ -304,18 +291,12 @@ fn c_client_member_killed_under_it_observed() {
         if !c.is_running(0) {
             c.start_server(0);
         }
-        let mut cmd = c_client_cmd(&exe, P11KIT_CLIENT_LIB, "m0", args);
+        let mut cmd = c_client_cmd(&exe, Path::new(P11KIT_CLIENT_LIB), "m0", args);
         cmd.env("P11_KIT_SERVER_ADDRESS", c.members[0].address());
-        let killer = {
-            let c = &c;
-            thread::scope(|s| {
-                let h = s.spawn(|| run_cmd(cmd, Duration::from_secs(20)));
-                thread::sleep(Duration::from_millis(1000));
-                c.kill(0);
-                h.join().unwrap()
-            })
-        };
-        let r = killer;
+        let h = run_cmd_bg(cmd, Duration::from_secs(20));
+        thread::sleep(Duration::from_millis(1000));
+        c.kill(0);
+        let r = h.join().unwrap();
         eprintln!(
             "C client direct on p11-kit-client, {mode}, server killed after 1 s: exit code {:?}, signal {:?}, timed out {}, summary {:?}",
             r.code(),

@@ -107,6 +107,29 @@ pub fn run_cmd(mut cmd: Command, timeout: Duration) -> ClientRun {
     }
 }
 
+/// [`run_cmd`] on a background thread (e.g. a load running while a test kills a member).
+pub fn run_cmd_bg(cmd: Command, timeout: Duration) -> thread::JoinHandle<ClientRun> {
+    thread::spawn(move || run_cmd(cmd, timeout))
+}
+
+/// A command line for the C client built by [`build_c_client`]: `-m module -t label` + `args`
+/// (`-n THREADS -d SECONDS -c COUNT -i IDLE_MS -q -p PIN`).
+pub fn c_client_cmd(exe: &Path, module: &Path, label: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(exe);
+    cmd.arg("-m").arg(module).args(["-t", label]).args(args);
+    cmd
+}
+
+/// `(ok, failed)` from the C client's summary line `ok=N failed=M ...` (None: no summary, e.g.
+/// the client died of a signal).
+pub fn c_client_counts(stdout: &str) -> Option<(u64, u64)> {
+    let line = stdout.lines().find(|l| l.starts_with("ok="))?;
+    let mut it = line.split_whitespace();
+    let ok = it.next()?.strip_prefix("ok=")?.parse().ok()?;
+    let failed = it.next()?.strip_prefix("failed=")?.parse().ok()?;
+    Some((ok, failed))
+}
+
 /// Run a command that must succeed (fixture set-up); panics with its output otherwise.
 pub fn checked(cmd: Command) -> String {
     let r = run_cmd(cmd, Duration::from_secs(60));

@@ -11,9 +11,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::clients::checked;
+use super::clients::{build_c_client, checked, run_client_env, ClientRun};
 use super::member::MemberClient;
-use super::proc::{kill_group_and_wait, live_pids_in_group, signal_group, wait_until};
+use super::proc::{kill_group_and_wait, live_pids_in_group, p11ha_lib, signal_group, wait_until};
 use super::{GROUP_LABEL, P11KIT_CLIENT_LIB, SOFTHSM_LIB, SO_PIN, USER_PIN};
 
 /// Bound on a p11-kit server becoming ready (socket accepts) and on reaping a killed one.
@@ -508,6 +508,30 @@ impl Cluster {
             self.direct_client(i)
         };
         c.verify_rsa(data, sig)
+    }
+}
+
+impl Cluster {
+    /// The HA virtual token through `libp11ha.so` ([`p11ha_lib`]) with `P11HA_CONF=conf`,
+    /// loaded in-process (token label [`GROUP_LABEL`] unless the config says otherwise).
+    pub fn ha_client(&self, conf: &Path, label: &str) -> cryptoki::error::Result<MemberClient> {
+        let conf = conf.to_str().expect("utf-8 path");
+        MemberClient::open(&p11ha_lib(), label, &[("P11HA_CONF", Some(conf))])
+    }
+
+    /// Run the real-client script `name` against `libp11ha.so` with `P11HA_CONF=conf`.
+    pub fn run_client_ha(&self, name: &str, conf: &Path, label: &str) -> ClientRun {
+        run_client_env(
+            name,
+            &p11ha_lib(),
+            label,
+            &[("P11HA_CONF", conf.as_os_str())],
+        )
+    }
+
+    /// Build the C client into this cluster's directory (see [`build_c_client`]).
+    pub fn build_c_client(&self) -> PathBuf {
+        build_c_client(self.dir())
     }
 }
 

@@ -16,7 +16,10 @@ pub mod member;
 pub mod proc;
 
 #[allow(unused_imports)]
-pub use clients::{build_c_client, run_client, run_client_env, run_cmd, ClientRun};
+pub use clients::{
+    build_c_client, c_client_cmd, c_client_counts, run_client, run_client_env, run_cmd, run_cmd_bg,
+    ClientRun,
+};
 #[allow(unused_imports)]
 pub use cluster::{Cluster, ConfigOpts, KeyMaterial, Member};
 #[allow(unused_imports)]
