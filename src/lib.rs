@@ -4,6 +4,7 @@
 //! → [`provider`] (one loaded member module) → member token. [`config`], [`halog`] and [`rv`] are
 //! leaves everyone may call and that call no one back.
 
+pub mod confedit;
 pub mod config;
 pub mod ffi;
 pub mod ha;

@@ -1,1 +1,227 @@
-fn main() {}
+//! `p11ha`: the command-line companion of the p11ha PKCS#11 library (the `lunacm hagroup`
+//! equivalent). `p11ha <verb> [options]`; each verb edits or shows the configuration file found
+//! like the library finds it (`P11HA_CONF`, `$ChrystokiConfigurationPath/Chrystoki.conf`,
+//! `/etc/Chrystoki.conf`).
+//!
+//! Output follows lunacm: the verb's lines, a blank line, then `Command Result : No Error` (exit 0)
+//! or, after a message on stderr, `Command Result : 0x00000007 (CKR_ARGUMENTS_BAD)` (exit 2) /
+//! `Command Result : 0x00000006 (CKR_FUNCTION_FAILED)` (exit 1). A failed command leaves the
+//! configuration file untouched.
+
+use cryptoki_sys::{CKR_ARGUMENTS_BAD, CKR_FUNCTION_FAILED, CK_RV};
+use p11ha::confedit::{locate, ConfFile};
+use p11ha::halog::DEFAULT_MAX_LEN;
+use p11ha::rv::rv_name;
+use std::path::Path;
+use std::process::ExitCode;
+
+/// A failed command: message for stderr and the CK_RV shown as the command result.
+struct Failure {
+    rv: CK_RV,
+    message: String,
+}
+
+fn bad_args(message: impl Into<String>) -> Failure {
+    Failure {
+        rv: CKR_ARGUMENTS_BAD,
+        message: message.into(),
+    }
+}
+
+fn failed(message: impl Into<String>) -> Failure {
+    Failure {
+        rv: CKR_FUNCTION_FAILED,
+        message: message.into(),
+    }
+}
+
+type Verb = fn(&[String]) -> Result<Vec<String>, Failure>;
+
+/// The verbs; add new ones here.
+const VERBS: &[(&str, Verb, &str)] = &[(
+    "halog",
+    halog,
+    "halog [-path <dir>] [-maxlength <bytes>] [-enable | -disable] [-show]",
+)];
+
+fn usage() -> String {
+    let mut s = String::from("usage:");
+    for (_, _, u) in VERBS {
+        s.push_str(&format!("\n  p11ha {u}"));
+    }
+    s
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first() {
+        None => Err(bad_args(usage())),
+        Some(verb) => match VERBS.iter().find(|(name, _, _)| name == verb) {
+            Some((_, run, _)) => run(&args[1..]),
+            None => Err(bad_args(format!("unknown command {verb:?}\n{}", usage()))),
+        },
+    };
+    match result {
+        Ok(lines) => {
+            for line in lines {
+                println!("{line}");
+            }
+            println!();
+            println!("Command Result : No Error");
+            ExitCode::SUCCESS
+        }
+        Err(f) => {
+            eprintln!("p11ha: {}", f.message);
+            println!();
+            println!("Command Result : 0x{:08x} ({})", f.rv, rv_name(f.rv));
+            ExitCode::from(if f.rv == CKR_ARGUMENTS_BAD { 2 } else { 1 })
+        }
+    }
+}
+
+const SECTION: &str = "HAConfiguration";
+const KEY_PATH: &str = "haLogPath";
+const KEY_STATUS: &str = "haLogStatus";
+const KEY_LEN: &str = "logLen";
+
+/// `p11ha halog`: the seed 003 `hagroup halog` command. Every option is checked before the file is
+/// changed; the file is written once.
+fn halog(args: &[String]) -> Result<Vec<String>, Failure> {
+    let mut path: Option<String> = None;
+    let mut max_len: Option<u64> = None;
+    let mut enable: Option<bool> = None;
+    let mut show = false;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let opt = arg.trim_start_matches('-').to_ascii_lowercase();
+        if !arg.starts_with('-') {
+            return Err(bad_args(format!("halog: unexpected argument {arg:?}")));
+        }
+        match opt.as_str() {
+            "path" => {
+                let dir = it
+                    .next()
+                    .ok_or_else(|| bad_args("halog: -path needs a directory"))?;
+                path = Some(check_dir(dir)?);
+            }
+            "maxlength" => {
+                let n = it
+                    .next()
+                    .ok_or_else(|| bad_args("halog: -maxlength needs a size in bytes"))?;
+                match n.parse::<u64>() {
+                    Ok(n) if n > 0 => max_len = Some(n),
+                    _ => {
+                        return Err(bad_args(format!(
+                            "halog: -maxlength {n:?}: expected a positive number of bytes"
+                        )))
+                    }
+                }
+            }
+            "enable" | "disable" => {
+                let on = opt == "enable";
+                if enable.is_some_and(|e| e != on) {
+                    return Err(bad_args("halog: -enable and -disable together"));
+                }
+                enable = Some(on);
+            }
+            "show" => show = true,
+            _ => {
+                return Err(bad_args(format!(
+                    "halog: unknown option {arg:?}\n{}",
+                    usage()
+                )))
+            }
+        }
+    }
+    if path.is_none() && max_len.is_none() && enable.is_none() && !show {
+        return Err(bad_args(format!("halog: nothing to do\n{}", usage())));
+    }
+
+    let file = locate();
+    let mut conf = ConfFile::load(&file).map_err(|e| failed(e.to_string()))?;
+    let mut out = Vec::new();
+    let edit = |conf: &mut ConfFile, key: &str, value: &str| {
+        conf.set(SECTION, key, value)
+            .map_err(|e| bad_args(e.to_string()))
+    };
+    if let Some(dir) = &path {
+        edit(&mut conf, KEY_PATH, dir)?;
+        out.push(format!("        HA Log path successfully set to {dir}."));
+    }
+    if let Some(n) = max_len {
+        edit(&mut conf, KEY_LEN, &n.to_string())?;
+        out.push(format!(
+            "        HA Log maximum file size was successfully set to {n}."
+        ));
+    }
+    if let Some(on) = enable {
+        let value = if on { "enabled" } else { "disabled" };
+        edit(&mut conf, KEY_STATUS, value)?;
+        out.push(format!("        HA Log was successfully {value}."));
+    }
+    if path.is_some() || max_len.is_some() || enable.is_some() {
+        conf.save().map_err(|e| failed(e.to_string()))?;
+    }
+    if show {
+        out.extend(show_lines(&conf));
+    }
+    Ok(out)
+}
+
+/// `-path`: an existing directory, stored as an absolute path.
+fn check_dir(dir: &str) -> Result<String, Failure> {
+    let p = Path::new(dir);
+    match std::fs::metadata(p) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(bad_args(format!("halog: -path {dir}: not a directory"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(bad_args(format!(
+                "halog: -path {dir}: directory does not exist; specify an existing directory"
+            )))
+        }
+        Err(e) => return Err(bad_args(format!("halog: -path {dir}: {e}"))),
+    }
+    let abs = std::path::absolute(p).map_err(|e| bad_args(format!("halog: -path {dir}: {e}")))?;
+    let abs = abs
+        .to_str()
+        .ok_or_else(|| bad_args(format!("halog: -path {dir}: not valid UTF-8")))?;
+    // Keep what the user typed when it is absolute already (no trailing-slash games).
+    Ok(if p.is_absolute() {
+        dir.to_owned()
+    } else {
+        abs.to_owned()
+    })
+}
+
+/// The `-show` block, labels right-aligned as lunacm prints them.
+fn show_lines(conf: &ConfFile) -> Vec<String> {
+    let status = conf
+        .get(SECTION, KEY_STATUS)
+        .map(|s| s.to_ascii_lowercase())
+        .unwrap_or_else(|| "enabled".into());
+    let status = if status == "disabled" {
+        "disabled"
+    } else {
+        "enabled"
+    };
+    let file = match conf.get(SECTION, KEY_PATH) {
+        Some(dir) => {
+            let sep = if dir.contains('\\') && !dir.contains('/') {
+                '\\'
+            } else {
+                '/'
+            };
+            let dir = dir.trim_end_matches(sep);
+            format!("{dir}{sep}haErrorLog.txt")
+        }
+        None => "(haLogPath not set)".into(),
+    };
+    let len = conf
+        .get(SECTION, KEY_LEN)
+        .unwrap_or_else(|| DEFAULT_MAX_LEN.to_string());
+    vec![
+        format!("{:>15}: {status}", "HA Log"),
+        format!("{:>15}: {file}", "Log File"),
+        format!("{:>15}: {len} bytes", "Max File Length"),
+    ]
+}
