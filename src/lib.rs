@@ -2,12 +2,15 @@
 //!
 //! Data path, top to bottom: application → [`ffi`] (C ABI) → [`ha`] (pick member, call, fail over)
 //! → [`provider`] (one loaded member module) → member token. [`config`], [`halog`] and [`rv`] are
-//! leaves everyone may call and that call no one back.
+//! leaves everyone may call and that call no one back; [`bounded`] and [`mechanism`] carry member
+//! calls to other threads safely; [`confedit`] edits the configuration for the command line.
 
+pub mod bounded;
 pub mod confedit;
 pub mod config;
 pub mod ffi;
 pub mod ha;
 pub mod halog;
+pub mod mechanism;
 pub mod provider;
 pub mod rv;

@@ -180,3 +180,40 @@ pub fn parse_str(text: &str, path: &Path) -> Result<HaConfig, ConfigError> {
     };
     typed::build(&sections, path)
 }
+
+/// The HA log settings of a file that failed validation, so the error can still be logged:
+/// `None` when the file cannot be read, does not parse, or sets no usable `haLogPath`.
+pub fn log_settings_best_effort(path: &Path) -> Option<LogSettings> {
+    let text = String::from_utf8_lossy(&std::fs::read(path).ok()?).into_owned();
+    let sections = if is_ini(path) {
+        ini::parse(&text, path)
+    } else {
+        brace::parse(&text, path)
+    }
+    .ok()?;
+    let get = |key: &str| {
+        sections
+            .iter()
+            .filter(|s| s.name.eq_ignore_ascii_case("HAConfiguration"))
+            .flat_map(|s| s.entries.iter())
+            .find(|e| e.key.eq_ignore_ascii_case(key))
+            .map(|e| e.value.trim().to_string())
+    };
+    let path = get("haLogPath").filter(|p| !p.is_empty())?;
+    let on = |v: Option<String>, default: bool| {
+        v.map_or(default, |v| {
+            matches!(
+                v.to_ascii_lowercase().as_str(),
+                "enabled" | "1" | "yes" | "true"
+            )
+        })
+    };
+    Some(LogSettings {
+        path: Some(PathBuf::from(path)),
+        enabled: on(get("haLogStatus"), true),
+        max_len: get("logLen")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(typed::DEFAULT_LOG_LEN),
+        to_stdout: on(get("haLogToStdout"), false),
+    })
+}

@@ -1,1 +1,10 @@
-//! HA core.
+//! The HA core in safe Rust: groups of members, virtual sessions and objects, failover.
+
+pub mod group;
+pub mod library;
+pub mod member;
+pub mod mgmt;
+pub mod objects;
+pub mod session;
+
+pub use library::Ha;

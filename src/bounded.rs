@@ -1,0 +1,193 @@
+//! Bounded calls: run a closure on a pool thread and wait for it at most a deadline.
+//!
+//! A member module can block a thread forever (a SIGSTOPped p11-kit server, or p11-kit-client
+//! stuck in pthread_cond_wait after its server was killed: REFERENCE §3). The only way to give the
+//! application its thread back is to make the member call on another thread. Closures must own
+//! everything they touch: after a timeout the caller is gone, and a late-returning call may only
+//! write into memory the closure owns.
+
+use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// The call did not return within its deadline; it may still be running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimedOut;
+
+struct Pool {
+    tx: Sender<Job>,
+    rx: Receiver<Job>,
+    /// Workers waiting for a job and not yet reserved by a submitter.
+    idle: AtomicUsize,
+    /// Workers that were started and have not exited (includes hung ones).
+    alive: AtomicUsize,
+}
+
+/// How long an idle worker waits before it exits.
+const IDLE_EXIT: Duration = Duration::from_secs(30);
+
+static POOL: OnceLock<Pool> = OnceLock::new();
+/// Set when the application forbids thread creation (CKF_LIBRARY_CANT_CREATE_OS_THREADS).
+static INLINE: AtomicBool = AtomicBool::new(false);
+
+fn pool() -> &'static Pool {
+    POOL.get_or_init(|| {
+        let (tx, rx) = unbounded();
+        Pool {
+            tx,
+            rx,
+            idle: AtomicUsize::new(0),
+            alive: AtomicUsize::new(0),
+        }
+    })
+}
+
+/// With `true`, calls run on the caller's thread without a deadline.
+pub fn set_inline(inline: bool) {
+    INLINE.store(inline, Ordering::Relaxed);
+}
+
+pub fn is_inline() -> bool {
+    INLINE.load(Ordering::Relaxed)
+}
+
+/// Threads started for member calls that are alive now (idle, busy or hung).
+pub fn worker_count() -> usize {
+    POOL.get().map_or(0, |p| p.alive.load(Ordering::Relaxed))
+}
+
+/// Runs `f` and returns its result, or `TimedOut` after `timeout` (the call then finishes, or
+/// not, on its own).
+pub fn run<T, F>(timeout: Duration, f: F) -> Result<T, TimedOut>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    if is_inline() {
+        return Ok(f());
+    }
+    start(f).wait(timeout).map_err(|_| TimedOut)
+}
+
+/// A call started on the pool; wait for it as often as needed.
+pub struct Pending<T> {
+    rx: Receiver<T>,
+}
+
+impl<T> Pending<T> {
+    /// The result, or the still-pending call back after `timeout`.
+    pub fn wait(self, timeout: Duration) -> Result<T, Pending<T>> {
+        match self.rx.recv_timeout(timeout) {
+            Ok(v) => Ok(v),
+            Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => Err(self),
+        }
+    }
+}
+
+/// Starts `f` on the pool (inline when threads are forbidden) and returns at once.
+pub fn start<T, F>(f: F) -> Pending<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    let (done_tx, done_rx) = bounded(1);
+    let job = move || {
+        // The receiver is gone after a timeout; the result is dropped then.
+        let _ = done_tx.send(f());
+    };
+    if is_inline() {
+        job();
+    } else {
+        submit(Box::new(job));
+    }
+    Pending { rx: done_rx }
+}
+
+fn submit(job: Job) {
+    let p = pool();
+    let reserved = p
+        .idle
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+        .is_ok();
+    if !reserved {
+        spawn_worker(p);
+    }
+    // The pool lives for the process; the channel never disconnects.
+    let _ = p.tx.send(job);
+}
+
+fn spawn_worker(p: &'static Pool) {
+    p.alive.fetch_add(1, Ordering::Relaxed);
+    let rx = p.rx.clone();
+    let spawned = std::thread::Builder::new()
+        .name("p11ha-call".into())
+        .spawn(move || worker(p, rx));
+    if spawned.is_err() {
+        // No thread: run queued jobs here rather than leave the caller waiting for nobody.
+        p.alive.fetch_sub(1, Ordering::Relaxed);
+        if let Ok(job) = p.rx.try_recv() {
+            job();
+        }
+    }
+}
+
+fn worker(p: &'static Pool, rx: Receiver<Job>) {
+    loop {
+        match rx.recv_timeout(IDLE_EXIT) {
+            Ok(job) => {
+                job();
+                p.idle.fetch_add(1, Ordering::AcqRel);
+            }
+            Err(_) => {
+                // Exit only if no submitter has reserved this worker meanwhile.
+                if p.idle
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                    .is_ok()
+                {
+                    p.alive.fetch_sub(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn returns_the_value() {
+        assert_eq!(run(Duration::from_secs(5), || 41 + 1), Ok(42));
+    }
+
+    #[test]
+    fn a_hung_call_times_out_and_later_calls_still_run() {
+        let (release_tx, release_rx) = bounded::<()>(1);
+        let t0 = std::time::Instant::now();
+        let r = run(Duration::from_millis(100), move || {
+            let _ = release_rx.recv();
+            1
+        });
+        assert_eq!(r, Err(TimedOut));
+        assert!(t0.elapsed() < Duration::from_secs(2));
+        // The hung worker is busy; a new call must get another thread.
+        assert_eq!(run(Duration::from_secs(5), || 7), Ok(7));
+        release_tx.send(()).unwrap();
+    }
+
+    #[test]
+    fn many_concurrent_calls_all_complete() {
+        let handles: Vec<_> = (0..16)
+            .map(|i| std::thread::spawn(move || run(Duration::from_secs(10), move || i * 2)))
+            .collect();
+        let mut sum = 0;
+        for h in handles {
+            sum += h.join().unwrap().unwrap();
+        }
+        assert_eq!(sum, (0..16).map(|i| i * 2).sum());
+    }
+}

@@ -1,0 +1,41 @@
+//! C_Initialize and C_Finalize beyond argument checks: read the configuration, open the HA log,
+//! start the HA core and its management thread; stop them in order.
+
+use crate::config;
+use crate::ha::Ha;
+use crate::halog::HaLog;
+use cryptoki_sys::*;
+use std::sync::Arc;
+
+/// Reads the configuration and starts the library. A bad configuration is CKR_GENERAL_ERROR
+/// with one message naming file, line and key, on stderr and in the HA log when one is set.
+pub(crate) fn start() -> Result<Arc<Ha>, CK_RV> {
+    let path = config::locate();
+    let cfg = match config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("p11ha: configuration error: {e}");
+            if let Some(log) = config::log_settings_best_effort(&path) {
+                HaLog::open_sync(&log).config_error("", &e.to_string());
+            }
+            return Err(CKR_GENERAL_ERROR);
+        }
+    };
+    for w in &cfg.warnings {
+        eprintln!("p11ha: warning: {w}");
+    }
+    let log = if crate::bounded::is_inline() {
+        HaLog::open_sync(&cfg.log)
+    } else {
+        HaLog::open(&cfg.log)
+    };
+    let ha = Ha::start(cfg, log);
+    crate::ha::mgmt::start(&ha);
+    Ok(ha)
+}
+
+pub(crate) fn stop(ha: &Arc<Ha>) {
+    crate::ha::mgmt::stop(ha);
+    ha.shutdown();
+    ha.log.flush();
+}

@@ -1,0 +1,266 @@
+//! An HA group as the application sees it: one virtual slot and token over its members, the
+//! group's login, member choice (least busy) and dropping failed members.
+
+use super::member::Member;
+use super::objects::ObjectTable;
+use crate::config::RecoveryMode;
+use crate::halog::HaLog;
+use cryptoki_sys::*;
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use zeroize::Zeroizing;
+
+pub type Pin = Arc<Zeroizing<Vec<u8>>>;
+
+#[derive(Clone)]
+pub struct Login {
+    pub user: CK_USER_TYPE,
+    /// Kept only in zeroized memory, to log members in again after they return.
+    pub pin: Option<Pin>,
+}
+
+pub struct Group {
+    pub slot_id: CK_SLOT_ID,
+    pub label: String,
+    pub serial: String,
+    /// A member slot shown as is (HAOnly = 0): one member, no failover, real token info.
+    pub passthrough: bool,
+    pub members: Vec<Arc<Member>>,
+    pub objects: ObjectTable,
+    pub mode: RecoveryMode,
+    pub log: HaLog,
+    login: Mutex<Option<Login>>,
+    sessions: AtomicUsize,
+    rr: AtomicUsize,
+}
+
+/// Copies `s` into a blank-padded fixed field.
+pub fn pad<const N: usize>(s: &str) -> [u8; N] {
+    let mut out = [b' '; N];
+    let b = s.as_bytes();
+    let n = b.len().min(N);
+    out[..n].copy_from_slice(&b[..n]);
+    out
+}
+
+/// Reads a blank-padded fixed field.
+pub fn unpad(field: &[u8]) -> String {
+    String::from_utf8_lossy(field)
+        .trim_end_matches([' ', '\0'])
+        .to_string()
+}
+
+impl Group {
+    pub fn new(
+        slot_id: CK_SLOT_ID,
+        label: String,
+        serial: String,
+        passthrough: bool,
+        members: Vec<Arc<Member>>,
+        mode: RecoveryMode,
+        log: HaLog,
+    ) -> Self {
+        Group {
+            slot_id,
+            label,
+            serial,
+            passthrough,
+            members,
+            objects: ObjectTable::default(),
+            mode,
+            log,
+            login: Mutex::new(None),
+            sessions: AtomicUsize::new(0),
+            rr: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn login(&self) -> Option<Login> {
+        self.login.lock().clone()
+    }
+
+    pub fn set_login(&self, login: Option<Login>) {
+        *self.login.lock() = login;
+    }
+
+    pub fn session_opened(&self) {
+        self.sessions.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Returns true when this was the group's last session: the application is logged out then.
+    pub fn session_closed(&self) -> bool {
+        let last = self.sessions.fetch_sub(1, Ordering::AcqRel) == 1;
+        if last {
+            self.set_login(None);
+            self.objects.remove_session_objects();
+        }
+        last
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.load(Ordering::Acquire)
+    }
+
+    pub fn any_up(&self) -> bool {
+        self.members.iter().any(|m| m.is_up())
+    }
+
+    /// Members that may serve a call now, best first: up, active before standby (standbys only
+    /// when no active member is up), least busy, ties rotated. `usable` filters further.
+    pub fn candidates(&self, usable: impl Fn(usize, &Member) -> bool) -> Vec<usize> {
+        let up: Vec<usize> = (0..self.members.len())
+            .filter(|&i| self.members[i].is_up() && usable(i, &self.members[i]))
+            .collect();
+        let active: Vec<usize> = up
+            .iter()
+            .copied()
+            .filter(|&i| !self.members[i].standby)
+            .collect();
+        let mut pool = if active.is_empty() { up } else { active };
+        if pool.len() > 1 {
+            let start = self.rr.fetch_add(1, Ordering::Relaxed) % pool.len();
+            pool.rotate_left(start);
+            // Stable sort keeps the rotation among equally busy members.
+            pool.sort_by_key(|&i| self.members[i].in_flight.load(Ordering::Relaxed));
+        }
+        pool
+    }
+
+    /// Drops a member that failed while bound to `instance_id`, with its HA log lines.
+    pub fn drop_member(&self, idx: usize, instance_id: u64, rv: CK_RV) {
+        let m = &self.members[idx];
+        if m.take_down(instance_id, rv) {
+            self.log.drop_member(&self.serial, &m.serial);
+            if !self.any_up() {
+                self.log.members_offline(&self.serial);
+            }
+        }
+    }
+
+    /// Token info for the virtual token, from what members last reported.
+    pub fn token_info(&self) -> CK_TOKEN_INFO {
+        let seen: Vec<CK_TOKEN_INFO> = self
+            .members
+            .iter()
+            .filter_map(|m| m.health().token)
+            .collect();
+        if self.passthrough {
+            if let Some(t) = seen.first() {
+                return *t;
+            }
+        }
+        let mut info: CK_TOKEN_INFO = unsafe { std::mem::zeroed() };
+        info.label = pad(&self.label);
+        info.manufacturerID = pad("p11ha");
+        info.model = pad("HA virtual token");
+        info.serialNumber = pad(&self.serial);
+        let member_flags = seen
+            .first()
+            .map_or(CKF_LOGIN_REQUIRED | CKF_USER_PIN_INITIALIZED, |t| t.flags);
+        info.flags = CKF_TOKEN_INITIALIZED
+            | CKF_RNG
+            | (member_flags
+                & (CKF_LOGIN_REQUIRED
+                    | CKF_USER_PIN_INITIALIZED
+                    | CKF_PROTECTED_AUTHENTICATION_PATH
+                    | CKF_WRITE_PROTECTED));
+        info.ulMaxSessionCount = CK_EFFECTIVELY_INFINITE;
+        info.ulMaxRwSessionCount = CK_EFFECTIVELY_INFINITE;
+        info.ulSessionCount = self.session_count() as CK_ULONG;
+        info.ulRwSessionCount = CK_UNAVAILABLE_INFORMATION;
+        info.ulMaxPinLen = seen.iter().map(|t| t.ulMaxPinLen).min().unwrap_or(255);
+        info.ulMinPinLen = seen.iter().map(|t| t.ulMinPinLen).max().unwrap_or(4);
+        info.ulTotalPublicMemory = CK_UNAVAILABLE_INFORMATION;
+        info.ulFreePublicMemory = CK_UNAVAILABLE_INFORMATION;
+        info.ulTotalPrivateMemory = CK_UNAVAILABLE_INFORMATION;
+        info.ulFreePrivateMemory = CK_UNAVAILABLE_INFORMATION;
+        info.hardwareVersion = CK_VERSION { major: 1, minor: 0 };
+        info.firmwareVersion = crate_version();
+        info.utcTime = pad("");
+        info
+    }
+
+    pub fn slot_info(&self) -> CK_SLOT_INFO {
+        let mut info: CK_SLOT_INFO = unsafe { std::mem::zeroed() };
+        let desc = if self.passthrough {
+            format!("p11ha member slot {}", self.serial)
+        } else {
+            format!("p11ha HA group {}", self.label)
+        };
+        info.slotDescription = pad(&desc);
+        info.manufacturerID = pad("p11ha");
+        // The virtual token is always present, even with every member down.
+        info.flags = CKF_TOKEN_PRESENT | CKF_HW_SLOT;
+        info.hardwareVersion = CK_VERSION { major: 1, minor: 0 };
+        info.firmwareVersion = crate_version();
+        info
+    }
+
+    /// Mechanisms every up member supports (so an operation can fail over to any of them).
+    pub fn mechanisms(&self) -> Vec<CK_MECHANISM_TYPE> {
+        let lists: Vec<_> = self
+            .members
+            .iter()
+            .filter_map(|m| m.binding())
+            .map(|b| b.mechanisms)
+            .collect();
+        let Some((first, rest)) = lists.split_first() else {
+            return Vec::new();
+        };
+        first
+            .iter()
+            .copied()
+            .filter(|m| rest.iter().all(|l| l.contains(m)))
+            .collect()
+    }
+}
+
+pub fn crate_version() -> CK_VERSION {
+    let major = env!("CARGO_PKG_VERSION_MAJOR").parse().unwrap_or(0);
+    let minor = env!("CARGO_PKG_VERSION_MINOR").parse().unwrap_or(0);
+    CK_VERSION { major, minor }
+}
+
+/// Intersects mechanism infos from several members: what every one of them can do.
+pub fn intersect_mechanism_info(infos: &[CK_MECHANISM_INFO]) -> Option<CK_MECHANISM_INFO> {
+    let (first, rest) = infos.split_first()?;
+    Some(rest.iter().fold(*first, |acc, i| CK_MECHANISM_INFO {
+        ulMinKeySize: acc.ulMinKeySize.max(i.ulMinKeySize),
+        ulMaxKeySize: acc.ulMaxKeySize.min(i.ulMaxKeySize),
+        flags: acc.flags & i.flags,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn padding_round_trips() {
+        let f: [u8; 8] = pad("abc");
+        assert_eq!(&f, b"abc     ");
+        assert_eq!(unpad(&f), "abc");
+        let long: [u8; 4] = pad("abcdef");
+        assert_eq!(&long, b"abcd");
+    }
+
+    #[test]
+    fn mechanism_info_intersection_is_the_common_ground() {
+        let a = CK_MECHANISM_INFO {
+            ulMinKeySize: 512,
+            ulMaxKeySize: 16384,
+            flags: CKF_SIGN | CKF_VERIFY,
+        };
+        let b = CK_MECHANISM_INFO {
+            ulMinKeySize: 1024,
+            ulMaxKeySize: 4096,
+            flags: CKF_SIGN,
+        };
+        let i = intersect_mechanism_info(&[a, b]).unwrap();
+        assert_eq!(
+            (i.ulMinKeySize, i.ulMaxKeySize, i.flags),
+            (1024, 4096, CKF_SIGN)
+        );
+    }
+}

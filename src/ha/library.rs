@@ -1,0 +1,295 @@
+//! The initialized library: providers, groups and slots, and the session registry.
+//! Built by C_Initialize, torn down by C_Finalize.
+
+use super::group::Group;
+use super::member::Member;
+use super::session::{CkResult, Session};
+use crate::bounded;
+use crate::config::HaConfig;
+use crate::halog::HaLog;
+use crate::provider::{Instance, LoadError, Provider};
+use cryptoki_sys::*;
+use parking_lot::{Mutex, RwLock};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Session handles are unique in the process and never reused.
+static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+
+/// A provider and its current instance (none while unreachable).
+pub struct ProviderSlot {
+    pub provider: Provider,
+    pub instance: Mutex<Option<Arc<Instance>>>,
+    pub last_error: Mutex<Option<LoadError>>,
+}
+
+/// A token found in a provider's slot list.
+#[derive(Clone)]
+pub struct Found {
+    pub provider: usize,
+    pub instance: Arc<Instance>,
+    pub slot: CK_SLOT_ID,
+    pub token: CK_TOKEN_INFO,
+}
+
+pub struct Ha {
+    pub config: HaConfig,
+    pub log: HaLog,
+    pub providers: Vec<ProviderSlot>,
+    /// In slot-list order: HA groups first, then passed-through member slots (HAOnly = 0).
+    pub groups: Vec<Arc<Group>>,
+    sessions: RwLock<HashMap<CK_SESSION_HANDLE, Arc<Session>>>,
+    pub(crate) mgmt: Mutex<Option<super::mgmt::Mgmt>>,
+    /// When threads are forbidden: when the next recovery poll is due.
+    pub(crate) next_poll: super::mgmt::NextPoll,
+}
+
+/// Slot IDs of passed-through member slots: provider number in the high half, so they never
+/// collide with each other or with group slots (which are the group numbers NN).
+pub fn passthrough_slot_id(provider_index: u32, slot: CK_SLOT_ID) -> CK_SLOT_ID {
+    ((CK_SLOT_ID::from(provider_index) + 1) << 32) | (slot & 0xffff_ffff)
+}
+
+impl Ha {
+    /// Connects every provider in parallel, all bounded by one ConnectTimeout, and binds the
+    /// members that answered. Unreachable members start down; the group starts degraded.
+    pub fn start(config: HaConfig, log: HaLog) -> Arc<Ha> {
+        let deadline = Instant::now() + config.connect_timeout;
+        let providers: Vec<ProviderSlot> = config
+            .providers
+            .iter()
+            .map(|p| ProviderSlot {
+                provider: Provider::new(p, config.receive_timeout),
+                instance: Mutex::new(None),
+                last_error: Mutex::new(None),
+            })
+            .collect();
+        let found = discover(&providers, deadline);
+
+        let mut groups = Vec::new();
+        for g in &config.groups {
+            let members: Vec<Arc<Member>> = g
+                .members
+                .iter()
+                .map(|s| (s, false))
+                .chain(g.standby.iter().map(|s| (s, true)))
+                .map(|(s, standby)| Arc::new(Member::new(s.clone(), standby)))
+                .collect();
+            let group = Group::new(
+                CK_SLOT_ID::from(g.index),
+                g.label.clone(),
+                g.serial.clone(),
+                false,
+                members,
+                config.recovery.mode,
+                log.clone(),
+            );
+            for m in &group.members {
+                match found.iter().find(|f| trimmed_serial(&f.token) == m.serial) {
+                    Some(f) => {
+                        bind(m, f);
+                    }
+                    None => {
+                        m.mark_unreachable(CKR_DEVICE_ERROR);
+                        log.drop_unrecoverable(&group.serial, &m.serial);
+                    }
+                }
+            }
+            log_auth_kind(&group);
+            groups.push(Arc::new(group));
+        }
+        if !config.ha_only {
+            for f in &found {
+                let p = &providers[f.provider].provider;
+                let serial = trimmed_serial(&f.token);
+                let m = Arc::new(Member::new(serial.clone(), false));
+                bind(&m, f);
+                groups.push(Arc::new(Group::new(
+                    passthrough_slot_id(p.index, f.slot),
+                    super::group::unpad(&f.token.label),
+                    serial,
+                    true,
+                    vec![m],
+                    config.recovery.mode,
+                    HaLog::disabled(),
+                )));
+            }
+        }
+        Arc::new(Ha {
+            config,
+            log,
+            providers,
+            groups,
+            sessions: RwLock::new(HashMap::new()),
+            mgmt: Mutex::new(None),
+            next_poll: Mutex::new(None),
+        })
+    }
+
+    /// The configured HA groups (not passed-through member slots).
+    pub fn ha_groups(&self) -> impl Iterator<Item = &Arc<Group>> {
+        self.groups.iter().filter(|g| !g.passthrough)
+    }
+
+    /// Whether a member that is up is bound to this instance.
+    pub fn instance_in_use(&self, instance_id: u64) -> bool {
+        self.groups
+            .iter()
+            .flat_map(|g| g.members.iter())
+            .any(|m| m.binding().is_some_and(|b| b.instance.id == instance_id))
+    }
+
+    pub fn slot_ids(&self) -> Vec<CK_SLOT_ID> {
+        self.groups.iter().map(|g| g.slot_id).collect()
+    }
+
+    pub fn group(&self, slot: CK_SLOT_ID) -> CkResult<&Arc<Group>> {
+        self.groups
+            .iter()
+            .find(|g| g.slot_id == slot)
+            .ok_or(CKR_SLOT_ID_INVALID)
+    }
+
+    pub fn open_session(&self, slot: CK_SLOT_ID, flags: CK_FLAGS) -> CkResult<CK_SESSION_HANDLE> {
+        let group = self.group(slot)?;
+        if flags & CKF_SERIAL_SESSION == 0 {
+            return Err(CKR_SESSION_PARALLEL_NOT_SUPPORTED);
+        }
+        if flags & CKF_RW_SESSION == 0 && group.login().is_some_and(|l| l.user == CKU_SO) {
+            return Err(CKR_SESSION_READ_WRITE_SO_EXISTS);
+        }
+        let handle = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
+        group.session_opened();
+        let session = Arc::new(Session::new(handle, group.clone(), flags));
+        self.sessions.write().insert(handle, session);
+        Ok(handle)
+    }
+
+    pub fn session(&self, handle: CK_SESSION_HANDLE) -> CkResult<Arc<Session>> {
+        self.sessions
+            .read()
+            .get(&handle)
+            .cloned()
+            .ok_or(CKR_SESSION_HANDLE_INVALID)
+    }
+
+    pub fn close_session(&self, handle: CK_SESSION_HANDLE) -> CkResult<()> {
+        let session = self
+            .sessions
+            .write()
+            .remove(&handle)
+            .ok_or(CKR_SESSION_HANDLE_INVALID)?;
+        session.close();
+        session.group.session_closed();
+        Ok(())
+    }
+
+    pub fn close_all_sessions(&self, slot: CK_SLOT_ID) -> CkResult<()> {
+        self.group(slot)?;
+        let handles: Vec<_> = self
+            .sessions
+            .read()
+            .values()
+            .filter(|s| s.group.slot_id == slot)
+            .map(|s| s.handle)
+            .collect();
+        for h in handles {
+            // A concurrent close may have taken it already.
+            let _ = self.close_session(h);
+        }
+        Ok(())
+    }
+
+    /// Closes every session and finalizes every instance, each call bounded.
+    pub fn shutdown(&self) {
+        let all: Vec<_> = self.sessions.write().drain().map(|(_, s)| s).collect();
+        for s in all {
+            s.close();
+            s.group.session_closed();
+        }
+        let pending: Vec<_> = self
+            .providers
+            .iter()
+            .filter_map(|p| p.instance.lock().take())
+            .map(|inst| bounded::start(move || inst.finalize()))
+            .collect();
+        let deadline = Instant::now() + self.config.connect_timeout;
+        for p in pending {
+            let _ = p.wait(deadline.saturating_duration_since(Instant::now()));
+        }
+    }
+}
+
+pub fn trimmed_serial(token: &CK_TOKEN_INFO) -> String {
+    super::group::unpad(&token.serialNumber)
+}
+
+/// Binds a member to a found token, reading its mechanisms.
+pub fn bind(m: &Member, f: &Found) {
+    let mechanisms = f.instance.mechanism_list(f.slot).unwrap_or_default();
+    m.bring_up(f.instance.clone(), f.slot, f.token, mechanisms);
+}
+
+/// Logs whether the group is password or PED (protected authentication path) based.
+fn log_auth_kind(group: &Group) {
+    let ped = group
+        .members
+        .iter()
+        .filter_map(|m| m.health().token)
+        .map(|t| t.flags & CKF_PROTECTED_AUTHENTICATION_PATH != 0)
+        .next();
+    match ped {
+        Some(true) => group.log.configured_as_ped(&group.serial),
+        Some(false) => group.log.configured_as_password(&group.serial),
+        None => {}
+    }
+}
+
+/// Connects the providers in parallel and lists the tokens each one shows.
+pub fn discover(providers: &[ProviderSlot], deadline: Instant) -> Vec<Found> {
+    let pending: Vec<_> = providers
+        .iter()
+        .map(|p| {
+            let provider = Provider::clone_config(&p.provider);
+            bounded::start(
+                move || -> Result<(Arc<Instance>, Vec<(CK_SLOT_ID, CK_TOKEN_INFO)>), LoadError> {
+                    let inst = provider.connect(deadline)?;
+                    let tokens = list_tokens(&inst);
+                    Ok((inst, tokens))
+                },
+            )
+        })
+        .collect();
+    let mut found = Vec::new();
+    for (i, p) in pending.into_iter().enumerate() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match p.wait(left) {
+            Ok(Ok((inst, tokens))) => {
+                *providers[i].instance.lock() = Some(inst.clone());
+                *providers[i].last_error.lock() = None;
+                found.extend(tokens.into_iter().map(|(slot, token)| Found {
+                    provider: i,
+                    instance: inst.clone(),
+                    slot,
+                    token,
+                }));
+            }
+            Ok(Err(e)) => *providers[i].last_error.lock() = Some(e),
+            Err(_) => *providers[i].last_error.lock() = Some(LoadError::TimedOut),
+        }
+    }
+    found
+}
+
+/// Tokens present in an instance's slots; a failing slot is skipped.
+pub fn list_tokens(inst: &Instance) -> Vec<(CK_SLOT_ID, CK_TOKEN_INFO)> {
+    let Ok(slots) = inst.slot_list(true) else {
+        return Vec::new();
+    };
+    slots
+        .into_iter()
+        .filter_map(|s| inst.token_info(s).ok().map(|t| (s, t)))
+        .collect()
+}
