@@ -67,7 +67,7 @@ where
     F: FnOnce() -> T + Send + 'static,
 {
     if is_inline() {
-        return Ok(f());
+        return Ok(without_sigpipe(f));
     }
     start(f).wait(timeout).map_err(|_| TimedOut)
 }
@@ -99,7 +99,7 @@ where
         let _ = done_tx.send(f());
     };
     if is_inline() {
-        job();
+        without_sigpipe(job);
     } else {
         submit(Box::new(job));
     }
@@ -134,7 +134,41 @@ fn spawn_worker(p: &'static Pool) {
     }
 }
 
+/// Keeps SIGPIPE from a member's dead socket (p11-kit-client writes without MSG_NOSIGNAL) from
+/// killing the application: a blocked synchronous signal stays pending on this thread and the
+/// write fails with EPIPE instead.
+fn block_sigpipe() {
+    // SAFETY: plain libc calls on a local signal set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGPIPE);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Runs `f` on the caller's thread with SIGPIPE blocked, discarding one it raised.
+fn without_sigpipe<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: plain libc calls on local signal sets; the old mask is restored.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGPIPE);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+        let r = f();
+        let zero = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        while libc::sigtimedwait(&set, std::ptr::null_mut(), &zero) == libc::SIGPIPE {}
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        r
+    }
+}
+
 fn worker(p: &'static Pool, rx: Receiver<Job>) {
+    block_sigpipe();
     loop {
         match rx.recv_timeout(IDLE_EXIT) {
             Ok(job) => {

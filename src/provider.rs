@@ -24,6 +24,10 @@ pub const RV_TIMEOUT: CK_RV = CKR_VENDOR_DEFINED | 0x0011_0001;
 
 pub type MemberResult<T> = Result<T, CK_RV>;
 
+/// C_GetAttributeValue's answer: the call's CK_RV and, per attribute, the length the member
+/// reported and the value when it was copied.
+pub type AttributeValues = (CK_RV, Vec<(CK_ULONG, Option<Vec<u8>>)>);
+
 /// The function table of one initialized instance.
 #[derive(Clone, Copy)]
 struct Fns(&'static CK_FUNCTION_LIST);
@@ -449,7 +453,7 @@ impl Instance {
         h: CK_SESSION_HANDLE,
         obj: CK_OBJECT_HANDLE,
         query: Vec<(CK_ATTRIBUTE_TYPE, Option<CK_ULONG>)>,
-    ) -> MemberResult<(CK_RV, Vec<(CK_ULONG, Option<Vec<u8>>)>)> {
+    ) -> MemberResult<AttributeValues> {
         self.call(move |f| {
             let mut bufs: Vec<Option<Vec<u8>>> = query
                 .iter()

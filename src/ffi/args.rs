@@ -1,5 +1,8 @@
 //! Pointer checks and the PKCS#11 length rules, in one place. Every pointer from the caller is
 //! checked here; NULL where data is required is CKR_ARGUMENTS_BAD.
+//!
+//! Safety, for every function here: a non-NULL pointer must be valid for the length PKCS#11
+//! gives it (the caller's promise to the library; NULL is the one thing we can check).
 
 use crate::ha::group::Pin;
 use crate::mechanism::{Attr, OwnedMechanism};

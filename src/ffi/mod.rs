@@ -5,7 +5,7 @@
 
 #![allow(non_snake_case, non_camel_case_types)]
 
-pub mod args;
+pub(crate) mod args;
 pub mod ca;
 mod entry;
 mod functions;

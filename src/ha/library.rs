@@ -247,19 +247,19 @@ fn log_auth_kind(group: &Group) {
     }
 }
 
+type Tokens = Vec<(CK_SLOT_ID, CK_TOKEN_INFO)>;
+
 /// Connects the providers in parallel and lists the tokens each one shows.
 pub fn discover(providers: &[ProviderSlot], deadline: Instant) -> Vec<Found> {
     let pending: Vec<_> = providers
         .iter()
         .map(|p| {
             let provider = Provider::clone_config(&p.provider);
-            bounded::start(
-                move || -> Result<(Arc<Instance>, Vec<(CK_SLOT_ID, CK_TOKEN_INFO)>), LoadError> {
-                    let inst = provider.connect(deadline)?;
-                    let tokens = list_tokens(&inst);
-                    Ok((inst, tokens))
-                },
-            )
+            bounded::start(move || -> Result<(Arc<Instance>, Tokens), LoadError> {
+                let inst = provider.connect(deadline)?;
+                let tokens = list_tokens(&inst);
+                Ok((inst, tokens))
+            })
         })
         .collect();
     let mut found = Vec::new();

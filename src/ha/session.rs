@@ -7,7 +7,9 @@ use super::member::{current_seq, Binding, InFlight};
 use super::objects::{find_twin, Identity};
 use crate::config::RecoveryMode;
 use crate::mechanism::{find, Attr, OwnedMechanism};
-use crate::provider::{is_connection_error, Instance, MemberResult, OpKind, Output};
+use crate::provider::{
+    is_connection_error, AttributeValues, Instance, MemberResult, OpKind, Output,
+};
 use cryptoki_sys::*;
 use parking_lot::Mutex;
 use std::sync::Arc;
@@ -477,7 +479,7 @@ impl Session {
         &self,
         obj: CK_OBJECT_HANDLE,
         query: Vec<(CK_ATTRIBUTE_TYPE, Option<CK_ULONG>)>,
-    ) -> CkResult<(CK_RV, Vec<(CK_ULONG, Option<Vec<u8>>)>)> {
+    ) -> CkResult<AttributeValues> {
         let mut st = self.st.lock();
         self.attempt(&mut st, &[obj], None, |t| {
             let (rv, out) = t

@@ -1,0 +1,222 @@
+//! Failover with real members: p11-kit servers killed, stopped and restarted under load.
+
+mod support;
+
+use cryptoki::error::{Error, RvError};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::ObjectClass;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+use support::*;
+
+/// p11ha is one library per process: tests that load it in-process take turns.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+fn serial() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Signs with the RSA key from `threads` threads until `stop`, counting results; returns
+/// (ok, failed, slowest call).
+fn signing_load(
+    ha: &Arc<MemberClient>,
+    threads: usize,
+    stop: &Arc<AtomicBool>,
+) -> Vec<thread::JoinHandle<(usize, Vec<String>, Duration)>> {
+    (0..threads)
+        .map(|t| {
+            let (ha, stop) = (ha.clone(), stop.clone());
+            thread::spawn(move || {
+                let s = ha.session().expect("session");
+                let key = ha.find(&s, ObjectClass::PRIVATE_KEY, RSA_ID).expect("key");
+                let (mut ok, mut failed, mut slowest) = (0, Vec::new(), Duration::ZERO);
+                let mut n = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let t0 = Instant::now();
+                    match s.sign(&Mechanism::Sha256RsaPkcs, key, &[t as u8, n as u8]) {
+                        Ok(_) => ok += 1,
+                        Err(e) => failed.push(e.to_string()),
+                    }
+                    slowest = slowest.max(t0.elapsed());
+                }
+                (ok, failed, slowest)
+            })
+        })
+        .collect()
+}
+
+fn collect(
+    h: Vec<thread::JoinHandle<(usize, Vec<String>, Duration)>>,
+) -> (usize, Vec<String>, Duration) {
+    h.into_iter().map(|h| h.join().unwrap()).fold(
+        (0, vec![], Duration::ZERO),
+        |mut acc, (ok, f, s)| {
+            acc.0 += ok;
+            acc.1.extend(f);
+            acc.2 = acc.2.max(s);
+            acc
+        },
+    )
+}
+
+#[test]
+fn killing_a_member_under_load_fails_no_operation() {
+    let _g = serial();
+    let cluster = Cluster::started(3);
+    let conf = cluster.write_config(&ConfigOpts::default());
+    let ha = Arc::new(cluster.ha_client(&conf, GROUP_LABEL).unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = signing_load(&ha, 4, &stop);
+    thread::sleep(Duration::from_millis(700));
+    cluster.kill(0);
+    thread::sleep(Duration::from_millis(1000));
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed, slowest) = collect(load);
+    assert!(
+        failed.is_empty(),
+        "{} failed operations: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok > 20, "only {ok} signatures");
+    let dropped = cluster.wait_ha_log(
+        &format!("has dropped member: {}", cluster.members[0].serial),
+        Duration::from_secs(5),
+    );
+    assert!(dropped.is_some(), "log: {:#?}", cluster.ha_log_lines());
+    eprintln!("{ok} signatures, slowest {slowest:?}");
+}
+
+#[test]
+fn all_members_down_fails_fast_then_serves_again_without_reinitializing() {
+    let _g = serial();
+    let cluster = Cluster::started(2);
+    let conf = cluster.write_config(&ConfigOpts::default());
+    let ha = cluster.ha_client(&conf, GROUP_LABEL).unwrap();
+    let s = ha.session().unwrap();
+    let key = ha.find(&s, ObjectClass::PRIVATE_KEY, RSA_ID).unwrap();
+    s.sign(&Mechanism::Sha256RsaPkcs, key, b"before").unwrap();
+
+    cluster.kill(0);
+    cluster.kill(1);
+    let t0 = Instant::now();
+    let err = s
+        .sign(&Mechanism::Sha256RsaPkcs, key, b"nobody home")
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Pkcs11(RvError::DeviceError, _)),
+        "{err}"
+    );
+    // Fast: both members answer CKR_DEVICE_ERROR at once; nothing waits for a timeout.
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t0.elapsed()
+    );
+    assert!(cluster
+        .wait_ha_log("all members gone offline", Duration::from_secs(5))
+        .is_some());
+    // The virtual slot stays, with its token.
+    assert_eq!(ha.pkcs11.get_slots_with_token().unwrap(), vec![ha.slot]);
+
+    cluster.restart(0);
+    cluster.restart(1);
+    // The same process, session and key handle serve again once the members are recovered.
+    let back = wait_until(Duration::from_secs(10), || {
+        s.sign(&Mechanism::Sha256RsaPkcs, key, b"after").is_ok()
+    });
+    assert!(back, "not served again; log: {:#?}", cluster.ha_log_lines());
+    assert!(cluster
+        .ha_log_lines()
+        .iter()
+        .any(|l| l.contains("succeeded for member")));
+}
+
+#[test]
+fn a_hung_member_costs_at_most_the_receive_timeout() {
+    let _g = serial();
+    let cluster = Cluster::started(2);
+    let conf = cluster.write_config(&ConfigOpts {
+        receive_timeout_ms: 1000,
+        ..Default::default()
+    });
+    let ha = Arc::new(cluster.ha_client(&conf, GROUP_LABEL).unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = signing_load(&ha, 2, &stop);
+    thread::sleep(Duration::from_millis(500));
+    cluster.stop(0);
+    thread::sleep(Duration::from_millis(2500));
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed, slowest) = collect(load);
+    cluster.cont(0);
+    assert!(failed.is_empty(), "failed: {failed:?}");
+    assert!(ok > 10, "only {ok} signatures");
+    // The timeout plus a generous margin for this shared 2-core machine.
+    assert!(
+        slowest < Duration::from_millis(1000 + 1500),
+        "slowest call {slowest:?}"
+    );
+    assert!(cluster
+        .ha_log_lines()
+        .iter()
+        .any(|l| l.contains("has dropped member")));
+}
+
+#[test]
+fn initialize_with_a_dead_and_a_hung_member_is_bounded() {
+    let _g = serial();
+    let cluster = Cluster::started(3);
+    let conf = cluster.write_config(&ConfigOpts {
+        connect_timeout_ms: 1500,
+        ..Default::default()
+    });
+    cluster.kill(1);
+    cluster.stop(2);
+    let t0 = Instant::now();
+    let ha = cluster.ha_client(&conf, GROUP_LABEL).unwrap();
+    let took = t0.elapsed();
+    assert!(
+        took < Duration::from_millis(1500 + 1500),
+        "C_Initialize took {took:?}"
+    );
+    let s = ha.session().unwrap();
+    let key = ha.find(&s, ObjectClass::PRIVATE_KEY, RSA_ID).unwrap();
+    s.sign(&Mechanism::Sha256RsaPkcs, key, b"degraded but serving")
+        .unwrap();
+    let log = cluster.ha_log_lines();
+    for i in [1, 2] {
+        let needle = format!("unable to reach member: {}", cluster.members[i].serial);
+        assert!(
+            log.iter().any(|l| l.contains(&needle)),
+            "no '{needle}' in {log:#?}"
+        );
+    }
+    cluster.cont(2);
+    drop(ha);
+}
+
+#[test]
+fn load_is_spread_over_members() {
+    let _g = serial();
+    let cluster = Cluster::started(2);
+    let conf = cluster.write_config(&ConfigOpts::default());
+    let ha = cluster.ha_client(&conf, GROUP_LABEL).unwrap();
+    let s = ha.session().unwrap();
+    let key = ha.find(&s, ObjectClass::PRIVATE_KEY, RSA_ID).unwrap();
+    s.sign(&Mechanism::Sha256RsaPkcs, key, b"warm up").unwrap();
+    // With one caller nothing is ever busy: only rotation among equally idle members can send
+    // work to member 1. If it is never chosen, its death goes unnoticed.
+    cluster.kill(1);
+    for n in 0..6u8 {
+        s.sign(&Mechanism::Sha256RsaPkcs, key, &[n]).unwrap();
+    }
+    let needle = format!("has dropped member: {}", cluster.members[1].serial);
+    assert!(
+        cluster
+            .wait_ha_log(&needle, Duration::from_secs(3))
+            .is_some(),
+        "member 1 never got work"
+    );
+}
