@@ -180,8 +180,10 @@ impl Provider {
             }
         };
         result?;
+        let id = NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed);
         Ok(Arc::new(Instance {
-            id: NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed),
+            id,
+            origin: id,
             provider: self.index,
             fns,
             timeout: self.receive_timeout,
@@ -227,8 +229,12 @@ fn initialize(fns: Fns) -> Result<(), LoadError> {
 
 /// One initialized instance of a provider's module.
 pub struct Instance {
-    /// Unique in the process; member handles are only meaningful with the instance they came from.
+    /// Unique in the process, and new for every member binding (see [`Instance::view`]): session
+    /// and object handles are cached under it, so a member that comes back never reuses a
+    /// handle from before, even when the module reconnected on its own and handle values alias.
     pub id: u64,
+    /// The id of the initialized module instance this is a view of.
+    pub origin: u64,
     pub provider: u32,
     fns: Fns,
     timeout: Duration,
@@ -286,6 +292,17 @@ fn ulen(v: &[u8]) -> CK_ULONG {
 }
 
 impl Instance {
+    /// The same module instance under a fresh id, for one member binding.
+    pub fn view(&self) -> Arc<Instance> {
+        Arc::new(Instance {
+            id: NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed),
+            origin: self.origin,
+            provider: self.provider,
+            fns: self.fns,
+            timeout: self.timeout,
+        })
+    }
+
     /// Runs `f` with this instance's table within the receive timeout.
     fn call<T: Send + 'static>(
         &self,

@@ -136,7 +136,7 @@ fn crystoki_ini_crlf_and_backslashes() {
     let o = run(&conf, &["halog", "-show"]);
     assert_eq!(
         stdout(&o),
-        "         HA Log: enabled\n       Log File: C:\\halog\\haErrorLog.txt\nMax File Length: 10000000 bytes\n\nCommand Result : No Error\n"
+        "         HA Log: enabled\n       Log File: C:\\halog\\haErrorLog.txt\nMax File Length: 100000000 bytes\n\nCommand Result : No Error\n"
     );
     let o = run(&conf, &["halog", "-maxlength", "500000", "-disable"]);
     assert!(o.status.success());

@@ -38,11 +38,14 @@ fn failed(message: impl Into<String>) -> Failure {
 type Verb = fn(&[String]) -> Result<Vec<String>, Failure>;
 
 /// The verbs; add new ones here.
-const VERBS: &[(&str, Verb, &str)] = &[(
-    "halog",
-    halog,
-    "halog [-path <dir>] [-maxlength <bytes>] [-enable | -disable] [-show]",
-)];
+const VERBS: &[(&str, Verb, &str)] = &[
+    (
+        "halog",
+        halog,
+        "halog [-path <dir>] [-maxlength <bytes>] [-enable | -disable] [-show]",
+    ),
+    ("recover", recover, "recover -group <label>"),
+];
 
 fn usage() -> String {
     let mut s = String::from("usage:");
@@ -77,6 +80,45 @@ fn main() -> ExitCode {
             ExitCode::from(if f.rv == CKR_ARGUMENTS_BAD { 2 } else { 1 })
         }
     }
+}
+
+/// `p11ha recover -group L`: asks every application using group L to attempt recovery of its
+/// dropped members now, even after auto-recovery gave up. It increments `HARecovery.L`, the
+/// counter Luna clients watch; p11ha re-reads it at every management poll.
+fn recover(args: &[String]) -> Result<Vec<String>, Failure> {
+    let label = match args {
+        [opt, label] if opt.eq_ignore_ascii_case("-group") => label,
+        _ => {
+            return Err(bad_args(format!(
+                "recover: expected -group <label>\n{}",
+                usage()
+            )))
+        }
+    };
+    let file = locate();
+    let cfg = p11ha::config::load(&file).map_err(|e| failed(e.to_string()))?;
+    if !cfg.groups.iter().any(|g| &g.label == label) {
+        return Err(bad_args(format!(
+            "recover: no HA group labelled {label:?} in {}",
+            file.display()
+        )));
+    }
+    let mut conf = ConfFile::load(&file).map_err(|e| failed(e.to_string()))?;
+    let current = match conf.get("HARecovery", label) {
+        None => 0,
+        Some(v) => v.trim().parse::<u64>().map_err(|_| {
+            failed(format!(
+                "recover: HARecovery.{label} = {v:?} is not a number"
+            ))
+        })?,
+    };
+    let next = current + 1;
+    conf.set("HARecovery", label, &next.to_string())
+        .map_err(|e| bad_args(e.to_string()))?;
+    conf.save().map_err(|e| failed(e.to_string()))?;
+    Ok(vec![format!(
+        "        Recovery of HA group {label} requested (HARecovery {label} = {next}); running applications attempt it at their next poll."
+    )])
 }
 
 const SECTION: &str = "HAConfiguration";

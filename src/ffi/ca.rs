@@ -95,8 +95,9 @@ pub unsafe extern "C" fn CA_GetHAState(slot_id: c_ulong, p_state: *mut CK_HA_STA
         let g = find_group(slot_id)?;
         let st = out(p_state)?;
         copy_text(&mut st.groupSerial, &g.serial, uchar);
-        let n = g.members.len().min(P11HA_MAX_MEMBERS);
-        for (dst, m) in st.memberList.iter_mut().zip(g.members.iter()) {
+        let members = g.members();
+        let n = members.len().min(P11HA_MAX_MEMBERS);
+        for (dst, m) in st.memberList.iter_mut().zip(members.iter()) {
             copy_text(&mut dst.memberSerial, &m.serial, uchar);
             let h = m.health();
             dst.memberStatus = if h.binding.is_some() {
@@ -127,8 +128,9 @@ pub unsafe extern "C" fn p11ha_group_status(
         copy_text(&mut st.label, &g.label, cchar);
         copy_text(&mut st.serial, &g.serial, cchar);
         st.sessions = g.session_count() as c_ulong;
-        st.member_count = g.members.len().min(P11HA_MAX_MEMBERS) as c_ulong;
-        for (dst, m) in st.members.iter_mut().zip(g.members.iter()) {
+        let members = g.members();
+        st.member_count = members.len().min(P11HA_MAX_MEMBERS) as c_ulong;
+        for (dst, m) in st.members.iter_mut().zip(members.iter()) {
             let h = m.health();
             copy_text(&mut dst.serial, &m.serial, cchar);
             dst.standby = m.standby.into();

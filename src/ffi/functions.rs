@@ -94,7 +94,7 @@ entry! {
             return Err(if group.any_up() { CKR_MECHANISM_INVALID } else { CKR_DEVICE_ERROR });
         }
         let infos: Vec<_> = group
-            .members
+            .members()
             .iter()
             .filter_map(|m| m.binding())
             .filter_map(|b| b.instance.mechanism_info(b.slot, mech).ok())

@@ -6,7 +6,7 @@ use super::objects::ObjectTable;
 use crate::config::RecoveryMode;
 use crate::halog::HaLog;
 use cryptoki_sys::*;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use zeroize::Zeroizing;
@@ -26,11 +26,14 @@ pub struct Group {
     pub serial: String,
     /// A member slot shown as is (HAOnly = 0): one member, no failover, real token info.
     pub passthrough: bool,
-    pub members: Vec<Arc<Member>>,
+    /// Append-only, so a member's index stays valid; removed members are only marked.
+    members: RwLock<Arc<Vec<Arc<Member>>>>,
     pub objects: ObjectTable,
     pub mode: RecoveryMode,
     pub log: HaLog,
     login: Mutex<Option<Login>>,
+    /// Last `HARecovery.<label>` value seen; an increase asks for a recovery now.
+    pub manual_recovery: Mutex<Option<u64>>,
     sessions: AtomicUsize,
     rr: AtomicUsize,
 }
@@ -66,14 +69,33 @@ impl Group {
             label,
             serial,
             passthrough,
-            members,
+            members: RwLock::new(Arc::new(members)),
             objects: ObjectTable::default(),
             mode,
             log,
             login: Mutex::new(None),
+            manual_recovery: Mutex::new(None),
             sessions: AtomicUsize::new(0),
             rr: AtomicUsize::new(0),
         }
+    }
+
+    /// The members now (a snapshot; indices stay valid for the life of the group).
+    pub fn members(&self) -> Arc<Vec<Arc<Member>>> {
+        self.members.read().clone()
+    }
+
+    pub fn member(&self, idx: usize) -> Arc<Member> {
+        self.members.read()[idx].clone()
+    }
+
+    /// Adds a member (configuration re-read); returns its index.
+    pub fn add_member(&self, m: Arc<Member>) -> usize {
+        let mut members = self.members.write();
+        let mut v = members.as_ref().clone();
+        v.push(m);
+        *members = Arc::new(v);
+        members.len() - 1
     }
 
     pub fn login(&self) -> Option<Login> {
@@ -103,33 +125,34 @@ impl Group {
     }
 
     pub fn any_up(&self) -> bool {
-        self.members.iter().any(|m| m.is_up())
+        self.members().iter().any(|m| m.is_up())
     }
 
     /// Members that may serve a call now, best first: up, active before standby (standbys only
     /// when no active member is up), least busy, ties rotated. `usable` filters further.
     pub fn candidates(&self, usable: impl Fn(usize, &Member) -> bool) -> Vec<usize> {
-        let up: Vec<usize> = (0..self.members.len())
-            .filter(|&i| self.members[i].is_up() && usable(i, &self.members[i]))
+        let members = self.members();
+        let up: Vec<usize> = (0..members.len())
+            .filter(|&i| members[i].is_up() && usable(i, &members[i]))
             .collect();
         let active: Vec<usize> = up
             .iter()
             .copied()
-            .filter(|&i| !self.members[i].standby)
+            .filter(|&i| !members[i].standby)
             .collect();
         let mut pool = if active.is_empty() { up } else { active };
         if pool.len() > 1 {
             let start = self.rr.fetch_add(1, Ordering::Relaxed) % pool.len();
             pool.rotate_left(start);
             // Stable sort keeps the rotation among equally busy members.
-            pool.sort_by_key(|&i| self.members[i].in_flight.load(Ordering::Relaxed));
+            pool.sort_by_key(|&i| members[i].in_flight.load(Ordering::Relaxed));
         }
         pool
     }
 
     /// Drops a member that failed while bound to `instance_id`, with its HA log lines.
     pub fn drop_member(&self, idx: usize, instance_id: u64, rv: CK_RV) {
-        let m = &self.members[idx];
+        let m = self.member(idx);
         if m.take_down(instance_id, rv) {
             self.log.drop_member(&self.serial, &m.serial);
             if !self.any_up() {
@@ -141,7 +164,7 @@ impl Group {
     /// Token info for the virtual token, from what members last reported.
     pub fn token_info(&self) -> CK_TOKEN_INFO {
         let seen: Vec<CK_TOKEN_INFO> = self
-            .members
+            .members()
             .iter()
             .filter_map(|m| m.health().token)
             .collect();
@@ -200,7 +223,7 @@ impl Group {
     /// Mechanisms every up member supports (so an operation can fail over to any of them).
     pub fn mechanisms(&self) -> Vec<CK_MECHANISM_TYPE> {
         let lists: Vec<_> = self
-            .members
+            .members()
             .iter()
             .filter_map(|m| m.binding())
             .map(|b| b.mechanisms)

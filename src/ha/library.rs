@@ -44,6 +44,8 @@ pub struct Ha {
     pub(crate) mgmt: Mutex<Option<super::mgmt::Mgmt>>,
     /// When threads are forbidden: when the next recovery poll is due.
     pub(crate) next_poll: super::mgmt::NextPoll,
+    /// The last configuration re-read error, reported once.
+    pub(crate) reread_error: Mutex<Option<String>>,
 }
 
 /// Slot IDs of passed-through member slots: provider number in the high half, so they never
@@ -86,7 +88,7 @@ impl Ha {
                 config.recovery.mode,
                 log.clone(),
             );
-            for m in &group.members {
+            for m in group.members().iter() {
                 match found.iter().find(|f| trimmed_serial(&f.token) == m.serial) {
                     Some(f) => {
                         bind(m, f);
@@ -97,6 +99,7 @@ impl Ha {
                     }
                 }
             }
+            *group.manual_recovery.lock() = g.manual_recovery;
             log_auth_kind(&group);
             groups.push(Arc::new(group));
         }
@@ -125,6 +128,7 @@ impl Ha {
             sessions: RwLock::new(HashMap::new()),
             mgmt: Mutex::new(None),
             next_poll: Mutex::new(None),
+            reread_error: Mutex::new(None),
         })
     }
 
@@ -133,12 +137,12 @@ impl Ha {
         self.groups.iter().filter(|g| !g.passthrough)
     }
 
-    /// Whether a member that is up is bound to this instance.
-    pub fn instance_in_use(&self, instance_id: u64) -> bool {
+    /// Whether a member that is up is bound to this module instance.
+    pub fn instance_in_use(&self, origin: u64) -> bool {
         self.groups
             .iter()
-            .flat_map(|g| g.members.iter())
-            .any(|m| m.binding().is_some_and(|b| b.instance.id == instance_id))
+            .flat_map(|g| g.members().as_ref().clone())
+            .any(|m| m.binding().is_some_and(|b| b.instance.origin == origin))
     }
 
     pub fn slot_ids(&self) -> Vec<CK_SLOT_ID> {
@@ -229,13 +233,13 @@ pub fn trimmed_serial(token: &CK_TOKEN_INFO) -> String {
 /// Binds a member to a found token, reading its mechanisms.
 pub fn bind(m: &Member, f: &Found) {
     let mechanisms = f.instance.mechanism_list(f.slot).unwrap_or_default();
-    m.bring_up(f.instance.clone(), f.slot, f.token, mechanisms);
+    m.bring_up(f.instance.view(), f.slot, f.token, mechanisms);
 }
 
 /// Logs whether the group is password or PED (protected authentication path) based.
 fn log_auth_kind(group: &Group) {
     let ped = group
-        .members
+        .members()
         .iter()
         .filter_map(|m| m.health().token)
         .map(|t| t.flags & CKF_PROTECTED_AUTHENTICATION_PATH != 0)

@@ -3,7 +3,7 @@
 use crate::provider::Instance;
 use cryptoki_sys::*;
 use parking_lot::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// Orders member (re)joins against session opening, for activeBasic recovery.
@@ -22,6 +22,9 @@ pub struct Binding {
     pub mechanisms: Arc<Vec<CK_MECHANISM_TYPE>>,
     /// `JOIN_SEQ` value when it joined.
     pub joined: u64,
+    /// Member sessions open on this binding. When it falls to zero the member's login is gone,
+    /// and with it (on SoftHSM, for one) the numbering of its private objects.
+    pub open_sessions: Arc<AtomicUsize>,
 }
 
 #[derive(Clone)]
@@ -40,6 +43,8 @@ pub struct Health {
 pub struct Member {
     pub serial: String,
     pub standby: bool,
+    /// Taken out of the configuration while running: never used again.
+    removed: AtomicBool,
     health: Mutex<Health>,
     /// Operations in progress on this member (the load balancer's measure).
     pub in_flight: AtomicUsize,
@@ -59,6 +64,7 @@ impl Member {
         Member {
             serial,
             standby,
+            removed: AtomicBool::new(false),
             health: Mutex::new(Health {
                 binding: None,
                 last_error: 0,
@@ -100,6 +106,7 @@ impl Member {
             slot,
             mechanisms: Arc::new(mechanisms),
             joined: JOIN_SEQ.fetch_add(1, Ordering::AcqRel) + 1,
+            open_sessions: Arc::new(AtomicUsize::new(0)),
         };
         let mut h = self.health.lock();
         h.binding = Some(binding.clone());
@@ -129,6 +136,25 @@ impl Member {
         let mut h = self.health.lock();
         h.binding = None;
         h.last_error = rv;
+    }
+
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
+    }
+
+    /// Takes the member out of service for good (it left the configuration).
+    pub fn remove(&self) {
+        self.removed.store(true, Ordering::Release);
+        let mut h = self.health.lock();
+        h.binding = None;
+        h.auto_recovery = false;
+    }
+
+    /// A manual recovery request: auto-recovery on again, attempts counted from zero.
+    pub fn rearm(&self) {
+        let mut h = self.health.lock();
+        h.auto_recovery = true;
+        h.attempts = 0;
     }
 
     pub fn set_auto_recovery(&self, on: bool) {

@@ -6,6 +6,7 @@ use super::group::Group;
 use super::library::{bind, list_tokens, trimmed_serial, Found, Ha};
 use super::member::Member;
 use crate::bounded;
+use crate::config;
 use crossbeam_channel::{bounded as channel, select, Sender};
 use cryptoki_sys::*;
 use parking_lot::Mutex;
@@ -77,16 +78,83 @@ pub fn poll_if_due(ha: &Ha) {
     }
 }
 
-/// One recovery round over every dropped member that auto-recovery may still try.
+/// One management round: pick up configuration changes, then try every dropped member that
+/// auto-recovery may still try.
 pub fn poll(ha: &Ha) {
+    reread_config(ha);
     let limit = ha.config.recovery.attempts;
     for g in &ha.groups {
-        for m in &g.members {
+        for m in g.members().iter() {
             let h = m.health();
-            if h.binding.is_some() || !h.auto_recovery || limit == 0 {
+            if h.binding.is_some() || !h.auto_recovery || limit == 0 || m.is_removed() {
                 continue;
             }
             recover(ha, g, m, limit);
+        }
+    }
+}
+
+/// Applies what changed in the file since the last poll: members added to or removed from a
+/// group, and `HARecovery.<label>` counters that went up (manual recovery, also what
+/// `p11ha recover` does). Other settings take effect at the next C_Initialize.
+fn reread_config(ha: &Ha) {
+    let cfg = match config::load(&ha.config.path) {
+        Ok(c) => c,
+        Err(e) => {
+            let msg = e.to_string();
+            let mut last = ha.reread_error.lock();
+            if last.as_deref() != Some(msg.as_str()) {
+                eprintln!("p11ha: configuration not re-read, keeping the running one: {msg}");
+                *last = Some(msg);
+            }
+            return;
+        }
+    };
+    *ha.reread_error.lock() = None;
+    for gc in &cfg.groups {
+        let Some(g) = ha.ha_groups().find(|g| g.label == gc.label) else {
+            continue;
+        };
+        let wanted: Vec<(&String, bool)> = gc
+            .members
+            .iter()
+            .map(|s| (s, false))
+            .chain(gc.standby.iter().map(|s| (s, true)))
+            .collect();
+        for m in g.members().iter() {
+            if !m.is_removed() && !wanted.iter().any(|(s, _)| **s == m.serial) {
+                m.remove();
+                eprintln!(
+                    "p11ha: member {} left group {} (configuration)",
+                    m.serial, g.label
+                );
+            }
+        }
+        for (serial, standby) in &wanted {
+            if g.members()
+                .iter()
+                .any(|m| !m.is_removed() && m.serial == **serial)
+            {
+                continue;
+            }
+            let m = Arc::new(Member::new((*serial).clone(), *standby));
+            g.add_member(m.clone());
+            g.log.new_member(&g.serial, serial);
+            recover(ha, g, &m, ha.config.recovery.attempts);
+        }
+        let asked = {
+            let mut last = g.manual_recovery.lock();
+            let asked = matches!((*last, gc.manual_recovery), (Some(a), Some(b)) if b > a)
+                || (last.is_none() && gc.manual_recovery.is_some());
+            *last = gc.manual_recovery;
+            asked
+        };
+        if asked {
+            for m in g.members().iter().filter(|m| !m.is_removed() && !m.is_up()) {
+                g.log.renable_member(&g.serial, &m.serial);
+                m.rearm();
+                recover(ha, g, m, ha.config.recovery.attempts);
+            }
         }
     }
 }
@@ -113,19 +181,20 @@ pub fn recover(ha: &Ha, g: &Group, m: &Member, limit: i64) -> bool {
     }
 }
 
-/// Looks for a token serial in every provider, making a new instance of a provider whose
-/// instance does not show it and serves no member that is up (a dead p11-kit-client instance
-/// never reconnects by itself).
+/// Looks for a token serial in every provider. A provider instance that no live member uses is
+/// replaced by a new one first: a dead p11-kit-client instance may never reconnect, or may
+/// reconnect on its own to a restarted server whose handles alias the old ones.
 fn find_member(ha: &Ha, serial: &str) -> Result<Found, CK_RV> {
     let mut last = CKR_TOKEN_NOT_PRESENT;
     for (i, p) in ha.providers.iter().enumerate() {
         let current = p.instance.lock().clone();
-        if let Some(inst) = &current {
-            if let Some(f) = in_instance(i, inst, serial) {
-                return Ok(f);
-            }
-            if ha.instance_in_use(inst.id) {
-                continue;
+        if let Some(inst) = current
+            .as_ref()
+            .filter(|inst| ha.instance_in_use(inst.origin))
+        {
+            match in_instance(i, inst, serial) {
+                Some(f) => return Ok(f),
+                None => continue,
             }
         }
         match p

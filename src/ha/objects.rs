@@ -232,6 +232,33 @@ impl ObjectTable {
         v
     }
 
+    /// Drops the cached twin of `v` on a member (the member no longer knows that handle).
+    pub fn forget_twin(&self, v: CK_OBJECT_HANDLE, member: usize) {
+        let mut inner = self.inner.lock();
+        let old = inner
+            .objects
+            .get_mut(&v)
+            .and_then(|o| o.twins.remove(&member));
+        if let Some((i, h)) = old {
+            inner.by_member.remove(&(i, h));
+        }
+    }
+
+    /// Drops every cached twin on a member, or on all members with `None`.
+    pub fn forget_twins(&self, member: Option<usize>) {
+        let mut inner = self.inner.lock();
+        let Inner { objects, by_member } = &mut *inner;
+        for o in objects.values_mut() {
+            o.twins.retain(|m, (i, h)| {
+                let keep = member.is_some_and(|only| only != *m);
+                if !keep {
+                    by_member.remove(&(*i, *h));
+                }
+                keep
+            });
+        }
+    }
+
     pub fn update_identity(&self, v: CK_OBJECT_HANDLE, identity: Identity) {
         if let Some(o) = self.inner.lock().objects.get_mut(&v) {
             o.identity = identity;

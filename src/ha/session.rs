@@ -12,6 +12,7 @@ use crate::provider::{
 };
 use cryptoki_sys::*;
 use parking_lot::Mutex;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 pub type CkResult<T> = Result<T, CK_RV>;
@@ -71,7 +72,7 @@ fn keeps_active(out: &Output, cap: Option<CK_ULONG>) -> bool {
 
 impl Session {
     pub fn new(handle: CK_SESSION_HANDLE, group: Arc<Group>, flags: CK_FLAGS) -> Self {
-        let n = group.members.len();
+        let n = group.members().len();
         Session {
             handle,
             group,
@@ -101,7 +102,7 @@ impl Session {
             return true;
         }
         // activeBasic: a member that rejoined serves only sessions it already had.
-        matches!(st.member_sessions[idx], Some((i, _)) if i == b.instance.id)
+        matches!(st.member_sessions.get(idx), Some(Some((i, _))) if *i == b.instance.id)
     }
 
     fn drop_member(&self, idx: usize, inst: &Instance, rv: CK_RV) {
@@ -115,6 +116,9 @@ impl Session {
         idx: usize,
         b: &Binding,
     ) -> MemberResult<CK_SESSION_HANDLE> {
+        if st.member_sessions.len() <= idx {
+            st.member_sessions.resize(idx + 1, None);
+        }
         if let Some((i, h)) = st.member_sessions[idx] {
             if i == b.instance.id {
                 return Ok(h);
@@ -124,13 +128,14 @@ impl Session {
             .instance
             .open_session(b.slot, self.flags | CKF_SERIAL_SESSION)?;
         st.member_sessions[idx] = Some((b.instance.id, h));
+        b.open_sessions.fetch_add(1, Ordering::AcqRel);
         if let Some(Login { user, pin }) = self.group.login() {
             match b.instance.login(h, user, pin) {
                 Ok(()) | Err(CKR_USER_ALREADY_LOGGED_IN) => {}
                 Err(rv) if is_connection_error(rv) => return Err(rv),
                 Err(rv) => {
                     // The cached PIN no longer works here: never retry it (no lock-outs).
-                    let m = &self.group.members[idx];
+                    let m = self.group.member(idx);
                     self.group
                         .log
                         .login_failed(&self.group.serial, &m.serial, rv);
@@ -184,8 +189,14 @@ impl Session {
         }
         let mut tried: Vec<usize> = Vec::new();
         let mut missing_object = false;
+        let mut refreshed: Vec<usize> = Vec::new();
         loop {
             let next = {
+                let prefer = if refreshed.last().is_some_and(|r| !tried.contains(r)) {
+                    refreshed.last().copied()
+                } else {
+                    prefer
+                };
                 let candidates = self.group.candidates(|i, m| {
                     !tried.contains(&i) && m.binding().is_some_and(|b| self.usable(st, i, &b))
                 });
@@ -202,7 +213,7 @@ impl Session {
                 });
             };
             tried.push(idx);
-            let Some(b) = self.group.members[idx].binding() else {
+            let Some(b) = self.group.member(idx).binding() else {
                 continue;
             };
             let session = match self.member_session(st, idx, &b) {
@@ -243,10 +254,24 @@ impl Session {
                 objects: resolved,
             };
             match call(&target) {
+                // Modules may renumber objects (SoftHSM does after a logout): a cached twin
+                // the member no longer knows is looked up again, once, on the same member.
+                Err(
+                    CKR_OBJECT_HANDLE_INVALID
+                    | CKR_KEY_HANDLE_INVALID
+                    | CKR_WRAPPING_KEY_HANDLE_INVALID
+                    | CKR_UNWRAPPING_KEY_HANDLE_INVALID,
+                ) if !objects.is_empty() && !refreshed.contains(&idx) => {
+                    for &v in objects {
+                        self.group.objects.forget_twin(v, idx);
+                    }
+                    refreshed.push(idx);
+                    tried.retain(|&i| i != idx);
+                }
                 Ok(v) => return Ok((v, target)),
                 Err(rv) if is_connection_error(rv) => {
                     self.drop_member(idx, &b.instance, rv);
-                    st.member_sessions[idx] = None;
+                    forget(st, idx);
                 }
                 Err(rv) => return Err(rv),
             }
@@ -279,7 +304,7 @@ impl Session {
             .into_iter()
             .chain(standbys(group))
         {
-            let Some(b) = group.members[idx].binding() else {
+            let Some(b) = group.member(idx).binding() else {
                 continue;
             };
             let session = match self.member_session(&mut st, idx, &b) {
@@ -295,7 +320,7 @@ impl Session {
                 Err(rv) if is_connection_error(rv) => self.drop_member(idx, &b.instance, rv),
                 Err(rv) if !accepted => return Err(rv),
                 Err(rv) => {
-                    let m = &group.members[idx];
+                    let m = group.member(idx);
                     group.log.login_failed(&group.serial, &m.serial, rv);
                     m.set_auto_recovery(false);
                     self.drop_member(idx, &b.instance, rv);
@@ -330,9 +355,10 @@ impl Session {
             return Err(CKR_USER_NOT_LOGGED_IN);
         }
         group.set_login(None);
+        group.objects.forget_twins(None);
         let mut st = self.st.lock();
-        for idx in 0..group.members.len() {
-            let Some(b) = group.members[idx].binding() else {
+        for idx in 0..group.members().len() {
+            let Some(b) = group.member(idx).binding() else {
                 continue;
             };
             let Ok(session) = self.member_session(&mut st, idx, &b) else {
@@ -370,8 +396,8 @@ impl Session {
         let group = &self.group;
         let mut st = self.st.lock();
         let mut accepted = false;
-        for idx in 0..group.members.len() {
-            let Some(b) = group.members[idx].binding() else {
+        for idx in 0..group.members().len() {
+            let Some(b) = group.member(idx).binding() else {
                 continue;
             };
             let r = self
@@ -449,8 +475,8 @@ impl Session {
         obj: CK_OBJECT_HANDLE,
         f: impl Fn(&Instance, CK_SESSION_HANDLE, CK_OBJECT_HANDLE) -> MemberResult<()>,
     ) {
-        for idx in (0..self.group.members.len()).filter(|&i| i != done) {
-            let Some(b) = self.group.members[idx].binding() else {
+        for idx in (0..self.group.members().len()).filter(|&i| i != done) {
+            let Some(b) = self.group.member(idx).binding() else {
                 continue;
             };
             let r = self.member_session(st, idx, &b).and_then(|s| {
@@ -683,7 +709,7 @@ impl Session {
                     rv
                 }
             })?;
-        let busy = self.group.members[t.idx].busy();
+        let busy = self.group.member(t.idx).busy();
         st.ops.push(ActiveOp {
             kind,
             mech,
@@ -709,7 +735,7 @@ impl Session {
     /// Moves an operation that has not been fed data to another member after its member failed.
     fn restart_elsewhere(&self, st: &mut State, op: &mut ActiveOp, rv: CK_RV) -> CkResult<()> {
         self.drop_member(op.idx, &op.inst, rv);
-        st.member_sessions[op.idx] = None;
+        forget(st, op.idx);
         if op.fed {
             // Luna's rule too: a multi-part operation whose member died is the application's to redo.
             return Err(CKR_DEVICE_ERROR);
@@ -724,7 +750,7 @@ impl Session {
                 t.objects.first().copied().unwrap_or(0),
             )
         })?;
-        op._busy = self.group.members[t.idx].busy();
+        op._busy = self.group.member(t.idx).busy();
         op.idx = t.idx;
         op.inst = t.inst;
         op.session = t.session;
@@ -852,10 +878,16 @@ impl Session {
     pub fn close(&self) {
         let st = std::mem::take(&mut *self.st.lock());
         for (idx, ms) in st.member_sessions.iter().enumerate() {
-            let (Some((inst_id, h)), Some(b)) = (ms, self.group.members[idx].binding()) else {
+            let (Some((inst_id, h)), Some(b)) =
+                (ms, self.group.members().get(idx).and_then(|m| m.binding()))
+            else {
                 continue;
             };
             if b.instance.id == *inst_id {
+                if b.open_sessions.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    // The member logs out with its last session; its handles may change.
+                    self.group.objects.forget_twins(Some(idx));
+                }
                 if let Err(rv) = b.instance.close_session(*h) {
                     if is_connection_error(rv) {
                         self.drop_member(idx, &b.instance, rv);
@@ -874,8 +906,18 @@ impl Session {
     }
 }
 
-fn standbys(group: &Group) -> impl Iterator<Item = usize> + '_ {
-    (0..group.members.len()).filter(|&i| group.members[i].standby && group.members[i].is_up())
+fn standbys(group: &Group) -> Vec<usize> {
+    let members = group.members();
+    (0..members.len())
+        .filter(|&i| members[i].standby && members[i].is_up())
+        .collect()
+}
+
+/// Forgets this session's session on a member that failed.
+fn forget(st: &mut State, idx: usize) {
+    if let Some(slot) = st.member_sessions.get_mut(idx) {
+        *slot = None;
+    }
 }
 
 /// `restart_elsewhere` after data was fed always fails; this only satisfies the types.

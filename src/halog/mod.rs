@@ -50,7 +50,7 @@ pub const LOG_FILE_NAME: &str = "haErrorLog.txt";
 /// Name of the lock file inside `haLogPath` that serializes writers of all processes.
 pub const LOCK_FILE_NAME: &str = ".haErrorLog.lock";
 /// Default `logLen` (bytes) when the configuration does not set one.
-pub const DEFAULT_MAX_LEN: u64 = 10_000_000;
+pub const DEFAULT_MAX_LEN: u64 = crate::config::DEFAULT_LOG_LEN;
 /// Records the in-memory queue holds before new records are dropped (and counted).
 pub const QUEUE_CAPACITY: usize = 16 * 1024;
 /// How long [`HaLog::flush`] waits for the writer thread at most.

@@ -1,0 +1,274 @@
+//! Recovery with real members: members return without an application restart, reconnAtt
+//! limits, manual recovery (HARecovery counter and `p11ha recover`), members joining and
+//! leaving through the configuration file while the application runs.
+
+mod support;
+
+use cryptoki::error::{Error, RvError};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{ObjectClass, ObjectHandle};
+use cryptoki::session::Session;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+use std::time::Duration;
+use support::*;
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+fn serial() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn rsa(ha: &MemberClient, s: &Session) -> ObjectHandle {
+    ha.find(s, ObjectClass::PRIVATE_KEY, RSA_ID).unwrap()
+}
+
+fn sign(s: &Session, key: ObjectHandle) -> cryptoki::error::Result<Vec<u8>> {
+    s.sign(&Mechanism::Sha256RsaPkcs, key, b"recovery")
+}
+
+fn log_has(cluster: &Cluster, needle: &str, within: Duration) -> bool {
+    cluster.wait_ha_log(needle, within).is_some()
+}
+
+#[test]
+fn a_member_returns_under_load_and_old_sessions_use_it_again() {
+    let _g = serial();
+    let cluster = Cluster::started(2);
+    let conf = cluster.write_config(&ConfigOpts::default());
+    let ha = Arc::new(cluster.ha_client(&conf, GROUP_LABEL).unwrap());
+    let s = ha.session().unwrap();
+    let key = rsa(&ha, &s);
+    sign(&s, key).unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = (0..2)
+        .map(|_| {
+            let (ha, stop) = (ha.clone(), stop.clone());
+            thread::spawn(move || {
+                let s = ha.session().unwrap();
+                let key = rsa(&ha, &s);
+                let (mut ok, mut failed) = (0, 0);
+                while !stop.load(Ordering::Relaxed) {
+                    match sign(&s, key) {
+                        Ok(_) => ok += 1,
+                        Err(_) => failed += 1,
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(300));
+    cluster.kill(0);
+    let m0 = cluster.members[0].serial.clone();
+    assert!(log_has(
+        &cluster,
+        &format!("has dropped member: {m0}"),
+        Duration::from_secs(5)
+    ));
+    cluster.restart(0);
+    // AutoReconnectInterval = 1: back within an interval or two.
+    assert!(
+        log_has(
+            &cluster,
+            &format!("succeeded for member: {m0}"),
+            Duration::from_secs(4)
+        ),
+        "{:#?}",
+        cluster.ha_log_lines()
+    );
+    stop.store(true, Ordering::Relaxed);
+    for h in load {
+        let (ok, failed) = h.join().unwrap();
+        assert_eq!(failed, 0);
+        assert!(ok > 0);
+    }
+    // The session and key handle from before the outage now run on member 0 alone.
+    cluster.kill(1);
+    sign(&s, key).expect("the returned member serves the old session and handle");
+    assert!(cluster
+        .ha_log_lines()
+        .iter()
+        .any(|l| l.contains(&format!("member {m0} is now activated"))));
+}
+
+#[test]
+fn reconn_att_zero_never_retries_until_asked_by_the_cli() {
+    let _g = serial();
+    let cluster = Cluster::started(2);
+    let conf = cluster.write_config(&ConfigOpts {
+        reconn_att: 0,
+        ..Default::default()
+    });
+    let ha = cluster.ha_client(&conf, GROUP_LABEL).unwrap();
+    let s = ha.session().unwrap();
+    let key = rsa(&ha, &s);
+    cluster.kill(0);
+    cluster.kill(1);
+    assert!(sign(&s, key).is_err());
+    cluster.restart(0);
+    cluster.restart(1);
+    thread::sleep(Duration::from_millis(2500));
+    assert!(
+        !cluster
+            .ha_log_lines()
+            .iter()
+            .any(|l| l.contains("recovery attempt")),
+        "reconnAtt = 0 must not retry: {:#?}",
+        cluster.ha_log_lines()
+    );
+    assert!(matches!(
+        sign(&s, key),
+        Err(Error::Pkcs11(RvError::DeviceError, _))
+    ));
+
+    let out = Command::new(env!("CARGO_BIN_EXE_p11ha"))
+        .args(["recover", "-group", GROUP_LABEL])
+        .env("P11HA_CONF", &conf)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.ends_with("Command Result : No Error\n"), "{stdout}");
+    assert!(std::fs::read_to_string(&conf)
+        .unwrap()
+        .contains("hagroup = 1"));
+    assert!(log_has(
+        &cluster,
+        "Re-enable auto recovery process for member",
+        Duration::from_secs(4)
+    ));
+    assert!(
+        wait_until(Duration::from_secs(4), || sign(&s, key).is_ok()),
+        "{:#?}",
+        cluster.ha_log_lines()
+    );
+}
+
+#[test]
+fn reconn_att_n_gives_up_after_n_attempts_and_a_counter_bump_rearms() {
+    let _g = serial();
+    let cluster = Cluster::started(2);
+    let conf = cluster.write_config(&ConfigOpts {
+        reconn_att: 2,
+        ..Default::default()
+    });
+    let ha = cluster.ha_client(&conf, GROUP_LABEL).unwrap();
+    let s = ha.session().unwrap();
+    let key = rsa(&ha, &s);
+    cluster.kill(0);
+    let m0 = cluster.members[0].serial.clone();
+    // Force the drop with traffic, then let two attempts fail.
+    for _ in 0..4 {
+        sign(&s, key).unwrap();
+    }
+    assert!(log_has(
+        &cluster,
+        &format!("recovery attempt 2 failed for member: {m0}"),
+        Duration::from_secs(6)
+    ));
+    assert!(log_has(
+        &cluster,
+        &format!("exceeded maximum number of autorecovery attempts for member: {m0}. Autorecovery will be disabled"),
+        Duration::from_secs(2)
+    ));
+    cluster.restart(0);
+    thread::sleep(Duration::from_millis(2000));
+    assert!(!cluster
+        .ha_log_lines()
+        .iter()
+        .any(|l| l.contains("recovery attempt 3")));
+
+    // Luna's manual recovery: increment the group's HARecovery counter in the file.
+    let text = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(
+        &conf,
+        format!("{text}\nHARecovery = {{\n  {GROUP_LABEL} = 7;\n}}\n"),
+    )
+    .unwrap();
+    assert!(
+        log_has(
+            &cluster,
+            &format!("succeeded for member: {m0}"),
+            Duration::from_secs(4)
+        ),
+        "{:#?}",
+        cluster.ha_log_lines()
+    );
+}
+
+#[test]
+fn members_join_and_leave_through_the_file_while_running() {
+    let _g = serial();
+    let cluster = Cluster::started(2);
+    let only0 = ConfigOpts {
+        members: Some(vec![0]),
+        ..Default::default()
+    };
+    let conf = cluster.write_config(&only0);
+    let ha = cluster.ha_client(&conf, GROUP_LABEL).unwrap();
+    let s = ha.session().unwrap();
+    let key = rsa(&ha, &s);
+    sign(&s, key).unwrap();
+
+    // Add member 1 (the provider for it is already in the file).
+    let text = std::fs::read_to_string(&conf).unwrap();
+    let (m0, m1) = (
+        cluster.members[0].serial.clone(),
+        cluster.members[1].serial.clone(),
+    );
+    std::fs::write(
+        &conf,
+        text.replace(
+            &format!("Members = {m0};"),
+            &format!("Members = {m0}, {m1};"),
+        ),
+    )
+    .unwrap();
+    assert!(
+        log_has(
+            &cluster,
+            &format!("detected new member member: {m1}"),
+            Duration::from_secs(4)
+        ),
+        "{:#?}",
+        cluster.ha_log_lines()
+    );
+    assert!(log_has(
+        &cluster,
+        &format!("succeeded for member: {m1}"),
+        Duration::from_secs(4)
+    ));
+    // Member 1 now carries the group alone when member 0 dies.
+    cluster.kill(0);
+    sign(&s, key).expect("the new member serves");
+
+    // Remove member 1: nothing is left to serve.
+    cluster.restart(0);
+    assert!(log_has(
+        &cluster,
+        &format!("succeeded for member: {m0}"),
+        Duration::from_secs(4)
+    ));
+    let text = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(
+        &conf,
+        text.replace(
+            &format!("Members = {m0}, {m1};"),
+            &format!("Members = {m0};"),
+        ),
+    )
+    .unwrap();
+    thread::sleep(Duration::from_millis(2500));
+    cluster.kill(0);
+    assert!(
+        matches!(sign(&s, key), Err(Error::Pkcs11(RvError::DeviceError, _))),
+        "a removed member must not serve"
+    );
+}
