@@ -135,6 +135,15 @@ fn spawn_worker(p: &'static Pool) {
 }
 
 fn worker(p: &'static Pool, rx: Receiver<Job>) {
+    // A member call that writes to a dead p11-kit server raises SIGPIPE on this thread; with the
+    // application's default action that kills the process. Blocked here, write() gets EPIPE.
+    // SAFETY: plain libc calls on a local sigset_t; only this thread's mask changes.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGPIPE);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
     loop {
         match rx.recv_timeout(IDLE_EXIT) {
             Ok(job) => {
