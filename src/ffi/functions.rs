@@ -13,7 +13,12 @@ use std::ffi::c_void;
 use std::sync::Arc;
 
 fn session(h: CK_SESSION_HANDLE) -> Rv<Arc<Session>> {
-    ha()?.session(h)
+    let ha = ha()?;
+    if bounded::is_inline() {
+        // No management thread: recovery polls ride on application calls.
+        crate::ha::mgmt::poll_if_due(&ha);
+    }
+    ha.session(h)
 }
 
 entry! {

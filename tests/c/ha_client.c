@@ -10,9 +10,10 @@
  * member dies, this process dies with it (shell exit status 141), which is what the tests look for.
  *
  * usage: ha_client -m MODULE -t LABEL [-p PIN] [-n THREADS] [-d SECONDS] [-c COUNT]
- *                  [-i IDLE_MS] [-q]
+ *                  [-i IDLE_MS] [-q] [-T]
  *   -d  run for SECONDS (default 2); -c  stop each thread after COUNT signatures
  *   -i  sleep IDLE_MS between signatures (idle connections: the SIGPIPE case)
+ *   -T  C_Initialize with CKF_LIBRARY_CANT_CREATE_OS_THREADS too (as p11-kit/GnuTLS do)
  * Prints "READY" (flushed) after login, so a test can time a kill.
  * Exit: 0 no failed operation, 1 some failed, 2 set-up error.
  */
@@ -33,6 +34,7 @@ static double duration = 2.0;
 static long count = -1;
 static long idle_ms;
 static int quiet;
+static int no_threads;
 
 #define MAX_RV 64
 static pthread_mutex_t stats_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -133,7 +135,7 @@ static void *worker(void *arg)
 static void usage(void)
 {
     fprintf(stderr, "usage: ha_client -m MODULE -t LABEL [-p PIN] [-n THREADS] [-d SECONDS] "
-                    "[-c COUNT] [-i IDLE_MS] [-q]\n");
+                    "[-c COUNT] [-i IDLE_MS] [-q] [-T]\n");
     exit(2);
 }
 
@@ -142,7 +144,7 @@ int main(int argc, char **argv)
     const char *module = NULL, *label = NULL, *pin = "1234";
     long threads = 1;
     int opt;
-    while ((opt = getopt(argc, argv, "m:t:p:n:d:c:i:q")) != -1) {
+    while ((opt = getopt(argc, argv, "m:t:p:n:d:c:i:qT")) != -1) {
         switch (opt) {
         case 'm': module = optarg; break;
         case 't': label = optarg; break;
@@ -152,6 +154,7 @@ int main(int argc, char **argv)
         case 'c': count = atol(optarg); break;
         case 'i': idle_ms = atol(optarg); break;
         case 'q': quiet = 1; break;
+        case 'T': no_threads = 1; break;
         default: usage();
         }
     }
@@ -170,7 +173,7 @@ int main(int argc, char **argv)
     }
     CK_C_INITIALIZE_ARGS ia;
     memset(&ia, 0, sizeof ia);
-    ia.flags = CKF_OS_LOCKING_OK;
+    ia.flags = CKF_OS_LOCKING_OK | (no_threads ? CKF_LIBRARY_CANT_CREATE_OS_THREADS : 0);
     CK_RV rv = f->C_Initialize(&ia);
     if (rv != CKR_OK) {
         fprintf(stderr, "C_Initialize: 0x%lx\n", rv);
