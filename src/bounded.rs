@@ -7,8 +7,7 @@
 //! write into memory the closure owns.
 
 use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use std::time::Duration;
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
@@ -29,20 +28,47 @@ struct Pool {
 /// How long an idle worker waits before it exits.
 const IDLE_EXIT: Duration = Duration::from_secs(30);
 
-static POOL: OnceLock<Pool> = OnceLock::new();
+/// The pool of this process. A forked child starts a new one: the parent's threads do not
+/// exist there (see [`forget_after_fork`]).
+static POOL: AtomicPtr<Pool> = AtomicPtr::new(std::ptr::null_mut());
 /// Set when the application forbids thread creation (CKF_LIBRARY_CANT_CREATE_OS_THREADS).
 static INLINE: AtomicBool = AtomicBool::new(false);
 
 fn pool() -> &'static Pool {
-    POOL.get_or_init(|| {
-        let (tx, rx) = unbounded();
-        Pool {
-            tx,
-            rx,
-            idle: AtomicUsize::new(0),
-            alive: AtomicUsize::new(0),
+    let p = POOL.load(Ordering::Acquire);
+    if !p.is_null() {
+        // SAFETY: pools are leaked, never freed.
+        return unsafe { &*p };
+    }
+    let (tx, rx) = unbounded();
+    let fresh = Box::into_raw(Box::new(Pool {
+        tx,
+        rx,
+        idle: AtomicUsize::new(0),
+        alive: AtomicUsize::new(0),
+    }));
+    match POOL.compare_exchange(
+        std::ptr::null_mut(),
+        fresh,
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    ) {
+        // SAFETY: just leaked above.
+        Ok(_) => unsafe { &*fresh },
+        Err(winner) => {
+            // SAFETY: `fresh` was never shared; `winner` is leaked and lives forever.
+            unsafe {
+                drop(Box::from_raw(fresh));
+                &*winner
+            }
         }
-    })
+    }
+}
+
+/// In a forked child: the parent's pool threads are gone, so the next call starts a new pool.
+/// The old one is leaked, untouched (its locks may have been held at the fork).
+pub fn forget_after_fork() {
+    POOL.store(std::ptr::null_mut(), Ordering::Release);
 }
 
 /// With `true`, calls run on the caller's thread without a deadline.
@@ -56,7 +82,9 @@ pub fn is_inline() -> bool {
 
 /// Threads started for member calls that are alive now (idle, busy or hung).
 pub fn worker_count() -> usize {
-    POOL.get().map_or(0, |p| p.alive.load(Ordering::Relaxed))
+    let p = POOL.load(Ordering::Acquire);
+    // SAFETY: pools are leaked, never freed.
+    unsafe { p.as_ref() }.map_or(0, |p| p.alive.load(Ordering::Relaxed))
 }
 
 /// Runs `f` and returns its result, or `TimedOut` after `timeout` (the call then finishes, or

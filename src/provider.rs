@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use zeroize::Zeroizing;
 
@@ -49,8 +49,8 @@ macro_rules! ck {
 
 /// Libraries by path, loaded once and kept for the life of the process.
 fn library(path: &Path) -> Result<&'static Library, String> {
-    static LIBS: OnceLock<Mutex<HashMap<PathBuf, &'static Library>>> = OnceLock::new();
-    let mut libs = LIBS.get_or_init(Default::default).lock();
+    let mut guard = LIBS.lock();
+    let libs = guard.get_or_insert_with(HashMap::new);
     if let Some(lib) = libs.get(path) {
         return Ok(lib);
     }
@@ -63,6 +63,29 @@ fn library(path: &Path) -> Result<&'static Library, String> {
 
 /// Serializes environment changes: `ProviderNNEnv` is process-wide while it is set.
 static ENV_LOCK: Mutex<()> = Mutex::new(());
+
+/// Libraries by path, loaded once and kept for the life of the process.
+static LIBS: Mutex<Option<HashMap<PathBuf, &'static Library>>> = Mutex::new(None);
+
+/// In a forked child (one thread): releases locks a parent thread may have held at the fork.
+pub(crate) fn after_fork_in_child() {
+    for lock in [&ENV_LOCK as &dyn ForceUnlock, &LIBS] {
+        lock.release_if_held();
+    }
+}
+
+trait ForceUnlock {
+    fn release_if_held(&self);
+}
+
+impl<T> ForceUnlock for Mutex<T> {
+    fn release_if_held(&self) {
+        if self.is_locked() {
+            // SAFETY: only called in a single-threaded forked child, where the owner is gone.
+            unsafe { self.force_unlock() };
+        }
+    }
+}
 
 /// Sets variables and restores the previous values on drop.
 struct EnvScope(Vec<(String, Option<std::ffi::OsString>)>);

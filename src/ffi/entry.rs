@@ -10,6 +10,34 @@ use std::sync::Arc;
 /// The initialized library; `None` before C_Initialize and after C_Finalize.
 pub(crate) static LIBRARY: RwLock<Option<Arc<Ha>>> = RwLock::new(None);
 
+/// Registers the fork handler once: a child starts uninitialized, as PKCS#11 wants, and works
+/// after its own C_Initialize.
+pub(crate) fn watch_forks() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: registering a handler that only touches this library's own statics.
+        unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+    });
+}
+
+/// Runs in the child, where only the forking thread exists. The parent's library state is
+/// forgotten, not torn down: its threads and member connections belong to the parent.
+extern "C" fn after_fork_in_child() {
+    // A lock another parent thread held at the fork stays held in the child forever; nobody
+    // else runs here, so releasing it is safe.
+    if LIBRARY.is_locked_exclusive() {
+        // SAFETY: single-threaded child; the owner does not exist here.
+        unsafe { LIBRARY.force_unlock_write() };
+    }
+    while LIBRARY.is_locked() && !LIBRARY.is_locked_exclusive() {
+        // SAFETY: as above, for readers that were inside a call at the fork.
+        unsafe { LIBRARY.force_unlock_read() };
+    }
+    std::mem::forget(LIBRARY.write().take());
+    crate::bounded::forget_after_fork();
+    crate::provider::after_fork_in_child();
+}
+
 /// The initialized library, or CKR_CRYPTOKI_NOT_INITIALIZED.
 pub(crate) fn ha() -> Result<Arc<Ha>, CK_RV> {
     LIBRARY.read().clone().ok_or(CKR_CRYPTOKI_NOT_INITIALIZED)

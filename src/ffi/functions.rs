@@ -42,6 +42,7 @@ entry! {
         if lib.is_some() {
             return Err(CKR_CRYPTOKI_ALREADY_INITIALIZED);
         }
+        super::entry::watch_forks();
         bounded::set_inline(no_threads);
         *lib = Some(super::init::start()?);
         Ok(())
