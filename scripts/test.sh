@@ -75,7 +75,7 @@ step 120 "format" cargo fmt --all -- --check
 step 600 "clippy" cargo clippy --all-targets -- -D warnings
 # Integration tests load target/release/libp11ha.so: build it before the tests, same profile.
 step 600 "release build" cargo build --release
-step 900 "tests" cargo test --release
+step 900 "tests" cargo test --release --no-fail-fast
 step 300 "docs" env RUSTDOCFLAGS=-Dwarnings cargo doc --no-deps
 
 echo
