@@ -52,7 +52,29 @@ const RECOVERY_LIMIT: Duration = Duration::from_secs(10);
 
 type Res<T> = Result<T, String>;
 
+/// Set by SIGINT/SIGTERM: the demo stops and cleans up instead of dying with servers left over
+/// (they run in their own process groups, so a Ctrl-C does not reach them).
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+fn check_interrupted() -> Res<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        Err("interrupted".into())
+    } else {
+        Ok(())
+    }
+}
+
 fn main() -> ExitCode {
+    let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    unsafe {
+        // SAFETY: the handler only stores to an atomic (async-signal-safe).
+        libc::signal(libc::SIGINT, handler);
+        libc::signal(libc::SIGTERM, handler);
+    }
     // Everything that needs cleaning up lives inside run(): its destructors run on return and
     // on panic, before the process exits.
     match std::panic::catch_unwind(run) {
@@ -494,6 +516,7 @@ fn run() -> Res<bool> {
             .collect::<Res<Vec<_>>>()
     })?;
     for m in &members {
+        check_interrupted()?;
         if m.sock.as_os_str().len() > 100 {
             return Err(format!("socket path too long: {}", m.sock.display()));
         }
@@ -505,6 +528,7 @@ fn run() -> Res<bool> {
             m.sock.display()
         );
     }
+    check_interrupted()?;
     let (conf, ha_log) = write_config(root, &members)?;
     println!("   configuration {}", conf.display());
     let labels: Vec<(String, String)> = members
@@ -635,6 +659,10 @@ fn exercise(
     let mut failure = None;
     loop {
         thread::sleep(Duration::from_millis(25));
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            failure = Some("interrupted".to_string());
+            break;
+        }
         let t = t0.elapsed();
         let states = status.members(slot_id)?;
         let victim_up = states
