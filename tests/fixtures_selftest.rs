@@ -278,36 +278,6 @@ fn c_client_signs_via_p11kit_client() {
     assert_eq!(failed, 0);
 }
 
-/// Observation, not a requirement of the fixtures: what a default-SIGPIPE C client sees when
-/// the p11-kit server it talks to directly is killed. Prints the outcome of each mode.
-#[test]
-fn c_client_member_killed_under_it_observed() {
-    let c = Cluster::started(1);
-    let exe = c.build_c_client();
-    for (mode, args) in [
-        ("idle 200ms", &["-n", "1", "-d", "3", "-i", "200", "-q"][..]),
-        ("busy 2 threads", &["-n", "2", "-d", "3", "-q"][..]),
-    ] {
-        if !c.is_running(0) {
-            c.start_server(0);
-        }
-        let mut cmd = c_client_cmd(&exe, Path::new(P11KIT_CLIENT_LIB), "m0", args);
-        cmd.env("P11_KIT_SERVER_ADDRESS", c.members[0].address());
-        let h = run_cmd_bg(cmd, Duration::from_secs(20));
-        thread::sleep(Duration::from_millis(1000));
-        c.kill(0);
-        let r = h.join().unwrap();
-        eprintln!(
-            "C client direct on p11-kit-client, {mode}, server killed after 1 s: exit code {:?}, signal {:?}, timed out {}, summary {:?}",
-            r.code(),
-            r.signal(),
-            r.timed_out,
-            r.stdout.lines().filter(|l| !l.starts_with("READY")).collect::<Vec<_>>()
-        );
-        assert!(!r.timed_out, "C client hung: {}", r.describe());
-    }
-}
-
 #[test]
 fn real_clients_against_softhsm_directly() {
     let c = Cluster::new(1);

@@ -1,5 +1,5 @@
 //! Virtual sessions: each has member sessions opened lazily on the members it uses, and runs
-//! every call through [`Session::attempt`], which picks a member, fails over on connection-class
+//! every call through `Session::attempt`, which picks a member, fails over on connection-class
 //! errors and passes the caller's own errors through untouched.
 
 use super::group::{Group, Login, Pin};
