@@ -6,6 +6,7 @@
 //! calls to other threads safely; [`confedit`] edits the configuration for the command line.
 
 pub mod bounded;
+pub mod cli;
 pub mod confedit;
 pub mod config;
 pub mod ffi;

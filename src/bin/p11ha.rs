@@ -9,6 +9,7 @@
 //! configuration file untouched.
 
 use cryptoki_sys::{CKR_ARGUMENTS_BAD, CKR_FUNCTION_FAILED, CK_RV};
+use p11ha::cli;
 use p11ha::confedit::{locate, ConfFile};
 use p11ha::halog::DEFAULT_MAX_LEN;
 use p11ha::rv::rv_name;
@@ -45,7 +46,67 @@ const VERBS: &[(&str, Verb, &str)] = &[
         "halog [-path <dir>] [-maxlength <bytes>] [-enable | -disable] [-show]",
     ),
     ("recover", recover, "recover -group <label>"),
+    (
+        "listgroups",
+        |a| lib(cli::listgroups(a)),
+        "listgroups [-json]",
+    ),
+    (
+        "creategroup",
+        |a| lib(cli::creategroup(a)),
+        "creategroup -label <label> -serialnumber <serial> [-groupserial <serial>]",
+    ),
+    (
+        "deletegroup",
+        |a| lib(cli::deletegroup(a)),
+        "deletegroup -label <label>",
+    ),
+    (
+        "addmember",
+        |a| lib(cli::addmember(a)),
+        "addmember -group <label> -serialnumber <serial>",
+    ),
+    (
+        "removemember",
+        |a| lib(cli::removemember(a)),
+        "removemember -group <label> -serialnumber <serial>",
+    ),
+    (
+        "addstandby",
+        |a| lib(cli::addstandby(a)),
+        "addstandby -group <label> -serialnumber <serial>",
+    ),
+    (
+        "removestandby",
+        |a| lib(cli::removestandby(a)),
+        "removestandby -group <label> -serialnumber <serial>",
+    ),
+    (
+        "retry",
+        |a| lib(cli::retry(a)),
+        "retry -count <n>  (0: off, -1: unlimited)",
+    ),
+    (
+        "interval",
+        |a| lib(cli::interval(a)),
+        "interval -interval <seconds>",
+    ),
+    (
+        "recoverymode",
+        |a| lib(cli::recoverymode(a)),
+        "recoverymode -mode activeBasic|activeEnhanced",
+    ),
+    (
+        "haonly",
+        |a| lib(cli::haonly(a)),
+        "haonly -enable | -disable | -show",
+    ),
 ];
+
+/// Adapts a verb of `p11ha::cli` to this command's result type.
+fn lib(r: cli::VerbResult) -> Result<Vec<String>, Failure> {
+    r.map_err(|(rv, message)| Failure { rv, message })
+}
 
 fn usage() -> String {
     let mut s = String::from("usage:");
