@@ -122,6 +122,25 @@ unsigned long CA_GetHAState(unsigned long slot_id, struct CK_HA_STATUS *p_state)
  */
 unsigned long p11ha_group_status(unsigned long slot_id, struct P11haGroupStatus *p_status);
 
+/**
+ * Copies every token object any up member of the group in `slot_id` has to every up member
+ * that lacks it; `*p_copied` receives the number of objects copied.
+ *
+ * # Safety
+ * `p_copied` must point to a writable `CK_ULONG`.
+ */
+unsigned long p11ha_synchronize(unsigned long slot_id, unsigned long *p_copied);
+
+/**
+ * Creates the group cloning key identically on every member of the group in `slot_id`;
+ * refuses with CKR_FUNCTION_REJECTED when a member already has one. `*p_members` receives the
+ * number of members provisioned.
+ *
+ * # Safety
+ * `p_members` must point to a writable `CK_ULONG`.
+ */
+unsigned long p11ha_init_cloning_key(unsigned long slot_id, unsigned long *p_members);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

@@ -453,6 +453,28 @@ impl Instance {
         })?
     }
 
+    /// C_CreateObject for a template holding secret values: the template is zeroized after
+    /// the call (the group cloning key's value, see `ha::sync::init_cloning_key`).
+    pub fn create_object_zeroized(
+        &self,
+        h: CK_SESSION_HANDLE,
+        mut t: Vec<Attr>,
+    ) -> MemberResult<CK_OBJECT_HANDLE> {
+        self.call(move |f| {
+            let mut raw = raw_template(&t);
+            let mut o = 0;
+            let rv = ck!(
+                f,
+                C_CreateObject(h, raw.as_mut_ptr(), raw.len() as CK_ULONG, &mut o)
+            );
+            drop(raw);
+            for a in t.iter_mut() {
+                zeroize::Zeroize::zeroize(&mut a.value);
+            }
+            ok(rv).map(|_| o)
+        })?
+    }
+
     pub fn copy_object(
         &self,
         h: CK_SESSION_HANDLE,

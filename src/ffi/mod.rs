@@ -10,4 +10,5 @@ pub mod ca;
 mod entry;
 mod functions;
 mod init;
+pub mod sync_api;
 pub mod table;

@@ -29,6 +29,8 @@ pub struct Group {
     /// Append-only, so a member's index stays valid; removed members are only marked.
     members: RwLock<Arc<Vec<Arc<Member>>>>,
     pub objects: ObjectTable,
+    /// Object synchronization (`HASynchronize.<label>`), see `ha::sync`.
+    pub sync: super::sync::SyncState,
     pub mode: RecoveryMode,
     pub log: HaLog,
     login: Mutex<Option<Login>>,
@@ -71,6 +73,7 @@ impl Group {
             passthrough,
             members: RwLock::new(Arc::new(members)),
             objects: ObjectTable::default(),
+            sync: Default::default(),
             mode,
             log,
             login: Mutex::new(None),

@@ -100,6 +100,7 @@ impl Ha {
                 }
             }
             *group.manual_recovery.lock() = g.manual_recovery;
+            group.sync.set_enabled(g.synchronize);
             log_auth_kind(&group);
             groups.push(Arc::new(group));
         }

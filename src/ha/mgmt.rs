@@ -164,6 +164,21 @@ pub fn recover(ha: &Ha, g: &Group, m: &Member, limit: i64) -> bool {
     match find_member(ha, &m.serial) {
         Ok(found) => {
             let attempt = m.health().attempts + 1;
+            if g.sync.enabled() && !g.passthrough {
+                // Reintroduction: the member catches up before it takes work.
+                match super::sync::reintroduce(g, &m.serial, &found.instance, found.slot) {
+                    Ok(count) => g.log.reintroducing(&g.serial, attempt, count, &m.serial),
+                    Err(rv) => {
+                        let attempt = m.count_attempt(rv);
+                        g.log.recovery_failed(&g.serial, attempt, &m.serial, rv);
+                        if limit > 0 && attempt >= limit.unsigned_abs() {
+                            g.log.recovery_exhausted(&g.serial, &m.serial);
+                            m.set_auto_recovery(false);
+                        }
+                        return false;
+                    }
+                }
+            }
             bind(m, &found);
             g.log.recovered(&g.serial, attempt, &m.serial);
             g.log.member_now_activated(&g.serial, attempt, &m.serial);

@@ -6,5 +6,6 @@ pub mod member;
 pub mod mgmt;
 pub mod objects;
 pub mod session;
+pub mod sync;
 
 pub use library::Ha;

@@ -5,6 +5,9 @@
 use super::group::{Group, Login, Pin};
 use super::member::{current_seq, Binding, InFlight};
 use super::objects::{find_twin, Identity};
+use super::sync::{
+    copy_object, down_members, is_managed, member_set_template, member_template, End, Side,
+};
 use crate::config::RecoveryMode;
 use crate::mechanism::{find, Attr, OwnedMechanism};
 use crate::provider::{
@@ -429,13 +432,151 @@ impl Session {
             .register(t.idx, t.inst.id, handle, identity, owner))
     }
 
-    pub fn create_object(&self, template: Vec<Attr>) -> CkResult<CK_OBJECT_HANDLE> {
+    fn syncs(&self) -> bool {
+        !self.group.passthrough && self.group.sync.enabled()
+    }
+
+    /// Runs a creating call on one member, adopts what it made and, in a synchronized group,
+    /// replicates the token objects to every other up member before returning. A member that
+    /// fails on its connection while receiving is dropped (it gets the objects when it is
+    /// reintroduced); when the creating member fails, everything is undone and the call runs
+    /// again elsewhere; any other refusal undoes everything and is the caller's error.
+    fn create_replicated(
+        &self,
+        objects: &[CK_OBJECT_HANDLE],
+        make: impl Fn(&Target) -> MemberResult<Vec<CK_OBJECT_HANDLE>>,
+    ) -> CkResult<Vec<CK_OBJECT_HANDLE>> {
         let mut st = self.st.lock();
-        self.attempt(&mut st, &[], None, |t| {
-            let h = t.inst.create_object(t.session, template.clone())?;
-            self.adopt(t, h)
+        for _ in 0..=self.group.members().len() {
+            let (made, t) = self.attempt(&mut st, objects, None, |t| {
+                let hs = make(t)?;
+                hs.into_iter()
+                    .map(|h| Ok((h, self.adopt(t, h)?)))
+                    .collect::<MemberResult<Vec<_>>>()
+            })?;
+            let virtuals: Vec<_> = made.iter().map(|(_, v)| *v).collect();
+            let token: Vec<_> = made
+                .iter()
+                .copied()
+                .filter(|(_, v)| {
+                    self.group
+                        .objects
+                        .identity(*v)
+                        .is_some_and(|i| i.is_token())
+                })
+                .collect();
+            if !self.syncs() || token.is_empty() {
+                return Ok(virtuals);
+            }
+            match self.replicate(&mut st, &t, &token) {
+                Ok(()) => return Ok(virtuals),
+                Err(rv) if is_connection_error(rv) => {
+                    // The creating member failed: what it made stays there until it returns
+                    // and is destroyed at its reintroduction.
+                    let serial = vec![self.group.member(t.idx).serial.clone()];
+                    for (_, v) in &made {
+                        if let Some(identity) = self.group.objects.identity(*v) {
+                            self.group.sync.remember(identity, None, serial.clone());
+                        }
+                        self.group.objects.remove(*v);
+                    }
+                }
+                Err(rv) => {
+                    for (h, _) in &made {
+                        let _ = t.inst.destroy_object(t.session, *h);
+                    }
+                    for (_, v) in &made {
+                        self.group.objects.remove(*v);
+                    }
+                    return Err(rv);
+                }
+            }
+        }
+        Err(CKR_DEVICE_ERROR)
+    }
+
+    /// Copies objects just made on `first` to every other up member and registers the twins.
+    /// On error every twin made here is destroyed again; a connection error is the creating
+    /// member's (it has been dropped).
+    fn replicate(
+        &self,
+        st: &mut State,
+        first: &Target,
+        made: &[(CK_OBJECT_HANDLE, CK_OBJECT_HANDLE)],
+    ) -> CkResult<()> {
+        let mut twins: Vec<(Arc<Instance>, CK_SESSION_HANDLE, CK_OBJECT_HANDLE)> = Vec::new();
+        let undo = |twins: &[(Arc<Instance>, CK_SESSION_HANDLE, CK_OBJECT_HANDLE)]| {
+            for (inst, s, h) in twins {
+                let _ = inst.destroy_object(*s, *h);
+            }
+        };
+        let mut from = End::new(&first.inst, first.session);
+        let mut registered = Vec::new();
+        for idx in (0..self.group.members().len()).filter(|&i| i != first.idx) {
+            let Some(b) = self.group.member(idx).binding() else {
+                continue;
+            };
+            let session = match self.member_session(st, idx, &b) {
+                Ok(s) => s,
+                Err(rv) if is_connection_error(rv) => {
+                    self.drop_member(idx, &b.instance, rv);
+                    continue;
+                }
+                Err(rv) => {
+                    undo(&twins);
+                    return Err(rv);
+                }
+            };
+            let mut to = End::new(&b.instance, session);
+            let mut here = Vec::new();
+            for &(h, v) in made {
+                match copy_object(&mut from, h, &mut to) {
+                    Ok(h2) => {
+                        twins.push((b.instance.clone(), session, h2));
+                        here.push((v, h2));
+                    }
+                    Err((Side::Target, rv)) if is_connection_error(rv) => {
+                        self.drop_member(idx, &b.instance, rv);
+                        forget(st, idx);
+                        here.clear();
+                        break;
+                    }
+                    Err((side, rv)) => {
+                        undo(&twins);
+                        if side == Side::Source && is_connection_error(rv) {
+                            self.drop_member(first.idx, &first.inst, rv);
+                            forget(st, first.idx);
+                            return Err(CKR_DEVICE_ERROR);
+                        }
+                        eprintln!(
+                            "p11ha: group {}: object not replicated to {}, creation undone: {} (is the cloning key on every member? see p11ha synchronize -init-cloning-key)",
+                            self.group.label,
+                            self.group.member(idx).serial,
+                            crate::rv::rv_name(rv)
+                        );
+                        return Err(rv);
+                    }
+                }
+            }
+            registered.extend(here.into_iter().map(|(v, h2)| (v, idx, b.instance.id, h2)));
+        }
+        for (v, idx, inst, h2) in registered {
+            self.group.objects.set_twin(v, idx, inst, h2);
+        }
+        Ok(())
+    }
+
+    pub fn create_object(&self, template: Vec<Attr>) -> CkResult<CK_OBJECT_HANDLE> {
+        let template = if self.syncs() {
+            let class = find(&template, CKA_CLASS).and_then(Attr::as_ulong);
+            member_template(class, &template)
+        } else {
+            template
+        };
+        self.create_replicated(&[], |t| {
+            Ok(vec![t.inst.create_object(t.session, template.clone())?])
         })
-        .map(|(v, _)| v)
+        .map(|v| v[0])
     }
 
     pub fn copy_object(
@@ -443,25 +584,37 @@ impl Session {
         obj: CK_OBJECT_HANDLE,
         template: Vec<Attr>,
     ) -> CkResult<CK_OBJECT_HANDLE> {
-        let mut st = self.st.lock();
-        self.attempt(&mut st, &[obj], None, |t| {
-            let h = t
-                .inst
-                .copy_object(t.session, t.objects[0], template.clone())?;
-            self.adopt(t, h)
+        let template = if self.syncs() {
+            member_set_template(&template)
+        } else {
+            template
+        };
+        self.create_replicated(&[obj], |t| {
+            Ok(vec![t.inst.copy_object(
+                t.session,
+                t.objects[0],
+                template.clone(),
+            )?])
         })
-        .map(|(v, _)| v)
+        .map(|v| v[0])
     }
 
-    /// Destroys the object on every member that holds a twin.
+    /// Destroys the object on every member that holds a twin; members that are down have it
+    /// destroyed when they are reintroduced.
     pub fn destroy_object(&self, obj: CK_OBJECT_HANDLE) -> CkResult<()> {
         let mut st = self.st.lock();
+        let identity = self.group.objects.identity(obj);
         let (_, first) = self.attempt(&mut st, &[obj], None, |t| {
             t.inst.destroy_object(t.session, t.objects[0])
         })?;
         self.on_other_members(&mut st, first.idx, obj, |inst, s, h| {
             inst.destroy_object(s, h)
         });
+        if let (true, Some(identity)) = (self.syncs(), identity) {
+            self.group
+                .sync
+                .remember(identity, None, down_members(&self.group));
+        }
         self.group.objects.remove(obj);
         Ok(())
     }
@@ -515,6 +668,18 @@ impl Session {
             if is_connection_error(rv) {
                 return Err(rv);
             }
+            let mut out = out;
+            let asked = query.iter().position(|(k, _)| *k == CKA_EXTRACTABLE);
+            if let (true, Some(i)) = (self.syncs(), asked) {
+                if is_managed(&t.inst, t.session, t.objects[0])? {
+                    // The application asked for a non-extractable key: it reads back as one.
+                    out[i] = match query[i].1 {
+                        Some(cap) if cap >= 1 => (1, Some(vec![CK_FALSE])),
+                        Some(_) => (CK_UNAVAILABLE_INFORMATION, None),
+                        None => (1, None),
+                    };
+                }
+            }
             Ok((rv, out))
         })
         .map(|(v, _)| v)
@@ -522,6 +687,12 @@ impl Session {
 
     /// Sets attributes on every member that holds the object, then refreshes its identity.
     pub fn set_attributes(&self, obj: CK_OBJECT_HANDLE, template: Vec<Attr>) -> CkResult<()> {
+        let template = if self.syncs() {
+            member_set_template(&template)
+        } else {
+            template
+        };
+        let before = self.group.objects.identity(obj);
         let mut st = self.st.lock();
         let (_, first) = self.attempt(&mut st, &[obj], None, |t| {
             t.inst
@@ -530,6 +701,11 @@ impl Session {
         self.on_other_members(&mut st, first.idx, obj, |inst, s, h| {
             inst.set_attributes(s, h, template.clone())
         });
+        if let (true, Some(before)) = (self.syncs(), before) {
+            self.group
+                .sync
+                .remember(before, Some(template), down_members(&self.group));
+        }
         if let Ok(identity) = Identity::read(&first.inst, first.session, first.objects[0]) {
             self.group.objects.update_identity(obj, identity);
         }
@@ -580,14 +756,26 @@ impl Session {
         mech: OwnedMechanism,
         template: Vec<Attr>,
     ) -> CkResult<CK_OBJECT_HANDLE> {
-        let mut st = self.st.lock();
-        self.attempt(&mut st, &[], None, |t| {
-            let h = t
-                .inst
-                .generate_key(t.session, mech.clone(), template.clone())?;
-            self.adopt(t, h)
+        let template = self.key_template(CKO_SECRET_KEY, template);
+        self.create_replicated(&[], |t| {
+            Ok(vec![t.inst.generate_key(
+                t.session,
+                mech.clone(),
+                template.clone(),
+            )?])
         })
-        .map(|(v, _)| v)
+        .map(|v| v[0])
+    }
+
+    /// A key template as sent to members (see `sync::member_template`).
+    fn key_template(&self, default_class: CK_OBJECT_CLASS, template: Vec<Attr>) -> Vec<Attr> {
+        if !self.syncs() {
+            return template;
+        }
+        let class = find(&template, CKA_CLASS)
+            .and_then(Attr::as_ulong)
+            .unwrap_or(default_class);
+        member_template(Some(class), &template)
     }
 
     pub fn generate_key_pair(
@@ -596,17 +784,17 @@ impl Session {
         public: Vec<Attr>,
         private: Vec<Attr>,
     ) -> CkResult<(CK_OBJECT_HANDLE, CK_OBJECT_HANDLE)> {
-        let mut st = self.st.lock();
-        self.attempt(&mut st, &[], None, |t| {
+        let private = self.key_template(CKO_PRIVATE_KEY, private);
+        self.create_replicated(&[], |t| {
             let (pu, pr) = t.inst.generate_key_pair(
                 t.session,
                 mech.clone(),
                 public.clone(),
                 private.clone(),
             )?;
-            Ok((self.adopt(t, pu)?, self.adopt(t, pr)?))
+            Ok(vec![pu, pr])
         })
-        .map(|(v, _)| v)
+        .map(|v| (v[0], v[1]))
     }
 
     pub fn wrap_key(
@@ -617,7 +805,16 @@ impl Session {
         cap: Option<CK_ULONG>,
     ) -> CkResult<Output> {
         let mut st = self.st.lock();
+        let syncs = self.syncs();
         self.attempt(&mut st, &[wrapping, key], None, |t| {
+            if syncs && is_managed(&t.inst, t.session, t.objects[1])? {
+                // Non-extractable as far as the application is concerned.
+                return Ok(Output {
+                    rv: CKR_KEY_UNEXTRACTABLE,
+                    len: 0,
+                    data: None,
+                });
+            }
             let out = t
                 .inst
                 .wrap_key(t.session, mech.clone(), t.objects[0], t.objects[1], cap)?;
@@ -636,18 +833,17 @@ impl Session {
         wrapped: Vec<u8>,
         template: Vec<Attr>,
     ) -> CkResult<CK_OBJECT_HANDLE> {
-        let mut st = self.st.lock();
-        self.attempt(&mut st, &[unwrapping], None, |t| {
-            let h = t.inst.unwrap_key(
+        let template = self.key_template(CKO_SECRET_KEY, template);
+        self.create_replicated(&[unwrapping], |t| {
+            Ok(vec![t.inst.unwrap_key(
                 t.session,
                 mech.clone(),
                 t.objects[0],
                 wrapped.clone(),
                 template.clone(),
-            )?;
-            self.adopt(t, h)
+            )?])
         })
-        .map(|(v, _)| v)
+        .map(|v| v[0])
     }
 
     pub fn derive_key(
@@ -656,14 +852,16 @@ impl Session {
         base: CK_OBJECT_HANDLE,
         template: Vec<Attr>,
     ) -> CkResult<CK_OBJECT_HANDLE> {
-        let mut st = self.st.lock();
-        self.attempt(&mut st, &[base], None, |t| {
-            let h = t
-                .inst
-                .derive_key(t.session, mech.clone(), t.objects[0], template.clone())?;
-            self.adopt(t, h)
+        let template = self.key_template(CKO_SECRET_KEY, template);
+        self.create_replicated(&[base], |t| {
+            Ok(vec![t.inst.derive_key(
+                t.session,
+                mech.clone(),
+                t.objects[0],
+                template.clone(),
+            )?])
         })
-        .map(|(v, _)| v)
+        .map(|v| v[0])
     }
 
     pub fn generate_random(&self, n: CK_ULONG) -> CkResult<Vec<u8>> {

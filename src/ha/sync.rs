@@ -1,0 +1,709 @@
+//! Object synchronization (`HASynchronize.<label> = 1`): every token object of a group on every
+//! member, with standard PKCS#11 only (docs/SYNC.md has the security model).
+//!
+//! - Public objects (certificates, data objects, public keys) are copied by value.
+//! - Secret and private keys travel only wrapped with `CKM_AES_KEY_WRAP_PAD` under the group's
+//!   cloning key: an AES-256 key labelled [`CLONING_LABEL`], identical on every member and marked
+//!   CKA_TRUSTED by the SO (`p11ha synchronize -group L -init-cloning-key`).
+//! - A key the application asked to be non-extractable is held by the members as
+//!   CKA_EXTRACTABLE = true with CKA_WRAP_WITH_TRUSTED = true ("p11ha-managed"): only trusted keys
+//!   can wrap it. p11ha shows it to the application as CKA_EXTRACTABLE = false and refuses to
+//!   wrap it ([`is_managed`]).
+//! - Destroys and attribute changes made while a member was down are remembered ([`SyncState`])
+//!   and applied to it when it is reintroduced ([`reintroduce`]), before it takes work.
+
+use super::group::{Group, Login};
+use super::objects::{find_twin, Identity};
+use crate::mechanism::{find, Attr, OwnedMechanism};
+use crate::provider::{is_connection_error, Instance, MemberResult};
+use cryptoki_sys::*;
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use zeroize::{Zeroize, Zeroizing};
+
+/// CKA_LABEL (and CKA_ID) of the group cloning key on every member.
+pub const CLONING_LABEL: &[u8] = b"p11ha-cloning-key";
+/// The mechanism keys travel under.
+pub const CLONING_MECHANISM: CK_MECHANISM_TYPE = CKM_AES_KEY_WRAP_PAD;
+/// `p11ha_init_cloning_key` on a group whose members already hold a cloning key.
+pub const RV_CLONING_KEY_EXISTS: CK_RV = CKR_FUNCTION_REJECTED;
+
+/// Something p11ha did to the group while a member was down, owed to that member.
+#[derive(Clone)]
+enum Change {
+    Destroy,
+    Set(Vec<Attr>),
+}
+
+#[derive(Clone)]
+struct Missed {
+    /// The object as it was before the change.
+    identity: Identity,
+    change: Change,
+    /// Serials of the members that were down and have not been told yet.
+    members: Vec<String>,
+}
+
+/// A group's synchronization state.
+#[derive(Default)]
+pub struct SyncState {
+    enabled: AtomicBool,
+    missed: Mutex<Vec<Missed>>,
+}
+
+impl SyncState {
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Acquire)
+    }
+
+    pub fn set_enabled(&self, on: bool) {
+        self.enabled.store(on, Ordering::Release);
+    }
+
+    /// Remembers a destroy (`template` None) or an attribute change for the members now down.
+    pub fn remember(&self, identity: Identity, template: Option<Vec<Attr>>, down: Vec<String>) {
+        if down.is_empty() || !identity.is_token() {
+            return;
+        }
+        self.missed.lock().push(Missed {
+            identity,
+            change: template.map_or(Change::Destroy, Change::Set),
+            members: down,
+        });
+    }
+
+    /// Changes owed to `serial`, in the order they were made (taken off the list).
+    fn take_for(&self, serial: &str) -> Vec<Missed> {
+        let mut missed = self.missed.lock();
+        let owed: Vec<Missed> = missed
+            .iter()
+            .filter(|m| m.members.iter().any(|s| s == serial))
+            .cloned()
+            .collect();
+        for m in missed.iter_mut() {
+            m.members.retain(|s| s != serial);
+        }
+        missed.retain(|m| !m.members.is_empty());
+        owed
+    }
+
+    /// Puts changes back when a reintroduction did not finish.
+    fn give_back(&self, serial: &str, owed: Vec<Missed>) {
+        let mut missed = self.missed.lock();
+        for mut m in owed.into_iter().rev() {
+            m.members = vec![serial.to_string()];
+            missed.insert(0, m);
+        }
+    }
+
+    /// Number of remembered changes still owed to some member (tests and diagnostics).
+    pub fn pending(&self) -> usize {
+        self.missed.lock().len()
+    }
+}
+
+/// Serials of the group's members that are down (and not removed).
+pub fn down_members(g: &Group) -> Vec<String> {
+    g.members()
+        .iter()
+        .filter(|m| !m.is_removed() && !m.is_up())
+        .map(|m| m.serial.clone())
+        .collect()
+}
+
+fn is_key_class(class: Option<CK_OBJECT_CLASS>) -> bool {
+    matches!(class, Some(CKO_SECRET_KEY | CKO_PRIVATE_KEY))
+}
+
+/// The template p11ha sends a member for a token key the application creates in a synchronized
+/// group: a key asked to be non-extractable becomes extractable to trusted keys only; a key
+/// that does not say becomes extractable explicitly (tokens differ on the default).
+pub fn member_template(class: Option<CK_OBJECT_CLASS>, template: &[Attr]) -> Vec<Attr> {
+    let token = find(template, CKA_TOKEN)
+        .and_then(Attr::as_bool)
+        .unwrap_or(false);
+    if !token || !is_key_class(class) {
+        return template.to_vec();
+    }
+    let wanted = find(template, CKA_EXTRACTABLE).and_then(Attr::as_bool);
+    let mut out: Vec<Attr> = template
+        .iter()
+        .filter(|a| {
+            a.kind != CKA_EXTRACTABLE && (wanted != Some(false) || a.kind != CKA_WRAP_WITH_TRUSTED)
+        })
+        .cloned()
+        .collect();
+    out.push(Attr::bool(CKA_EXTRACTABLE, true));
+    if wanted == Some(false) {
+        out.push(Attr::bool(CKA_WRAP_WITH_TRUSTED, true));
+    }
+    out
+}
+
+/// A C_SetAttributeValue template for a synchronized group: making a key non-extractable makes
+/// it p11ha-managed instead (so it can still be cloned to members).
+pub fn member_set_template(template: &[Attr]) -> Vec<Attr> {
+    if find(template, CKA_EXTRACTABLE).and_then(Attr::as_bool) != Some(false) {
+        return template.to_vec();
+    }
+    let mut out: Vec<Attr> = template
+        .iter()
+        .filter(|a| a.kind != CKA_EXTRACTABLE && a.kind != CKA_WRAP_WITH_TRUSTED)
+        .cloned()
+        .collect();
+    out.push(Attr::bool(CKA_WRAP_WITH_TRUSTED, true));
+    out
+}
+
+/// Whether a member key is p11ha-managed: a secret or private key held as CKA_EXTRACTABLE = true
+/// and CKA_WRAP_WITH_TRUSTED = true, which the application sees as non-extractable.
+pub fn is_managed(
+    inst: &Instance,
+    session: CK_SESSION_HANDLE,
+    obj: CK_OBJECT_HANDLE,
+) -> MemberResult<bool> {
+    let v = inst.read_attributes(
+        session,
+        obj,
+        vec![CKA_CLASS, CKA_EXTRACTABLE, CKA_WRAP_WITH_TRUSTED],
+    )?;
+    let class = v[0].as_ref().map(|b| Attr::new(CKA_CLASS, b.clone()));
+    let flag = |i: usize| v[i].as_deref().is_some_and(|b| b == [CK_TRUE]);
+    Ok(is_key_class(class.and_then(|a| a.as_ulong())) && flag(1) && flag(2))
+}
+
+/// Attributes copied by value for public objects (those a member lets us read and set).
+fn value_kinds(class: CK_OBJECT_CLASS) -> &'static [CK_ATTRIBUTE_TYPE] {
+    match class {
+        CKO_DATA => &[
+            CKA_CLASS,
+            CKA_TOKEN,
+            CKA_PRIVATE,
+            CKA_LABEL,
+            CKA_MODIFIABLE,
+            CKA_APPLICATION,
+            CKA_OBJECT_ID,
+            CKA_VALUE,
+        ],
+        CKO_CERTIFICATE => &[
+            CKA_CLASS,
+            CKA_TOKEN,
+            CKA_PRIVATE,
+            CKA_LABEL,
+            CKA_MODIFIABLE,
+            CKA_CERTIFICATE_TYPE,
+            CKA_CERTIFICATE_CATEGORY,
+            CKA_START_DATE,
+            CKA_END_DATE,
+            CKA_SUBJECT,
+            CKA_ID,
+            CKA_ISSUER,
+            CKA_SERIAL_NUMBER,
+            CKA_VALUE,
+            CKA_URL,
+        ],
+        CKO_PUBLIC_KEY => &[
+            CKA_CLASS,
+            CKA_TOKEN,
+            CKA_PRIVATE,
+            CKA_LABEL,
+            CKA_MODIFIABLE,
+            CKA_KEY_TYPE,
+            CKA_ID,
+            CKA_START_DATE,
+            CKA_END_DATE,
+            CKA_DERIVE,
+            CKA_SUBJECT,
+            CKA_ENCRYPT,
+            CKA_VERIFY,
+            CKA_VERIFY_RECOVER,
+            CKA_WRAP,
+            CKA_MODULUS,
+            CKA_PUBLIC_EXPONENT,
+            CKA_EC_PARAMS,
+            CKA_EC_POINT,
+        ],
+        _ => &[],
+    }
+}
+
+/// The unwrap template of a cloned key: its attributes as the source member holds them.
+fn key_kinds(class: CK_OBJECT_CLASS) -> &'static [CK_ATTRIBUTE_TYPE] {
+    match class {
+        CKO_SECRET_KEY => &[
+            CKA_CLASS,
+            CKA_KEY_TYPE,
+            CKA_TOKEN,
+            CKA_PRIVATE,
+            CKA_LABEL,
+            CKA_ID,
+            CKA_MODIFIABLE,
+            CKA_START_DATE,
+            CKA_END_DATE,
+            CKA_DERIVE,
+            CKA_SENSITIVE,
+            CKA_ENCRYPT,
+            CKA_DECRYPT,
+            CKA_SIGN,
+            CKA_VERIFY,
+            CKA_WRAP,
+            CKA_UNWRAP,
+            CKA_EXTRACTABLE,
+            CKA_WRAP_WITH_TRUSTED,
+        ],
+        CKO_PRIVATE_KEY => &[
+            CKA_CLASS,
+            CKA_KEY_TYPE,
+            CKA_TOKEN,
+            CKA_PRIVATE,
+            CKA_LABEL,
+            CKA_ID,
+            CKA_MODIFIABLE,
+            CKA_START_DATE,
+            CKA_END_DATE,
+            CKA_DERIVE,
+            CKA_SUBJECT,
+            CKA_SENSITIVE,
+            CKA_DECRYPT,
+            CKA_SIGN,
+            CKA_SIGN_RECOVER,
+            CKA_UNWRAP,
+            CKA_EXTRACTABLE,
+            CKA_WRAP_WITH_TRUSTED,
+            CKA_ALWAYS_AUTHENTICATE,
+        ],
+        _ => &[],
+    }
+}
+
+/// One side of a copy: a member instance, a session on it, and its cloning key once found.
+pub struct End<'a> {
+    pub inst: &'a Instance,
+    pub session: CK_SESSION_HANDLE,
+    cloning: Option<CK_OBJECT_HANDLE>,
+}
+
+impl<'a> End<'a> {
+    pub fn new(inst: &'a Instance, session: CK_SESSION_HANDLE) -> Self {
+        End {
+            inst,
+            session,
+            cloning: None,
+        }
+    }
+
+    fn cloning_key(&mut self) -> MemberResult<CK_OBJECT_HANDLE> {
+        if let Some(h) = self.cloning {
+            return Ok(h);
+        }
+        let found = self.inst.find_all(self.session, cloning_search())?;
+        let h = *found.first().ok_or(CKR_FUNCTION_FAILED)?;
+        self.cloning = Some(h);
+        Ok(h)
+    }
+}
+
+fn cloning_search() -> Vec<Attr> {
+    vec![
+        Attr::ulong(CKA_CLASS, CKO_SECRET_KEY),
+        Attr::bool(CKA_TOKEN, true),
+        Attr::new(CKA_LABEL, CLONING_LABEL.to_vec()),
+    ]
+}
+
+/// Which side of a copy failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Source,
+    Target,
+}
+
+pub type CopyResult<T> = Result<T, (Side, CK_RV)>;
+
+fn src<T>(r: MemberResult<T>) -> CopyResult<T> {
+    r.map_err(|rv| (Side::Source, rv))
+}
+
+fn dst<T>(r: MemberResult<T>) -> CopyResult<T> {
+    r.map_err(|rv| (Side::Target, rv))
+}
+
+/// Copies one token object from `from` to `to`; returns its handle on `to`.
+pub fn copy_object(
+    from: &mut End,
+    obj: CK_OBJECT_HANDLE,
+    to: &mut End,
+) -> CopyResult<CK_OBJECT_HANDLE> {
+    let class = src(from
+        .inst
+        .read_attributes(from.session, obj, vec![CKA_CLASS]))?
+    .pop()
+    .flatten()
+    .and_then(|b| Attr::new(CKA_CLASS, b).as_ulong())
+    .ok_or((Side::Source, CKR_OBJECT_HANDLE_INVALID))?;
+    let keyed = is_key_class(Some(class));
+    let kinds = if keyed {
+        key_kinds(class)
+    } else {
+        value_kinds(class)
+    };
+    if kinds.is_empty() {
+        return Err((Side::Source, CKR_KEY_NOT_WRAPPABLE));
+    }
+    let values = src(from.inst.read_attributes(from.session, obj, kinds.to_vec()))?;
+    let template: Vec<Attr> = kinds
+        .iter()
+        .zip(values)
+        .filter_map(|(k, v)| v.map(|v| Attr::new(*k, v)))
+        .collect();
+    if !keyed {
+        return dst(to.inst.create_object(to.session, template));
+    }
+    let wrapping = src(from.cloning_key())?;
+    let unwrapping = dst(to.cloning_key())?;
+    // Note: p11-kit 0.24's RPC refuses C_WrapKey/C_UnwrapKey with this mechanism
+    // (CKR_MECHANISM_INVALID), so keys replicate only between members reached directly.
+    let mech = OwnedMechanism::new(CLONING_MECHANISM);
+    let size = src(from
+        .inst
+        .wrap_key(from.session, mech.clone(), wrapping, obj, None))?;
+    if size.rv != CKR_OK {
+        return Err((Side::Source, size.rv));
+    }
+    let out = src(from
+        .inst
+        .wrap_key(from.session, mech.clone(), wrapping, obj, Some(size.len)))?;
+    let wrapped = Zeroizing::new(match (out.rv, out.data) {
+        (CKR_OK, Some(d)) => d,
+        (rv, _) => {
+            return Err((
+                Side::Source,
+                if rv == CKR_OK { CKR_GENERAL_ERROR } else { rv },
+            ))
+        }
+    });
+    dst(to
+        .inst
+        .unwrap_key(to.session, mech, unwrapping, wrapped.to_vec(), template))
+}
+
+/// Token objects of a member with their identities (the cloning key left out).
+fn token_objects(end: &End) -> MemberResult<Vec<(CK_OBJECT_HANDLE, Identity)>> {
+    let mut out = Vec::new();
+    for h in end
+        .inst
+        .find_all(end.session, vec![Attr::bool(CKA_TOKEN, true)])?
+    {
+        let identity = Identity::read(end.inst, end.session, h)?;
+        if identity
+            .get(CKA_LABEL)
+            .is_some_and(|l| l.value == CLONING_LABEL)
+            && identity.class() == Some(CKO_SECRET_KEY)
+        {
+            continue;
+        }
+        out.push((h, identity));
+    }
+    Ok(out)
+}
+
+/// Copies to `to` every token object of `from` that `to` has no twin of; returns how many.
+/// Objects that cannot be copied for a reason other than a connection are reported and skipped.
+pub fn copy_missing(from: &mut End, to: &mut End, what: &str) -> CopyResult<u64> {
+    let theirs = src(token_objects(from))?;
+    let mine = dst(token_objects(to))?;
+    let mut used = vec![false; mine.len()];
+    let mut copied = 0;
+    for (h, identity) in theirs {
+        let twin = mine
+            .iter()
+            .enumerate()
+            .find(|(i, (_, m))| !used[*i] && m.matches(&identity));
+        if let Some((i, _)) = twin {
+            used[i] = true;
+            continue;
+        }
+        match copy_object(from, h, to) {
+            Ok(_) => copied += 1,
+            Err((side, rv)) if is_connection_error(rv) => return Err((side, rv)),
+            Err((_, rv)) => eprintln!(
+                "p11ha: {what}: object {:?} not copied: {}",
+                identity
+                    .get(CKA_LABEL)
+                    .map(|l| String::from_utf8_lossy(&l.value).to_string()),
+                crate::rv::rv_name(rv)
+            ),
+        }
+    }
+    Ok(copied)
+}
+
+/// A member session opened for synchronization and logged in like the group, closed on drop.
+struct Opened<'a> {
+    inst: &'a Instance,
+    session: CK_SESSION_HANDLE,
+    counter: Option<Arc<std::sync::atomic::AtomicUsize>>,
+}
+
+impl<'a> Opened<'a> {
+    fn open(
+        inst: &'a Instance,
+        slot: CK_SLOT_ID,
+        login: &Option<Login>,
+        counter: Option<Arc<std::sync::atomic::AtomicUsize>>,
+    ) -> MemberResult<Self> {
+        let session = inst.open_session(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION)?;
+        if let Some(c) = &counter {
+            c.fetch_add(1, Ordering::AcqRel);
+        }
+        let me = Opened {
+            inst,
+            session,
+            counter,
+        };
+        if let Some(Login { user, pin }) = login.clone() {
+            match inst.login(session, user, pin) {
+                Ok(()) | Err(CKR_USER_ALREADY_LOGGED_IN) => {}
+                Err(rv) => return Err(rv),
+            }
+        }
+        Ok(me)
+    }
+}
+
+impl Drop for Opened<'_> {
+    fn drop(&mut self) {
+        let _ = self.inst.close_session(self.session);
+        if let Some(c) = &self.counter {
+            c.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Brings a returning member up to date before it takes work: applies the destroys and attribute
+/// changes it missed, then copies every token object of an up member it lacks. Returns the number
+/// of objects copied. An error means the member should not be bound yet.
+pub fn reintroduce(
+    g: &Group,
+    serial: &str,
+    target: &Instance,
+    slot: CK_SLOT_ID,
+) -> MemberResult<u64> {
+    let login = g.login();
+    let mine = Opened::open(target, slot, &login, None)?;
+    let mut to = End::new(target, mine.session);
+    let owed = g.sync.take_for(serial);
+    for (n, m) in owed.iter().enumerate() {
+        let r = find_twin(target, mine.session, &m.identity).and_then(|twin| match twin {
+            None => Ok(()),
+            Some(h) => match &m.change {
+                Change::Destroy => target.destroy_object(mine.session, h),
+                Change::Set(t) => target.set_attributes(mine.session, h, t.clone()),
+            },
+        });
+        match r {
+            Err(rv) if is_connection_error(rv) => {
+                g.sync.give_back(serial, owed[n..].to_vec());
+                return Err(rv);
+            }
+            Err(rv) => eprintln!(
+                "p11ha: group {}: a change made while {serial} was down was refused: {}",
+                g.label,
+                crate::rv::rv_name(rv)
+            ),
+            Ok(()) => {}
+        }
+    }
+    let Some(idx) = g.candidates(|_, _| true).first().copied() else {
+        return Ok(0); // nothing to compare with: the returning member is the group now
+    };
+    let Some(b) = g.member(idx).binding() else {
+        return Ok(0);
+    };
+    let theirs = match Opened::open(&b.instance, b.slot, &login, Some(b.open_sessions.clone())) {
+        Ok(o) => o,
+        Err(rv) => {
+            if is_connection_error(rv) {
+                g.drop_member(idx, b.instance.id, rv);
+            }
+            return Err(rv);
+        }
+    };
+    let mut from = End::new(&b.instance, theirs.session);
+    match copy_missing(&mut from, &mut to, &format!("reintroduction of {serial}")) {
+        Ok(n) => Ok(n),
+        Err((Side::Source, rv)) => {
+            if is_connection_error(rv) {
+                g.drop_member(idx, b.instance.id, rv);
+            }
+            Err(rv)
+        }
+        Err((Side::Target, rv)) => Err(rv),
+    }
+}
+
+/// `p11ha synchronize`: copies every token object any up member has to every up member that
+/// lacks it. Returns the number of objects copied.
+pub fn synchronize(g: &Group) -> MemberResult<u64> {
+    let login = g.login();
+    let bound: Vec<_> = (0..g.members().len())
+        .filter_map(|i| g.member(i).binding().map(|b| (i, b)))
+        .collect();
+    let mut opened = Vec::new();
+    for (i, b) in &bound {
+        match Opened::open(&b.instance, b.slot, &login, Some(b.open_sessions.clone())) {
+            Ok(o) => opened.push((*i, b, o)),
+            Err(rv) if is_connection_error(rv) => g.drop_member(*i, b.instance.id, rv),
+            Err(rv) => return Err(rv),
+        }
+    }
+    let mut copied = 0;
+    for a in 0..opened.len() {
+        for z in 0..opened.len() {
+            if a == z {
+                continue;
+            }
+            let mut from = End::new(&opened[a].1.instance, opened[a].2.session);
+            let mut to = End::new(&opened[z].1.instance, opened[z].2.session);
+            let what = format!("synchronize {}", g.member(opened[z].0).serial);
+            match copy_missing(&mut from, &mut to, &what) {
+                Ok(n) => copied += n,
+                Err((side, rv)) => {
+                    let (i, b, _) = &opened[if side == Side::Source { a } else { z }];
+                    if is_connection_error(rv) {
+                        g.drop_member(*i, b.instance.id, rv);
+                    }
+                    return Err(rv);
+                }
+            }
+        }
+    }
+    Ok(copied)
+}
+
+/// Creates the group cloning key, identical on every up member: 32 random bytes from the
+/// operating system, held only in zeroized memory. Refuses when any member already has one;
+/// removes what it made when a member refuses. Needs a login that may set CKA_TRUSTED (the SO
+/// on SoftHSM). Returns the number of members provisioned.
+pub fn init_cloning_key(g: &Group) -> MemberResult<u64> {
+    let login = g.login();
+    let members = g.members();
+    if members.iter().any(|m| !m.is_removed() && !m.is_up()) {
+        eprintln!(
+            "p11ha: every member of {} must be up to create the cloning key",
+            g.label
+        );
+        return Err(CKR_DEVICE_ERROR);
+    }
+    let bound: Vec<_> = members.iter().filter_map(|m| m.binding()).collect();
+    let mut opened = Vec::new();
+    for b in &bound {
+        let o = Opened::open(&b.instance, b.slot, &login, Some(b.open_sessions.clone()))?;
+        if !b.instance.find_all(o.session, cloning_search())?.is_empty() {
+            return Err(RV_CLONING_KEY_EXISTS);
+        }
+        opened.push((b, o));
+    }
+    let mut key = Zeroizing::new(vec![0u8; 32]);
+    fill_random(&mut key)?;
+    let mut made = Vec::new();
+    for (b, o) in &opened {
+        let template = vec![
+            Attr::ulong(CKA_CLASS, CKO_SECRET_KEY),
+            Attr::ulong(CKA_KEY_TYPE, CKK_AES),
+            Attr::bool(CKA_TOKEN, true),
+            Attr::bool(CKA_PRIVATE, false),
+            Attr::new(CKA_LABEL, CLONING_LABEL.to_vec()),
+            Attr::new(CKA_ID, CLONING_LABEL.to_vec()),
+            Attr::bool(CKA_TRUSTED, true),
+            Attr::bool(CKA_WRAP, true),
+            Attr::bool(CKA_UNWRAP, true),
+            Attr::bool(CKA_ENCRYPT, false),
+            Attr::bool(CKA_DECRYPT, false),
+            Attr::bool(CKA_SIGN, false),
+            Attr::bool(CKA_VERIFY, false),
+            Attr::bool(CKA_DERIVE, false),
+            Attr::bool(CKA_SENSITIVE, true),
+            Attr::bool(CKA_EXTRACTABLE, false),
+            Attr::bool(CKA_MODIFIABLE, false),
+            Attr::new(CKA_VALUE, key.to_vec()),
+        ];
+        match b.instance.create_object_zeroized(o.session, template) {
+            Ok(h) => made.push((b, o, h)),
+            Err(rv) => {
+                for (b, o, h) in made {
+                    let _ = b.instance.destroy_object(o.session, h);
+                }
+                return Err(rv);
+            }
+        }
+    }
+    key.zeroize();
+    Ok(made.len() as u64)
+}
+
+fn fill_random(buf: &mut [u8]) -> MemberResult<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        // SAFETY: the pointer and length describe the unfilled tail of `buf`.
+        let n = unsafe {
+            libc::getrandom(
+                buf[done..].as_mut_ptr() as *mut libc::c_void,
+                buf.len() - done,
+                0,
+            )
+        };
+        if n <= 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(CKR_FUNCTION_FAILED);
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_extractable_token_keys_become_managed() {
+        let t = vec![
+            Attr::bool(CKA_TOKEN, true),
+            Attr::bool(CKA_EXTRACTABLE, false),
+        ];
+        let m = member_template(Some(CKO_SECRET_KEY), &t);
+        assert_eq!(
+            find(&m, CKA_EXTRACTABLE).and_then(Attr::as_bool),
+            Some(true)
+        );
+        assert_eq!(
+            find(&m, CKA_WRAP_WITH_TRUSTED).and_then(Attr::as_bool),
+            Some(true)
+        );
+        // Session keys and public objects are left as asked.
+        let s = vec![Attr::bool(CKA_EXTRACTABLE, false)];
+        assert_eq!(member_template(Some(CKO_SECRET_KEY), &s), s);
+        assert_eq!(member_template(Some(CKO_DATA), &t), t);
+        // Extractable by default: made explicit, not managed.
+        let d = member_template(Some(CKO_PRIVATE_KEY), &[Attr::bool(CKA_TOKEN, true)]);
+        assert_eq!(
+            find(&d, CKA_EXTRACTABLE).and_then(Attr::as_bool),
+            Some(true)
+        );
+        assert!(find(&d, CKA_WRAP_WITH_TRUSTED).is_none());
+    }
+
+    #[test]
+    fn making_a_key_non_extractable_makes_it_managed() {
+        let t = member_set_template(&[Attr::bool(CKA_EXTRACTABLE, false)]);
+        assert!(find(&t, CKA_EXTRACTABLE).is_none());
+        assert_eq!(
+            find(&t, CKA_WRAP_WITH_TRUSTED).and_then(Attr::as_bool),
+            Some(true)
+        );
+    }
+}

@@ -1,0 +1,423 @@
+//! Object synchronization (`HASynchronize.<label> = 1`) with 3 SoftHSM members.
+//!
+//! p11-kit 0.24's RPC refuses C_WrapKey/C_UnwrapKey with CKM_AES_KEY_WRAP_PAD
+//! (CKR_MECHANISM_INVALID), so secret and private keys can only be cloned between members
+//! reached directly (`ConfigOpts { direct: true }`, per-member copies of libsofthsm2.so): the key
+//! tests use direct members. Member failure and return need p11-kit servers (kill / restart), so
+//! the reintroduction tests run through p11-kit with objects copied by value (data objects).
+
+mod support;
+
+use cryptoki::error::{Error, RvError};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
+use cryptoki::session::Session;
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use support::*;
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+fn serial() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+const P256: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+
+/// A cluster with synchronization on and the cloning key made by `p11ha synchronize`.
+fn synced(n: usize, direct: bool) -> (Cluster, std::path::PathBuf) {
+    let cluster = Cluster::started(n);
+    let conf = cluster.write_config(&ConfigOpts {
+        ha_synchronize: Some(true),
+        direct,
+        ..Default::default()
+    });
+    let out = cli(&conf, &["-init-cloning-key"], &[("P11HA_SO_PIN", SO_PIN)]);
+    assert!(
+        out.contains("Cloning key created on 3 members") || n != 3,
+        "{out}"
+    );
+    (cluster, conf)
+}
+
+fn cli(conf: &Path, extra: &[&str], env: &[(&str, &str)]) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_p11ha"));
+    cmd.args(["synchronize", "-group", GROUP_LABEL]).args(extra);
+    cmd.env("P11HA_CONF", conf);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn by_id(s: &Session, class: ObjectClass, id: u8) -> Vec<ObjectHandle> {
+    s.find_objects(&[Attribute::Class(class), Attribute::Id(vec![id])])
+        .unwrap()
+}
+
+fn aes_key(s: &Session, id: u8, extractable: bool) -> cryptoki::error::Result<ObjectHandle> {
+    s.generate_key(
+        &Mechanism::AesKeyGen,
+        &[
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(extractable),
+            Attribute::ValueLen(32.into()),
+            Attribute::Id(vec![id]),
+            Attribute::Label(format!("aes-{id}").into_bytes()),
+            Attribute::Encrypt(true),
+            Attribute::Decrypt(true),
+        ],
+    )
+}
+
+fn rsa_pair(s: &Session, id: u8) -> cryptoki::error::Result<(ObjectHandle, ObjectHandle)> {
+    s.generate_key_pair(
+        &Mechanism::RsaPkcsKeyPairGen,
+        &[
+            Attribute::Token(true),
+            Attribute::ModulusBits(2048.into()),
+            Attribute::PublicExponent(vec![1, 0, 1]),
+            Attribute::Verify(true),
+            Attribute::Id(vec![id]),
+        ],
+        &[
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Sign(true),
+            Attribute::Id(vec![id]),
+        ],
+    )
+}
+
+fn ec_pair(s: &Session, id: u8) -> cryptoki::error::Result<(ObjectHandle, ObjectHandle)> {
+    s.generate_key_pair(
+        &Mechanism::EccKeyPairGen,
+        &[
+            Attribute::Token(true),
+            Attribute::EcParams(P256.to_vec()),
+            Attribute::Verify(true),
+            Attribute::Id(vec![id]),
+        ],
+        &[
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Sign(true),
+            Attribute::Id(vec![id]),
+        ],
+    )
+}
+
+const AES: u8 = 0x51;
+const RSA: u8 = 0x52;
+const EC: u8 = 0x53;
+const BLOCK: [u8; 16] = *b"sixteen byte blk";
+const DIGEST: [u8; 32] = [7; 32];
+
+/// Signs and encrypts with the three keys in session `s`, verifying with the public halves:
+/// returns the AES ciphertext for cross-checks.
+fn use_keys(s: &Session) -> Vec<u8> {
+    let pr = by_id(s, ObjectClass::PRIVATE_KEY, RSA)[0];
+    let pu = by_id(s, ObjectClass::PUBLIC_KEY, RSA)[0];
+    let sig = s.sign(&Mechanism::Sha256RsaPkcs, pr, b"sync").unwrap();
+    s.verify(&Mechanism::Sha256RsaPkcs, pu, b"sync", &sig)
+        .unwrap();
+    let pr = by_id(s, ObjectClass::PRIVATE_KEY, EC)[0];
+    let pu = by_id(s, ObjectClass::PUBLIC_KEY, EC)[0];
+    let sig = s.sign(&Mechanism::Ecdsa, pr, &DIGEST).unwrap();
+    s.verify(&Mechanism::Ecdsa, pu, &DIGEST, &sig).unwrap();
+    let k = by_id(s, ObjectClass::SECRET_KEY, AES)[0];
+    let ct = s.encrypt(&Mechanism::AesEcb, k, &BLOCK).unwrap();
+    assert_eq!(s.decrypt(&Mechanism::AesEcb, k, &ct).unwrap(), BLOCK);
+    ct
+}
+
+fn wait_recovered(cluster: &Cluster, i: usize, after: usize) -> String {
+    let serial = &cluster.members[i].serial;
+    let needle = format!("token objects to recovered token {serial}");
+    let mut found = None;
+    wait_until(Duration::from_secs(20), || {
+        found = cluster
+            .ha_log_lines()
+            .into_iter()
+            .skip(after)
+            .find(|l| l.contains(&needle));
+        found.is_some()
+    });
+    found.unwrap_or_else(|| panic!("no reintroduction of m{i}: {:#?}", cluster.ha_log_lines()))
+}
+
+fn reintroduced_count(line: &str) -> u64 {
+    let after = line.split("reintroducing ").nth(1).unwrap();
+    after.split(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn keys_made_on_the_group_are_on_every_member_and_work_there() {
+    let _g = serial();
+    let (cluster, conf) = synced(3, true);
+    let ha = cluster.ha_client(&conf, GROUP_LABEL).unwrap();
+    let s = ha.session().unwrap();
+    aes_key(&s, AES, true).unwrap();
+    rsa_pair(&s, RSA).unwrap();
+    ec_pair(&s, EC).unwrap();
+    let reference = use_keys(&s);
+    // The direct clients load the same SoftHSM copies as p11ha: finalize p11ha first.
+    drop(s);
+    drop(ha);
+
+    // Every member holds exactly one of each and uses it on its own.
+    for i in 0..3 {
+        let c = cluster.direct_client(i);
+        let ms = c.session().unwrap();
+        for (class, id) in [
+            (ObjectClass::SECRET_KEY, AES),
+            (ObjectClass::PRIVATE_KEY, RSA),
+            (ObjectClass::PUBLIC_KEY, RSA),
+            (ObjectClass::PRIVATE_KEY, EC),
+            (ObjectClass::PUBLIC_KEY, EC),
+        ] {
+            assert_eq!(by_id(&ms, class, id).len(), 1, "m{i} {class:?} {id:#x}");
+        }
+        assert_eq!(use_keys(&ms), reference, "m{i} holds the same AES key");
+    }
+}
+
+/// A data object through the group.
+fn note(s: &Session, label: &str) -> ObjectHandle {
+    s.create_object(&[
+        Attribute::Class(ObjectClass::DATA),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Value(label.as_bytes().to_vec()),
+    ])
+    .unwrap()
+}
+
+fn notes(s: &Session, label: &str) -> usize {
+    s.find_objects(&[
+        Attribute::Class(ObjectClass::DATA),
+        Attribute::Label(label.as_bytes().to_vec()),
+    ])
+    .unwrap()
+    .len()
+}
+
+#[test]
+fn a_returning_member_gets_what_was_made_and_loses_what_was_destroyed() {
+    let _g = serial();
+    let (cluster, conf) = synced(3, false);
+    let ha = cluster.ha_client(&conf, GROUP_LABEL).unwrap();
+    let s = ha.session().unwrap();
+    let doomed = note(&s, "doomed");
+    for i in 0..3 {
+        assert_eq!(
+            notes(&cluster.client(i).session().unwrap(), "doomed"),
+            1,
+            "m{i}"
+        );
+    }
+    let lines = cluster.ha_log_lines().len();
+    cluster.kill(2);
+    note(&s, "a");
+    note(&s, "b");
+    note(&s, "c");
+    s.destroy_object(doomed).unwrap();
+    cluster.restart(2);
+    let line = wait_recovered(&cluster, 2, lines);
+    assert_eq!(reintroduced_count(&line), 3, "{line}");
+    let c = cluster.client(2);
+    let ms = c.session().unwrap();
+    assert_eq!(
+        notes(&ms, "doomed"),
+        0,
+        "destroyed while m2 was down: gone after recovery"
+    );
+    for l in ["a", "b", "c"] {
+        assert_eq!(notes(&ms, l), 1, "{l} on m2, once");
+    }
+    // No duplicates: the provisioned keys m2 always had were recognised as twins.
+    assert_eq!(by_id(&ms, ObjectClass::PRIVATE_KEY, RSA_ID).len(), 1);
+    // And m2 serves the group alone with what it got.
+    cluster.kill(0);
+    cluster.kill(1);
+    assert_eq!(notes(&s, "b"), 1);
+}
+
+#[test]
+fn non_extractable_keys_cannot_be_wrapped_through_p11ha() {
+    let _g = serial();
+    let (cluster, conf) = synced(3, true);
+    let ha = cluster.ha_client(&conf, GROUP_LABEL).unwrap();
+    let s = ha.session().unwrap();
+    let key = aes_key(&s, AES, false).unwrap();
+    let open = aes_key(&s, 0x61, true).unwrap();
+    let kek = s
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[
+                Attribute::Token(true),
+                Attribute::ValueLen(32.into()),
+                Attribute::Id(vec![0x62]),
+                Attribute::Wrap(true),
+                Attribute::Unwrap(true),
+            ],
+        )
+        .unwrap();
+    let attrs = s
+        .get_attributes(key, &[AttributeType::Extractable])
+        .unwrap();
+    assert_eq!(attrs, vec![Attribute::Extractable(false)]);
+    match s.wrap_key(&Mechanism::AesKeyWrapPad, kek, key) {
+        Err(Error::Pkcs11(RvError::KeyUnextractable, _)) => {}
+        other => panic!("wrapping a non-extractable key: {other:?}"),
+    }
+    // An extractable key still wraps (the refusal is about the application's choice).
+    assert!(!s
+        .wrap_key(&Mechanism::AesKeyWrapPad, kek, open)
+        .unwrap()
+        .is_empty());
+    // On a member it is extractable only under a trusted key: the app's own key cannot wrap it.
+    drop(s);
+    drop(ha);
+    let c = cluster.direct_client(0);
+    let ms = c.session().unwrap();
+    let mk = by_id(&ms, ObjectClass::SECRET_KEY, AES)[0];
+    let mkek = by_id(&ms, ObjectClass::SECRET_KEY, 0x62)[0];
+    assert_eq!(
+        ms.get_attributes(mk, &[AttributeType::WrapWithTrusted])
+            .unwrap(),
+        vec![Attribute::WrapWithTrusted(true)]
+    );
+    assert!(ms.wrap_key(&Mechanism::AesKeyWrapPad, mkek, mk).is_err());
+}
+
+#[test]
+fn failed_replication_leaves_no_orphans() {
+    let _g = serial();
+    let (cluster, conf) = synced(3, true);
+    // m2 loses its cloning key: keys cannot reach it, so creating one must fail everywhere.
+    {
+        let c = cluster.direct_client(2);
+        let ms = c.session().unwrap();
+        let ck = ms
+            .find_objects(&[Attribute::Label(b"p11ha-cloning-key".to_vec())])
+            .unwrap();
+        assert_eq!(ck.len(), 1);
+        ms.destroy_object(ck[0]).unwrap();
+    }
+    let before: Vec<usize> = (0..3)
+        .map(|i| cluster.direct_client(i).count_objects().unwrap())
+        .collect();
+    let ha = cluster.ha_client(&conf, GROUP_LABEL).unwrap();
+    let s = ha.session().unwrap();
+    assert!(aes_key(&s, AES, true).is_err());
+    assert!(rsa_pair(&s, RSA).is_err());
+    assert!(by_id(&s, ObjectClass::SECRET_KEY, AES).is_empty());
+    drop(s);
+    drop(ha);
+    let after: Vec<usize> = (0..3)
+        .map(|i| cluster.direct_client(i).count_objects().unwrap())
+        .collect();
+    assert_eq!(before, after, "no half-created objects on any member");
+    // Public objects need no cloning key and still replicate.
+    let ha = cluster.ha_client(&conf, GROUP_LABEL).unwrap();
+    let s = ha.session().unwrap();
+    s.create_object(&[
+        Attribute::Class(ObjectClass::DATA),
+        Attribute::Token(true),
+        Attribute::Label(b"note".to_vec()),
+        Attribute::Value(b"hello".to_vec()),
+    ])
+    .unwrap();
+    drop(s);
+    drop(ha);
+    for (i, n) in before.iter().enumerate() {
+        assert_eq!(
+            cluster.direct_client(i).count_objects().unwrap(),
+            n + 1,
+            "m{i}"
+        );
+    }
+}
+
+#[test]
+fn synchronize_copies_objects_imported_into_one_member() {
+    let _g = serial();
+    let (cluster, conf) = synced(3, false);
+    {
+        let c = cluster.client(1);
+        let ms = c.session().unwrap();
+        note(&ms, "imported");
+    }
+    let out = cli(&conf, &[], &[("P11HA_PIN", USER_PIN)]);
+    assert!(out.contains("2 objects copied"), "{out}");
+    for i in 0..3 {
+        let c = cluster.client(i);
+        assert_eq!(notes(&c.session().unwrap(), "imported"), 1, "m{i}");
+    }
+    let out = cli(&conf, &[], &[("P11HA_PIN", USER_PIN)]);
+    assert!(out.contains(" 0 objects copied"), "nothing twice: {out}");
+    let out = cli(&conf, &["-init-cloning-key"], &[("P11HA_SO_PIN", SO_PIN)]);
+    assert!(out.contains("never overwritten"), "{out}");
+}
+
+#[test]
+fn reintroduction_of_1000_objects_is_timed() {
+    let _g = serial();
+    let (cluster, conf) = synced(3, false);
+    let ha = cluster.ha_client(&conf, GROUP_LABEL).unwrap();
+    let s = ha.session().unwrap();
+    let lines = cluster.ha_log_lines().len();
+    cluster.kill(2);
+    let t = Instant::now();
+    for n in 0..1000u32 {
+        s.create_object(&[
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Label(format!("bulk-{n}").into_bytes()),
+            Attribute::Value(n.to_be_bytes().to_vec()),
+        ])
+        .unwrap();
+    }
+    eprintln!(
+        "created and replicated 1000 objects to 2 members in {:?}",
+        t.elapsed()
+    );
+    let t = Instant::now();
+    cluster.restart(2);
+    let needle = format!(
+        "token objects to recovered token {}",
+        cluster.members[2].serial
+    );
+    let mut found = None;
+    wait_until(Duration::from_secs(600), || {
+        found = cluster
+            .ha_log_lines()
+            .into_iter()
+            .skip(lines)
+            .find(|l| l.contains(&needle));
+        found.is_some()
+    });
+    let line = found.expect("reintroduction finished");
+    eprintln!(
+        "BENCH reintroduction of 1000 objects (restart to log line, incl. <= 1 s recovery interval): {:?}",
+        t.elapsed()
+    );
+    assert_eq!(reintroduced_count(&line), 1000, "{line}");
+    assert_eq!(
+        cluster.client(2).count_objects().unwrap(),
+        cluster.client(0).count_objects().unwrap()
+    );
+}
