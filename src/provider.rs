@@ -925,6 +925,15 @@ fn plain(rv: CK_RV) -> Output {
     }
 }
 
+/// The module answers but its token cannot serve: a deactivated member (Luna's deactivated
+/// partition shows up this way through standard PKCS#11).
+pub fn is_deactivation(rv: CK_RV) -> bool {
+    matches!(
+        rv,
+        CKR_TOKEN_NOT_PRESENT | CKR_DEVICE_REMOVED | CKR_TOKEN_NOT_RECOGNIZED
+    )
+}
+
 /// Errors that mean the member (or our connection to it) is gone, not that the caller erred.
 pub fn is_connection_error(rv: CK_RV) -> bool {
     matches!(

@@ -298,8 +298,8 @@ fn c_client_idle_survives_member_kills_without_sigpipe() {
     let exe = cluster.build_c_client();
 
     // Control: the same client directly against member 2's p11-kit-client dies of SIGPIPE when
-    // its server is killed while the connection is idle (REFERENCE §3: 10 of 10). This shows
-    // the scenario does reach the SIGPIPE path.
+    // its server is killed while the connection is idle (REFERENCE §3: 10 of 10; once in a CI
+    // run it saw CKR_DEVICE_ERROR instead). This shows the scenario reaches the hazard.
     let mut direct = c_client_cmd(
         &exe,
         Path::new(P11KIT_CLIENT_LIB),
@@ -316,10 +316,14 @@ fn c_client_idle_survives_member_kills_without_sigpipe() {
         control.status,
         control.signal()
     );
-    assert_eq!(
-        control.signal(),
-        Some(SIGPIPE),
-        "control run did not die of SIGPIPE:\n{}",
+    // Usually SIGPIPE; on a loaded machine the write sometimes loses the race to the socket
+    // close and the client sees CKR_DEVICE_ERROR instead. Either way the bare member hurts the
+    // application, which is what the p11ha run below must not do.
+    let hurt = control.signal() == Some(SIGPIPE)
+        || c_client_counts(&control.stdout).is_some_and(|(_, failed)| failed > 0);
+    assert!(
+        hurt,
+        "control run neither died of SIGPIPE nor failed:\n{}",
         control.describe()
     );
     cluster.start_server(2);

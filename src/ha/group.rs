@@ -5,6 +5,7 @@ use super::member::Member;
 use super::objects::ObjectTable;
 use crate::config::RecoveryMode;
 use crate::halog::HaLog;
+use crate::provider::is_deactivation;
 use cryptoki_sys::*;
 use parking_lot::{Mutex, RwLock};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -32,8 +33,15 @@ pub struct Group {
     /// Object synchronization (`HASynchronize.<label>`), see `ha::sync`.
     pub sync: super::sync::SyncState,
     pub mode: RecoveryMode,
+    /// `failover_on_deactivation`: redo a call elsewhere when its member reports itself
+    /// deactivated (true), or return that error to the caller (false). The member is dropped
+    /// either way.
+    pub failover_on_deactivation: bool,
     pub log: HaLog,
     login: Mutex<Option<Login>>,
+    /// The group's authentication kind (true: PED / protected authentication path), fixed by
+    /// the first member that came up. Members of the other kind are refused.
+    ped: Mutex<Option<bool>>,
     /// Last `HARecovery.<label>` value seen; an increase asks for a recovery now.
     pub manual_recovery: Mutex<Option<u64>>,
     sessions: AtomicUsize,
@@ -75,8 +83,10 @@ impl Group {
             objects: ObjectTable::default(),
             sync: Default::default(),
             mode,
+            failover_on_deactivation: true,
             log,
             login: Mutex::new(None),
+            ped: Mutex::new(None),
             manual_recovery: Mutex::new(None),
             sessions: AtomicUsize::new(0),
             rr: AtomicUsize::new(0),
@@ -99,6 +109,16 @@ impl Group {
         v.push(m);
         *members = Arc::new(v);
         members.len() - 1
+    }
+
+    /// Whether a token of this kind may serve the group (the first one decides the kind).
+    pub fn accepts_kind(&self, token: &CK_TOKEN_INFO) -> bool {
+        let ped = token.flags & CKF_PROTECTED_AUTHENTICATION_PATH != 0;
+        *self.ped.lock().get_or_insert(ped) == ped
+    }
+
+    pub fn is_ped(&self) -> Option<bool> {
+        *self.ped.lock()
     }
 
     pub fn login(&self) -> Option<Login> {
@@ -157,7 +177,11 @@ impl Group {
     pub fn drop_member(&self, idx: usize, instance_id: u64, rv: CK_RV) {
         let m = self.member(idx);
         if m.take_down(instance_id, rv) {
-            self.log.drop_member(&self.serial, &m.serial);
+            if is_deactivation(rv) {
+                self.log.member_deactivated(&self.serial, &m.serial);
+            } else {
+                self.log.drop_member(&self.serial, &m.serial);
+            }
             if !self.any_up() {
                 self.log.members_offline(&self.serial);
             }

@@ -79,7 +79,7 @@ impl Ha {
                 .chain(g.standby.iter().map(|s| (s, true)))
                 .map(|(s, standby)| Arc::new(Member::new(s.clone(), standby)))
                 .collect();
-            let group = Group::new(
+            let mut group = Group::new(
                 CK_SLOT_ID::from(g.index),
                 g.label.clone(),
                 g.serial.clone(),
@@ -88,8 +88,10 @@ impl Ha {
                 config.recovery.mode,
                 log.clone(),
             );
+            group.failover_on_deactivation = config.failover_on_deactivation;
             for m in group.members().iter() {
                 match found.iter().find(|f| trimmed_serial(&f.token) == m.serial) {
+                    Some(f) if !group.accepts_kind(&f.token) => refuse_kind(&group, m),
                     Some(f) => {
                         bind(m, f);
                     }
@@ -237,15 +239,22 @@ pub fn bind(m: &Member, f: &Found) {
     m.bring_up(f.instance.view(), f.slot, f.token, mechanisms);
 }
 
+/// Refuses a member whose authentication kind (PED or password) is not the group's: it can
+/// never serve this group, so it is not retried.
+pub fn refuse_kind(group: &Group, m: &Member) {
+    m.mark_unreachable(CKR_FUNCTION_REJECTED);
+    m.set_auto_recovery(false);
+    group.log.unrecoverable(
+        &group.serial,
+        m.health().attempts + 1,
+        &m.serial,
+        CKR_FUNCTION_REJECTED,
+    );
+}
+
 /// Logs whether the group is password or PED (protected authentication path) based.
 fn log_auth_kind(group: &Group) {
-    let ped = group
-        .members()
-        .iter()
-        .filter_map(|m| m.health().token)
-        .map(|t| t.flags & CKF_PROTECTED_AUTHENTICATION_PATH != 0)
-        .next();
-    match ped {
+    match group.is_ped() {
         Some(true) => group.log.configured_as_ped(&group.serial),
         Some(false) => group.log.configured_as_password(&group.serial),
         None => {}

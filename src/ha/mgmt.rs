@@ -162,6 +162,10 @@ fn reread_config(ha: &Ha) {
 /// One attempt to bring `m` back, counted and logged.
 pub fn recover(ha: &Ha, g: &Group, m: &Member, limit: i64) -> bool {
     match find_member(ha, &m.serial) {
+        Ok(found) if !g.accepts_kind(&found.token) => {
+            super::library::refuse_kind(g, m);
+            false
+        }
         Ok(found) => {
             let attempt = m.health().attempts + 1;
             if g.sync.enabled() && !g.passthrough {
@@ -212,16 +216,18 @@ fn find_member(ha: &Ha, serial: &str) -> Result<Found, CK_RV> {
                 None => continue,
             }
         }
+        // The old instance is finalized first, and only then a new one initialized: most modules
+        // (SoftHSM among them) hand out one shared instance, which a late C_Finalize of the old
+        // one would take away from the new. A finalize that hangs is given the connect timeout.
+        if let Some(old) = p.instance.lock().take() {
+            let _ = bounded::start(move || old.finalize()).wait(ha.config.connect_timeout);
+        }
         match p
             .provider
             .connect(Instant::now() + ha.config.connect_timeout)
         {
             Ok(inst) => {
-                let old = p.instance.lock().replace(inst.clone());
-                if let Some(old) = old {
-                    // Finalize the dead instance off this thread: it may hang.
-                    drop(bounded::start(move || old.finalize()));
-                }
+                *p.instance.lock() = Some(inst.clone());
                 if let Some(f) = in_instance(i, &inst, serial) {
                     return Ok(f);
                 }

@@ -11,7 +11,7 @@ use super::sync::{
 use crate::config::RecoveryMode;
 use crate::mechanism::{find, Attr, OwnedMechanism};
 use crate::provider::{
-    is_connection_error, AttributeValues, Instance, MemberResult, OpKind, Output,
+    is_connection_error, is_deactivation, AttributeValues, Instance, MemberResult, OpKind, Output,
 };
 use cryptoki_sys::*;
 use parking_lot::Mutex;
@@ -275,10 +275,19 @@ impl Session {
                 Err(rv) if is_connection_error(rv) => {
                     self.drop_member(idx, &b.instance, rv);
                     forget(st, idx);
+                    if self.stops_at_deactivation(rv) {
+                        return Err(rv);
+                    }
                 }
                 Err(rv) => return Err(rv),
             }
         }
+    }
+
+    /// With `failover_on_deactivation = 0`, a deactivation is the caller's answer, not a reason
+    /// to move the call.
+    fn stops_at_deactivation(&self, rv: CK_RV) -> bool {
+        is_deactivation(rv) && !self.group.failover_on_deactivation
     }
 
     // ---- login -------------------------------------------------------------------------
@@ -934,6 +943,9 @@ impl Session {
     fn restart_elsewhere(&self, st: &mut State, op: &mut ActiveOp, rv: CK_RV) -> CkResult<()> {
         self.drop_member(op.idx, &op.inst, rv);
         forget(st, op.idx);
+        if self.stops_at_deactivation(rv) {
+            return Err(rv);
+        }
         if op.fed {
             // Luna's rule too: a multi-part operation whose member died is the application's to redo.
             return Err(CKR_DEVICE_ERROR);
