@@ -50,10 +50,21 @@ fn main() {
         return;
     }
     let quick = args.iter().any(|a| a == "--quick");
-    if args.iter().skip(1).any(|a| a != "--quick") {
-        eprintln!("usage: p11ha-bench [--quick]");
+    // --parts 1,2: only these parts (for profiling); default all.
+    let parts: Vec<u32> = match args.iter().position(|a| a == "--parts") {
+        Some(i) => args
+            .get(i + 1)
+            .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
+            .unwrap_or_default(),
+        None => (1..=6).collect(),
+    };
+    let known =
+        |i: usize, a: &str| a == "--quick" || a == "--parts" || (i > 1 && args[i - 1] == "--parts");
+    if parts.is_empty() || args.iter().enumerate().skip(1).any(|(i, a)| !known(i, a)) {
+        eprintln!("usage: p11ha-bench [--quick] [--parts 1,2,...]");
         std::process::exit(2);
     }
+    let on = |n: u32| parts.contains(&n);
     let p = if quick {
         Params {
             rounds: 1,
@@ -80,16 +91,27 @@ fn main() {
     ));
     let w = World::new(3);
     let mut out = Vec::new();
-    out.push(part1(&w, &lib, &p));
+    if on(1) {
+        out.push(part1(&w, &lib, &p));
+    }
     for i in 0..3 {
         w.start_server(i);
     }
-    out.push(part2(&w, &lib, &p));
-    let p5 = part5(&w, &lib, &p);
-    out.push(part3(&w, &lib, &p));
-    out.push(part4(&w, &lib, &p));
-    out.push(p5);
-    out.push(part6(&w, &lib));
+    if on(2) {
+        out.push(part2(&w, &lib, &p));
+    }
+    // Part 5 runs before the fault parts, while every member is fresh.
+    let p5 = on(5).then(|| part5(&w, &lib, &p));
+    if on(3) {
+        out.push(part3(&w, &lib, &p));
+    }
+    if on(4) {
+        out.push(part4(&w, &lib, &p));
+    }
+    out.extend(p5);
+    if on(6) {
+        out.push(part6(&w, &lib));
+    }
     println!(
         "# p11ha-bench{} ({} rounds × {} ms slices; {} repetitions)\n",
         if quick { " --quick" } else { "" },
