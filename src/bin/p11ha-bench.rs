@@ -1,0 +1,547 @@
+//! `p11ha-bench`: p11ha against the member module called directly, side by side in one run
+//! (issue 6). Sets up its own SoftHSM tokens and `p11-kit server` members under /tmp, runs every
+//! contender in its own child process (p11ha and SoftHSM are one instance per process), alternates
+//! the contenders in short fixed-time slices over several rounds and reports medians.
+//!
+//! ```text
+//! cargo build --release && target/release/p11ha-bench          # full run (< 5 min)
+//! target/release/p11ha-bench --quick                           # smoke run (< 60 s)
+//! ```
+//! `P11HA_LIB` selects the libp11ha.so to measure (default: next to this executable).
+//! `P11HA_BENCH_KEEP=1` keeps the temporary directory (server and child logs).
+
+#[path = "p11ha-bench/child.rs"]
+mod child;
+#[path = "p11ha-bench/ck.rs"]
+mod ck;
+#[path = "p11ha-bench/setup.rs"]
+mod setup;
+#[path = "p11ha-bench/stats.rs"]
+mod stats;
+
+use setup::{ChildProc, Conf, World, GROUP_LABEL, P11KIT_CLIENT_LIB, SOFTHSM_LIB};
+use stats::{fmt_ns, median, summarize, Stats, Summary};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(30);
+
+struct Params {
+    /// Rounds of the alternating throughput parts (1, 2).
+    rounds: usize,
+    /// Time per contender per cell, ms.
+    slice_ms: u64,
+    /// Repetitions of the failover, recovery and C_Initialize measurements.
+    reps: usize,
+}
+
+fn p11ha_lib() -> PathBuf {
+    if let Some(p) = std::env::var_os("P11HA_LIB") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent().expect("exe dir").join("libp11ha.so")
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--child") {
+        child::main(&args[2], &args[3]);
+        return;
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    // --parts 1,2: only these parts (for profiling); default all.
+    let parts: Vec<u32> = match args.iter().position(|a| a == "--parts") {
+        Some(i) => args
+            .get(i + 1)
+            .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
+            .unwrap_or_default(),
+        None => (1..=6).collect(),
+    };
+    let known =
+        |i: usize, a: &str| a == "--quick" || a == "--parts" || (i > 1 && args[i - 1] == "--parts");
+    if parts.is_empty() || args.iter().enumerate().skip(1).any(|(i, a)| !known(i, a)) {
+        eprintln!("usage: p11ha-bench [--quick] [--parts 1,2,...]");
+        std::process::exit(2);
+    }
+    let on = |n: u32| parts.contains(&n);
+    let p = if quick {
+        Params {
+            rounds: 1,
+            slice_ms: 100,
+            reps: 1,
+        }
+    } else {
+        Params {
+            rounds: 5,
+            slice_ms: 300,
+            reps: 3,
+        }
+    };
+    let lib = p11ha_lib();
+    assert!(
+        lib.exists(),
+        "{} not found: run `cargo build --release` or set P11HA_LIB",
+        lib.display()
+    );
+    let t0 = Instant::now();
+    progress(&format!(
+        "p11ha-bench{}: provisioning 3 SoftHSM tokens",
+        if quick { " --quick" } else { "" }
+    ));
+    let w = World::new(3);
+    let mut out = Vec::new();
+    if on(1) {
+        out.push(part1(&w, &lib, &p));
+    }
+    for i in 0..3 {
+        w.start_server(i);
+    }
+    if on(2) {
+        out.push(part2(&w, &lib, &p));
+    }
+    // Part 5 runs before the fault parts, while every member is fresh.
+    let p5 = on(5).then(|| part5(&w, &lib, &p));
+    if on(3) {
+        out.push(part3(&w, &lib, &p));
+    }
+    if on(4) {
+        out.push(part4(&w, &lib, &p));
+    }
+    out.extend(p5);
+    if on(6) {
+        out.push(part6(&w, &lib));
+    }
+    println!(
+        "# p11ha-bench{} ({} rounds × {} ms slices; {} repetitions)\n",
+        if quick { " --quick" } else { "" },
+        p.rounds,
+        p.slice_ms,
+        p.reps
+    );
+    for s in out {
+        println!("{s}");
+    }
+    println!("total run time: {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+fn progress(s: &str) {
+    eprintln!("[bench] {s}");
+}
+
+/// Start a child and wait for it to be logged in.
+fn start(w: &World, name: &str, module: &Path, label: &str, env: &[(&str, String)]) -> ChildProc {
+    let mut c = w.child(name, module, label, env);
+    c.expect("init", T);
+    c.rss0 = c.expect("ready", T).parse().unwrap_or(0);
+    c
+}
+
+fn ha_child(w: &World, lib: &Path, name: &str, conf: &Conf) -> ChildProc {
+    let path = w.write_config(conf);
+    start(
+        w,
+        name,
+        lib,
+        GROUP_LABEL,
+        &[("P11HA_CONF", path.display().to_string())],
+    )
+}
+
+fn softhsm_child(w: &World) -> ChildProc {
+    start(
+        w,
+        "softhsm",
+        Path::new(SOFTHSM_LIB),
+        &w.members[0].label,
+        &[("SOFTHSM2_CONF", w.members[0].conf.display().to_string())],
+    )
+}
+
+fn p11kit_child(w: &World) -> ChildProc {
+    start(
+        w,
+        "p11-kit-client",
+        Path::new(P11KIT_CLIENT_LIB),
+        &w.members[0].label,
+        &[("P11_KIT_SERVER_ADDRESS", w.members[0].address())],
+    )
+}
+
+fn run(c: &mut ChildProc, op: &str, threads: usize, ms: u64) -> Stats {
+    let r = c.ask(&format!("run {op} {threads} {ms}"), "res", T);
+    Stats::decode(&r).unwrap_or_else(|| panic!("bad result from {}: {r}", c.name))
+}
+
+/// Rounds × cells × contenders, the contender order rotating every round; a short warm-up
+/// slice per contender and cell first. Returns summaries [cell][contender].
+fn alternate(cs: &mut [ChildProc], cells: &[(&str, usize)], p: &Params) -> Vec<Vec<Summary>> {
+    for &(op, th) in cells {
+        for c in cs.iter_mut() {
+            run(c, op, th, 30);
+        }
+    }
+    let mut res: Vec<Vec<Vec<Stats>>> = vec![vec![Vec::new(); cs.len()]; cells.len()];
+    for r in 0..p.rounds {
+        for (ci, &(op, th)) in cells.iter().enumerate() {
+            for k in 0..cs.len() {
+                let i = (k + r + ci) % cs.len();
+                res[ci][i].push(run(&mut cs[i], op, th, p.slice_ms));
+            }
+        }
+    }
+    res.iter()
+        .map(|cell| cell.iter().map(|v| summarize(v)).collect())
+        .collect()
+}
+
+fn ops(x: f64) -> String {
+    if x >= 100_000.0 {
+        format!("{:.0}k", x / 1000.0)
+    } else {
+        format!("{x:.0}")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn part1(w: &World, lib: &Path, p: &Params) -> String {
+    progress("part 1: single-thread overhead, direct SoftHSM vs p11ha over 1 and 3 members");
+    let mut cs = vec![
+        softhsm_child(w),
+        ha_child(w, lib, "p11ha-1", &Conf::new(&[0], true)),
+        ha_child(w, lib, "p11ha-3", &Conf::new(&[0, 1, 2], true)),
+    ];
+    let cells: Vec<(&str, usize)> = child::OPS.iter().map(|&o| (o, 1)).collect();
+    let res = alternate(&mut cs, &cells, p);
+    let mut s = String::from(
+        "## 1. Overhead per operation, 1 thread (SoftHSM members loaded in-process)\n\n\
+         Cell: ops/s, p50 / p99 latency. Ratio = p11ha ops/s ÷ direct ops/s; Δ/call = extra time per \
+         call of p11ha over direct (from the throughputs).\n\n\
+         | operation | direct SoftHSM | p11ha, 1 member | ratio | Δ/call | p11ha, 3 members | ratio | Δ/call | failed |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
+    );
+    for (ci, &(op, _)) in cells.iter().enumerate() {
+        let [d, h1, h3] = [res[ci][0], res[ci][1], res[ci][2]];
+        let cell = |x: Summary| format!("{} /s, {} / {}", ops(x.ops), fmt_ns(x.p50), fmt_ns(x.p99));
+        let delta = |x: Summary| {
+            let v: f64 = 1e9 / x.ops - 1e9 / d.ops;
+            format!("{}{}", if v < 0.0 { "−" } else { "+" }, fmt_ns(v.abs()))
+        };
+        s += &format!(
+            "| {} | {} | {} | {:.3} | {} | {} | {:.3} | {} | {} |\n",
+            op_name(op),
+            cell(d),
+            cell(h1),
+            h1.ops / d.ops,
+            delta(h1),
+            cell(h3),
+            h3.ops / d.ops,
+            delta(h3),
+            d.fails + h1.fails + h3.fails
+        );
+    }
+    s
+}
+
+fn op_name(op: &str) -> &'static str {
+    match op {
+        "ecdsa" => "ECDSA P-256 sign (CKM_ECDSA, 32 B digest)",
+        "rsa" => "RSA-2048 sign (CKM_SHA256_RSA_PKCS)",
+        "hmac" => "HMAC-SHA256 sign (64 B)",
+        "aesgcm" => "AES-256-GCM encrypt 1 KiB",
+        "random" => "C_GenerateRandom 32 B",
+        _ => "C_GetSessionInfo",
+    }
+}
+
+fn part2(w: &World, lib: &Path, p: &Params) -> String {
+    progress("part 2: remote members (p11-kit server), 1/2/4/8 threads");
+    let mut cs = vec![
+        p11kit_child(w),
+        ha_child(w, lib, "p11ha-r1", &Conf::new(&[0], false)),
+        ha_child(w, lib, "p11ha-r2", &Conf::new(&[0, 1], false)),
+        ha_child(w, lib, "p11ha-r3", &Conf::new(&[0, 1, 2], false)),
+    ];
+    let threads = [1usize, 2, 4, 8];
+    let cells: Vec<(&str, usize)> = threads.iter().map(|&t| ("ecdsa", t)).collect();
+    let res = alternate(&mut cs, &cells, p);
+    let mut s = String::from(
+        "## 2. Remote members through `p11-kit server`, ECDSA P-256 sign\n\n\
+         Cell: ops/s (ratio to p11-kit-client direct), p50 / p99.\n\n\
+         | threads | p11-kit-client direct | p11ha, 1 member | p11ha, 2 members | p11ha, 3 members | failed |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    for (ci, th) in threads.iter().enumerate() {
+        let d = res[ci][0];
+        let cell = |x: Summary| {
+            format!(
+                "{} /s (×{:.2}), {} / {}",
+                ops(x.ops),
+                x.ops / d.ops,
+                fmt_ns(x.p50),
+                fmt_ns(x.p99)
+            )
+        };
+        s += &format!(
+            "| {th} | {} | {} | {} | {} | {} |\n",
+            cell(d),
+            cell(res[ci][1]),
+            cell(res[ci][2]),
+            cell(res[ci][3]),
+            res[ci].iter().map(|x| x.fails).sum::<u64>()
+        );
+    }
+    s
+}
+
+/// One failover run: 4-thread ECDSA load on p11ha over 3 remote members, `fault` applied to m0
+/// after 1 s; stats of the operations overlapping the second around the fault, and the
+/// failures of the whole run.
+fn failover_once(w: &World, lib: &Path, hang: bool) -> (Stats, u64, u64) {
+    let mut c = ha_child(w, lib, "p11ha-failover", &Conf::new(&[0, 1, 2], false));
+    let total_ms = if hang { 3000 } else { 2000 };
+    c.send(&format!("load ecdsa 4 {total_ms}"));
+    std::thread::sleep(Duration::from_millis(1000));
+    let t = if hang {
+        w.stop_server(0)
+    } else {
+        w.kill_server(0)
+    };
+    let loaded = c.expect("loaded", T);
+    let mut it = loaded
+        .split_whitespace()
+        .map(|x| x.parse::<u64>().unwrap_or(0));
+    let (n, fails) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+    let r = c.ask(
+        &format!("window {} {}", t - 500_000_000, t + 500_000_000),
+        "res",
+        T,
+    );
+    drop(c);
+    if hang {
+        w.cont_server(0);
+        w.kill_server(0);
+    }
+    w.start_server(0);
+    (Stats::decode(&r).expect("window stats"), n, fails)
+}
+
+fn part3(w: &World, lib: &Path, p: &Params) -> String {
+    progress("part 3: failover under 4-thread signing load");
+    let mut s = String::from(
+        "## 3. Failover: 4 threads signing (ECDSA) on p11ha over 3 remote members, member m0 fails after 1 s\n\n\
+         ReceiveTimeout = 1000 ms. Latencies of the operations overlapping the second around the fault \
+         (fault − 0.5 s … fault + 0.5 s); failed = failed operations in the whole run.\n\n\
+         | fault | run | ops in run | failed | ops in window | p50 | p99 | max | target |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
+    );
+    for (hang, name, target) in [
+        (
+            false,
+            "killed (SIGKILL of its server)",
+            "0 failed, max < 50 ms",
+        ),
+        (
+            true,
+            "hung (SIGSTOP of its server)",
+            "0 failed, max < 1050 ms",
+        ),
+    ] {
+        for r in 0..p.reps {
+            let (st, n, fails) = failover_once(w, lib, hang);
+            let limit = if hang { 1_050_000_000 } else { 50_000_000 };
+            let met = fails == 0 && st.max < limit;
+            s += &format!(
+                "| {name} | {} | {n} | {fails} | {} | {} | {} | {} | {} ({}) |\n",
+                r + 1,
+                st.n,
+                fmt_ns(st.p50 as f64),
+                fmt_ns(st.p99 as f64),
+                fmt_ns(st.max as f64),
+                if met { "met" } else { "MISSED" },
+                target
+            );
+        }
+    }
+    s
+}
+
+fn part4(w: &World, lib: &Path, p: &Params) -> String {
+    progress("part 4: recovery (AutoReconnectInterval = 1)");
+    let mut s = String::from(
+        "## 4. Recovery: p11ha over 3 remote members, AutoReconnectInterval = 1 s, 4 threads signing\n\n\
+         m0's server is killed, restarted 0.5 s later; times from its return (socket accepting again).\n\
+         Detection = kill → p11ha marks m0 down. In service = p11ha marks it up again (p11ha_group_status). \
+         First served op = first time an operation is in flight on m0 afterwards (polled).\n\n\
+         | run | detection | return → in service | return → first served op | failed ops | ops in run |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    let mut served = Vec::new();
+    for r in 0..p.reps {
+        let mut c = ha_child(w, lib, "p11ha-recovery", &Conf::new(&[0, 1, 2], false));
+        c.ask(
+            &format!("recover {} 4000", w.members[0].serial),
+            "loading",
+            T,
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        let t_kill = w.kill_server(0);
+        std::thread::sleep(Duration::from_millis(500));
+        let t_ret = w.start_server(0);
+        let v: Vec<u64> = c
+            .expect("recovered", T)
+            .split_whitespace()
+            .map(|x| x.parse().unwrap_or(0))
+            .collect();
+        let (dead, alive, first, n, fails) = (v[0], v[1], v[2], v[3], v[4]);
+        let since = |t: u64| {
+            if t == 0 {
+                "not seen".to_string()
+            } else {
+                fmt_ns(t.saturating_sub(t_ret) as f64)
+            }
+        };
+        if first != 0 {
+            served.push(first.saturating_sub(t_ret) as f64);
+        }
+        s += &format!(
+            "| {} | {} | {} | {} | {fails} | {n} |\n",
+            r + 1,
+            if dead == 0 {
+                "not seen".into()
+            } else {
+                fmt_ns(dead.saturating_sub(t_kill) as f64)
+            },
+            since(alive),
+            since(first)
+        );
+    }
+    s += &format!(
+        "\nMedian return → first served operation: {}.\n\n\
+         Reintroduction of 1,000 objects: n/a (object synchronization not built: no `p11ha synchronize` \
+         in this tree).\n",
+        if served.is_empty() {
+            "not seen".into()
+        } else {
+            fmt_ns(median(served))
+        }
+    );
+    s
+}
+
+fn part5(w: &World, lib: &Path, p: &Params) -> String {
+    progress("part 5: C_Initialize time (all up, one dead, one hung)");
+    let mut s = String::from(
+        "## 5. C_Initialize time, 3 remote members (ConnectTimeout = 2000 ms)\n\n\
+         Median over the repetitions (each a fresh process); the direct column is p11-kit-client to m0 alone.\n\n\
+         | members | p11ha C_Initialize | p11-kit-client direct C_Initialize |\n|---|---|---|\n",
+    );
+    let init_of = |c: &ChildProc, limit: Duration| -> Option<f64> {
+        c.expect_opt("init", limit).and_then(|v| v.parse().ok())
+    };
+    for state in ["all up", "m0 dead", "m0 hung"] {
+        match state {
+            "m0 dead" => {
+                w.kill_server(0);
+            }
+            "m0 hung" => {
+                w.start_server(0);
+                w.stop_server(0);
+            }
+            _ => {}
+        }
+        let mut ha = Vec::new();
+        for _ in 0..p.reps {
+            let path = w.write_config(&Conf::new(&[0, 1, 2], false));
+            let c = w.child(
+                "p11ha-init",
+                lib,
+                GROUP_LABEL,
+                &[("P11HA_CONF", path.display().to_string())],
+            );
+            if let Some(x) = init_of(&c, T) {
+                ha.push(x);
+            }
+            c.kill();
+        }
+        let c = w.child(
+            "p11kit-init",
+            Path::new(P11KIT_CLIENT_LIB),
+            "m0",
+            &[("P11_KIT_SERVER_ADDRESS", w.members[0].address())],
+        );
+        let direct = match init_of(&c, Duration::from_secs(3)) {
+            Some(x) => fmt_ns(x),
+            None => "> 3 s: blocks (no bound; killed)".into(),
+        };
+        c.kill();
+        s += &format!(
+            "| {state} | {} | {direct} |\n",
+            if ha.is_empty() {
+                "no answer".into()
+            } else {
+                fmt_ns(median(ha))
+            }
+        );
+    }
+    w.cont_server(0);
+    w.kill_server(0);
+    w.start_server(0);
+    s
+}
+
+fn part6(w: &World, lib: &Path) -> String {
+    progress("part 6: resident memory");
+    let mut s = String::from(
+        "## 6. Resident memory (VmRSS) of the application process\n\n\
+         At start (before loading any module), and after C_Initialize + login + 4 threads signing ECDSA for 0.3 s.\n\n\
+         | application uses | VmRSS at start | VmRSS after | added by the module | vs direct |\n|---|---|---|---|---|\n",
+    );
+    let measure = |c: &mut ChildProc| -> (u64, u64) {
+        run(c, "ecdsa", 4, 300);
+        let after: u64 = c.ask("rss", "rss", T).parse().unwrap_or(0);
+        (c.rss0, after)
+    };
+    let rows: Vec<(&str, (u64, u64))> = vec![
+        ("SoftHSM directly", measure(&mut softhsm_child(w))),
+        (
+            "p11ha, 3 in-process SoftHSM members",
+            measure(&mut ha_child(
+                w,
+                lib,
+                "p11ha-3",
+                &Conf::new(&[0, 1, 2], true),
+            )),
+        ),
+        ("p11-kit-client directly", measure(&mut p11kit_child(w))),
+        (
+            "p11ha, 3 remote members (p11-kit-client)",
+            measure(&mut ha_child(
+                w,
+                lib,
+                "p11ha-r3",
+                &Conf::new(&[0, 1, 2], false),
+            )),
+        ),
+    ];
+    for (i, (name, (a, b))) in rows.iter().enumerate() {
+        let base = rows[i - i % 2].1;
+        let vs = if i % 2 == 0 {
+            "—".to_string()
+        } else {
+            format!(
+                "{:+.1} MiB ({:.2}×)",
+                (*b as f64 - base.1 as f64) / 1024.0,
+                *b as f64 / base.1 as f64
+            )
+        };
+        s += &format!(
+            "| {name} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {vs} |\n",
+            *a as f64 / 1024.0,
+            *b as f64 / 1024.0,
+            b.saturating_sub(*a) as f64 / 1024.0
+        );
+    }
+    s
+}

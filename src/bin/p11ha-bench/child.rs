@@ -1,0 +1,321 @@
+//! The measuring side: `p11ha-bench --child <module> <token label>` loads one module (direct
+//! SoftHSM, p11-kit-client or p11ha, selected by the environment the parent set), logs in, and
+//! answers one-line commands on stdin. One contender per process: p11ha and SoftHSM keep
+//! process-wide state.
+
+use crate::ck::{self, Module};
+use crate::stats::{mono_ns, Stats};
+use cryptoki_sys::*;
+use std::io::{BufRead, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The operations measured.
+pub const OPS: &[&str] = &["ecdsa", "rsa", "hmac", "aesgcm", "random", "sessinfo"];
+
+/// One thread's session, keys and buffers for one operation.
+struct Worker {
+    m: Arc<Module>,
+    h: CK_SESSION_HANDLE,
+    key: CK_OBJECT_HANDLE,
+    op: String,
+    data: Vec<u8>,
+    out: Vec<u8>,
+    iv: [u8; 12],
+    gcm: CK_GCM_PARAMS,
+}
+
+impl Worker {
+    fn new(m: &Arc<Module>, slot: CK_SLOT_ID, op: &str) -> Result<Box<Worker>, String> {
+        let h = m.open_session(slot)?;
+        let (class, id, dlen, olen) = match op {
+            "ecdsa" => (CKO_PRIVATE_KEY, ck::EC_ID, 32, 72),
+            "rsa" => (CKO_PRIVATE_KEY, ck::RSA_ID, 32, 256),
+            "hmac" => (CKO_SECRET_KEY, ck::HMAC_ID, 64, 32),
+            "aesgcm" => (CKO_SECRET_KEY, ck::AES_ID, 1024, 1024 + 16),
+            "random" => (0, 0, 0, 32),
+            "sessinfo" => (0, 0, 0, 0),
+            _ => return Err(format!("unknown op {op}")),
+        };
+        let key = if id == 0 { 0 } else { m.find(h, class, id)? };
+        let mut w = Box::new(Worker {
+            m: m.clone(),
+            h,
+            key,
+            op: op.to_string(),
+            data: (0..dlen).map(|i| i as u8).collect(),
+            out: vec![0; olen],
+            iv: [7; 12],
+            gcm: CK_GCM_PARAMS {
+                pIv: std::ptr::null_mut(),
+                ulIvLen: 12,
+                ulIvBits: 96,
+                pAAD: std::ptr::null_mut(),
+                ulAADLen: 0,
+                ulTagBits: 128,
+            },
+        });
+        // The box does not move: the IV pointer stays valid.
+        w.gcm.pIv = w.iv.as_mut_ptr();
+        Ok(w)
+    }
+
+    fn once(&mut self) -> CK_RV {
+        let m = &*self.m;
+        match self.op.as_str() {
+            "ecdsa" | "rsa" | "hmac" => {
+                let mech = match self.op.as_str() {
+                    "ecdsa" => CKM_ECDSA,
+                    "rsa" => CKM_SHA256_RSA_PKCS,
+                    _ => CKM_SHA256_HMAC,
+                };
+                let mut mech = CK_MECHANISM {
+                    mechanism: mech,
+                    pParameter: std::ptr::null_mut(),
+                    ulParameterLen: 0,
+                };
+                m.sign(self.h, &mut mech, self.key, &mut self.data, &mut self.out)
+            }
+            "aesgcm" => {
+                let mut mech = CK_MECHANISM {
+                    mechanism: CKM_AES_GCM,
+                    pParameter: &mut self.gcm as *mut _ as *mut _,
+                    ulParameterLen: std::mem::size_of::<CK_GCM_PARAMS>() as CK_ULONG,
+                };
+                m.encrypt(self.h, &mut mech, self.key, &mut self.data, &mut self.out)
+            }
+            "random" => m.random(self.h, &mut self.out),
+            _ => m.session_info(self.h),
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.m.close_session(self.h);
+    }
+}
+
+// SAFETY: the raw pointers in `gcm` point into the worker's own box.
+unsafe impl Send for Worker {}
+
+/// One finished operation: start (CLOCK_MONOTONIC ns), latency (ns), success.
+#[derive(Clone, Copy)]
+pub struct Rec {
+    pub start: u64,
+    pub lat: u64,
+    pub ok: bool,
+}
+
+/// Runs `op` on `threads` threads for `dur`; with `record`, every operation is kept.
+fn run(
+    m: &Arc<Module>,
+    slot: CK_SLOT_ID,
+    op: &str,
+    threads: usize,
+    dur: Duration,
+    record: bool,
+) -> Result<(Vec<Rec>, Vec<u32>, u64, u64), String> {
+    let workers: Vec<Box<Worker>> = (0..threads)
+        .map(|_| Worker::new(m, slot, op))
+        .collect::<Result<_, _>>()?;
+    let go = Arc::new(std::sync::Barrier::new(threads));
+    let stop = Arc::new(AtomicBool::new(false));
+    let t0 = Instant::now();
+    let hs: Vec<_> = workers
+        .into_iter()
+        .map(|mut w| {
+            let (go, stop) = (go.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut lats: Vec<u32> = Vec::with_capacity(1 << 16);
+                let mut recs = Vec::new();
+                let mut fails = 0u64;
+                go.wait();
+                let end = Instant::now() + dur;
+                loop {
+                    let s = Instant::now();
+                    if s >= end || stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let rv = w.once();
+                    let lat = s.elapsed();
+                    let ok = rv == CKR_OK;
+                    if !ok {
+                        fails += 1;
+                    }
+                    lats.push(u32::try_from(lat.as_nanos()).unwrap_or(u32::MAX));
+                    if record {
+                        let start = mono_ns() - lat.as_nanos() as u64;
+                        recs.push(Rec {
+                            start,
+                            lat: lat.as_nanos() as u64,
+                            ok,
+                        });
+                    }
+                }
+                drop(w);
+                (lats, recs, fails)
+            })
+        })
+        .collect();
+    let mut lats = Vec::new();
+    let mut recs = Vec::new();
+    let mut fails = 0;
+    for h in hs {
+        let (l, r, f) = h.join().map_err(|_| "worker panicked")?;
+        lats.extend(l);
+        recs.extend(r);
+        fails += f;
+    }
+    let elapsed = t0.elapsed().as_nanos() as u64;
+    Ok((recs, lats, fails, elapsed))
+}
+
+fn vm_rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Watches the member with `serial`: returns (first time seen dead, first time alive again
+/// after that, first time it had an operation in flight after that), CLOCK_MONOTONIC ns.
+fn watch_member(m: &Module, slot: CK_SLOT_ID, serial: &str, stop: &AtomicBool) -> [u64; 3] {
+    let mut t = [0u64; 3];
+    while !stop.load(Ordering::Relaxed) {
+        let Some(st) = m.group_status(slot) else {
+            break;
+        };
+        let n = (st.member_count as usize).min(st.members.len());
+        let Some(ms) = st.members[..n].iter().copied().find(|x| {
+            let b: Vec<u8> = x
+                .serial
+                .iter()
+                .take_while(|&&c| c != 0)
+                .map(|&c| c as u8)
+                .collect();
+            b == serial.as_bytes()
+        }) else {
+            break;
+        };
+        let now = mono_ns();
+        if t[0] == 0 {
+            if ms.alive == 0 {
+                t[0] = now;
+            }
+        } else if t[1] == 0 {
+            if ms.alive != 0 {
+                t[1] = now;
+            }
+        } else if ms.in_flight > 0 {
+            t[2] = now;
+            break;
+        }
+        std::thread::yield_now();
+    }
+    t
+}
+
+pub fn main(module: &str, label: &str) {
+    if let Err(e) = serve(module, label) {
+        println!("error {e}");
+    }
+}
+
+fn serve(module: &str, label: &str) -> Result<(), String> {
+    let out = std::io::stdout();
+    let say = |s: String| {
+        let mut o = out.lock();
+        let _ = writeln!(o, "{s}");
+        let _ = o.flush();
+    };
+    let rss0 = vm_rss_kb();
+    let t0 = Instant::now();
+    let m = Module::load(module)?;
+    m.initialize()?;
+    say(format!("init {}", t0.elapsed().as_nanos()));
+    let m = Arc::new(m);
+    let slot = m.find_slot(label)?;
+    let login = m.open_session(slot)?;
+    m.login(login)?;
+    say(format!("ready {rss0}"));
+    let mut last: Vec<Rec> = Vec::new();
+    for line in std::io::stdin().lock().lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        let a: Vec<&str> = line.split_whitespace().collect();
+        let num = |i: usize| -> u64 { a.get(i).and_then(|s| s.parse().ok()).unwrap_or(0) };
+        match a.first().copied() {
+            // run <op> <threads> <ms>: throughput and latency.
+            Some("run") => {
+                let (_, mut lats, fails, el) = run(
+                    &m,
+                    slot,
+                    a[1],
+                    num(2) as usize,
+                    Duration::from_millis(num(3)),
+                    false,
+                )?;
+                let s = Stats::of(&mut lats, fails, el);
+                say(format!("res {}", s.encode()));
+            }
+            // load <op> <threads> <ms>: keep every operation for a later `window`.
+            Some("load") => {
+                let (recs, lats, fails, _) = run(
+                    &m,
+                    slot,
+                    a[1],
+                    num(2) as usize,
+                    Duration::from_millis(num(3)),
+                    true,
+                )?;
+                last = recs;
+                say(format!("loaded {} {fails}", lats.len()));
+            }
+            // window <from> <to>: stats of the recorded ops overlapping [from, to].
+            Some("window") => {
+                let (from, to) = (num(1), num(2));
+                let sel: Vec<&Rec> = last
+                    .iter()
+                    .filter(|r| r.start <= to && r.start + r.lat >= from)
+                    .collect();
+                let mut lats: Vec<u32> = sel
+                    .iter()
+                    .map(|r| r.lat.min(u32::MAX as u64) as u32)
+                    .collect();
+                let fails = sel.iter().filter(|r| !r.ok).count() as u64;
+                let s = Stats::of(&mut lats, fails, to.saturating_sub(from));
+                say(format!("res {}", s.encode()));
+            }
+            // recover <member serial> <ms>: signing load while watching the member's state.
+            Some("recover") => {
+                let serial = a[1].to_string();
+                let stop = Arc::new(AtomicBool::new(false));
+                let watcher = {
+                    let (m, stop) = (m.clone(), stop.clone());
+                    std::thread::spawn(move || watch_member(&m, slot, &serial, &stop))
+                };
+                say("loading".into());
+                let (_, lats, fails, _) =
+                    run(&m, slot, "ecdsa", 4, Duration::from_millis(num(2)), false)?;
+                stop.store(true, Ordering::Relaxed);
+                let t = watcher.join().map_err(|_| "watcher panicked")?;
+                say(format!(
+                    "recovered {} {} {} {} {fails}",
+                    t[0],
+                    t[1],
+                    t[2],
+                    lats.len()
+                ));
+            }
+            Some("rss") => say(format!("rss {}", vm_rss_kb())),
+            Some("quit") | None => break,
+            Some(other) => say(format!("error unknown command {other}")),
+        }
+    }
+    m.close_session(login);
+    m.finalize();
+    Ok(())
+}

@@ -1,0 +1,274 @@
+//! A minimal PKCS#11 client over the raw function table (libloading + cryptoki-sys): just what
+//! the benchmark needs, with no per-call allocation on the measured path.
+
+use cryptoki_sys::*;
+use libloading::Library;
+use std::os::raw::{c_uchar, c_ulong};
+use std::ptr::null_mut;
+
+pub const USER_PIN: &str = "1234";
+pub const RSA_ID: u8 = 1;
+pub const EC_ID: u8 = 2;
+pub const AES_ID: u8 = 3;
+pub const HMAC_ID: u8 = 4;
+
+/// One loaded, initialized module.
+pub struct Module {
+    fns: &'static CK_FUNCTION_LIST,
+    /// p11ha's `p11ha_group_status`, when the module is p11ha.
+    group_status: Option<GroupStatusFn>,
+}
+
+type GroupStatusFn = unsafe extern "C" fn(c_ulong, *mut P11haGroupStatus) -> c_ulong;
+
+/// Mirror of p11ha's `P11haMemberStatus` (include/p11ha.h).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct P11haMemberStatus {
+    pub serial: [i8; 33],
+    pub standby: c_uchar,
+    pub alive: c_uchar,
+    pub last_error: c_ulong,
+    pub recovery_attempts: c_ulong,
+    pub auto_recovery: c_uchar,
+    pub in_flight: c_ulong,
+}
+
+/// Mirror of p11ha's `P11haGroupStatus`.
+#[repr(C)]
+pub struct P11haGroupStatus {
+    pub slot_id: c_ulong,
+    pub label: [i8; 33],
+    pub serial: [i8; 17],
+    pub sessions: c_ulong,
+    pub member_count: c_ulong,
+    pub members: [P11haMemberStatus; 32],
+}
+
+// SAFETY: the table is immutable; modules are initialized with CKF_OS_LOCKING_OK.
+unsafe impl Send for Module {}
+unsafe impl Sync for Module {}
+
+macro_rules! call {
+    ($m:expr, $f:ident ( $($a:expr),* )) => {
+        match $m.fns.$f {
+            // SAFETY: every pointer argument points at live memory owned by the caller.
+            Some(f) => unsafe { f($($a),*) },
+            None => CKR_FUNCTION_NOT_SUPPORTED,
+        }
+    };
+}
+
+pub fn check(what: &str, rv: CK_RV) -> Result<(), String> {
+    if rv == CKR_OK {
+        Ok(())
+    } else {
+        Err(format!("{what} returned {rv:#x}"))
+    }
+}
+
+impl Module {
+    /// Loads `path` (never unloaded) and calls C_GetFunctionList; returns it uninitialized.
+    pub fn load(path: &str) -> Result<Module, String> {
+        // SAFETY: loading a PKCS#11 module runs its initializers; that is the point.
+        let lib = unsafe { Library::new(path) }.map_err(|e| format!("load {path}: {e}"))?;
+        let lib: &'static Library = Box::leak(Box::new(lib));
+        // SAFETY: standard PKCS#11 entry point signature.
+        let get: libloading::Symbol<unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV> =
+            unsafe { lib.get(b"C_GetFunctionList\0") }.map_err(|e| e.to_string())?;
+        let mut list: *mut CK_FUNCTION_LIST = null_mut();
+        check("C_GetFunctionList", unsafe { get(&mut list) })?;
+        // SAFETY: the table lives as long as the (leaked) library.
+        let fns = unsafe { list.as_ref() }.ok_or("no function list")?;
+        let group_status = unsafe { lib.get::<GroupStatusFn>(b"p11ha_group_status\0") }
+            .ok()
+            .map(|s| *s);
+        Ok(Module { fns, group_status })
+    }
+
+    pub fn initialize(&self) -> Result<(), String> {
+        let mut args = CK_C_INITIALIZE_ARGS {
+            CreateMutex: None,
+            DestroyMutex: None,
+            LockMutex: None,
+            UnlockMutex: None,
+            flags: CKF_OS_LOCKING_OK,
+            pReserved: null_mut(),
+        };
+        check(
+            "C_Initialize",
+            call!(self, C_Initialize(&mut args as *mut _ as *mut _)),
+        )
+    }
+
+    pub fn finalize(&self) {
+        call!(self, C_Finalize(null_mut()));
+    }
+
+    /// The slot whose token has `label`.
+    pub fn find_slot(&self, label: &str) -> Result<CK_SLOT_ID, String> {
+        let mut n: CK_ULONG = 0;
+        check(
+            "C_GetSlotList",
+            call!(self, C_GetSlotList(CK_TRUE, null_mut(), &mut n)),
+        )?;
+        let mut v = vec![0; n as usize];
+        check(
+            "C_GetSlotList",
+            call!(self, C_GetSlotList(CK_TRUE, v.as_mut_ptr(), &mut n)),
+        )?;
+        v.truncate(n as usize);
+        for s in v {
+            // SAFETY: plain C struct.
+            let mut info: CK_TOKEN_INFO = unsafe { std::mem::zeroed() };
+            if call!(self, C_GetTokenInfo(s, &mut info)) != CKR_OK {
+                continue;
+            }
+            if String::from_utf8_lossy(&info.label).trim_end() == label {
+                return Ok(s);
+            }
+        }
+        Err(format!("no token labelled {label}"))
+    }
+
+    pub fn open_session(&self, slot: CK_SLOT_ID) -> Result<CK_SESSION_HANDLE, String> {
+        let mut h = 0;
+        check(
+            "C_OpenSession",
+            call!(
+                self,
+                C_OpenSession(
+                    slot,
+                    CKF_SERIAL_SESSION | CKF_RW_SESSION,
+                    null_mut(),
+                    None,
+                    &mut h
+                )
+            ),
+        )?;
+        Ok(h)
+    }
+
+    pub fn close_session(&self, h: CK_SESSION_HANDLE) {
+        call!(self, C_CloseSession(h));
+    }
+
+    pub fn login(&self, h: CK_SESSION_HANDLE) -> Result<(), String> {
+        let mut pin = USER_PIN.as_bytes().to_vec();
+        let rv = call!(
+            self,
+            C_Login(h, CKU_USER, pin.as_mut_ptr(), pin.len() as CK_ULONG)
+        );
+        if rv == CKR_USER_ALREADY_LOGGED_IN {
+            return Ok(());
+        }
+        check("C_Login", rv)
+    }
+
+    /// The object of `class` with CKA_ID `[id]`.
+    pub fn find(
+        &self,
+        h: CK_SESSION_HANDLE,
+        class: CK_OBJECT_CLASS,
+        id: u8,
+    ) -> Result<CK_OBJECT_HANDLE, String> {
+        let mut class = class;
+        let mut id = [id];
+        let mut tmpl = [
+            CK_ATTRIBUTE {
+                type_: CKA_CLASS,
+                pValue: &mut class as *mut _ as *mut _,
+                ulValueLen: std::mem::size_of::<CK_OBJECT_CLASS>() as CK_ULONG,
+            },
+            CK_ATTRIBUTE {
+                type_: CKA_ID,
+                pValue: id.as_mut_ptr() as *mut _,
+                ulValueLen: 1,
+            },
+        ];
+        check(
+            "C_FindObjectsInit",
+            call!(self, C_FindObjectsInit(h, tmpl.as_mut_ptr(), 2)),
+        )?;
+        let mut objs = [0; 4];
+        let mut n = 0;
+        let rv = call!(self, C_FindObjects(h, objs.as_mut_ptr(), 4, &mut n));
+        call!(self, C_FindObjectsFinal(h));
+        check("C_FindObjects", rv)?;
+        if n != 1 {
+            return Err(format!("{n} objects with id {}", id[0]));
+        }
+        Ok(objs[0])
+    }
+
+    pub fn sign(
+        &self,
+        h: CK_SESSION_HANDLE,
+        mech: &mut CK_MECHANISM,
+        key: CK_OBJECT_HANDLE,
+        data: &mut [u8],
+        out: &mut [u8],
+    ) -> CK_RV {
+        let rv = call!(self, C_SignInit(h, mech, key));
+        if rv != CKR_OK {
+            return rv;
+        }
+        let mut len = out.len() as CK_ULONG;
+        call!(
+            self,
+            C_Sign(
+                h,
+                data.as_mut_ptr(),
+                data.len() as CK_ULONG,
+                out.as_mut_ptr(),
+                &mut len
+            )
+        )
+    }
+
+    pub fn encrypt(
+        &self,
+        h: CK_SESSION_HANDLE,
+        mech: &mut CK_MECHANISM,
+        key: CK_OBJECT_HANDLE,
+        data: &mut [u8],
+        out: &mut [u8],
+    ) -> CK_RV {
+        let rv = call!(self, C_EncryptInit(h, mech, key));
+        if rv != CKR_OK {
+            return rv;
+        }
+        let mut len = out.len() as CK_ULONG;
+        call!(
+            self,
+            C_Encrypt(
+                h,
+                data.as_mut_ptr(),
+                data.len() as CK_ULONG,
+                out.as_mut_ptr(),
+                &mut len
+            )
+        )
+    }
+
+    pub fn random(&self, h: CK_SESSION_HANDLE, out: &mut [u8]) -> CK_RV {
+        call!(
+            self,
+            C_GenerateRandom(h, out.as_mut_ptr(), out.len() as CK_ULONG)
+        )
+    }
+
+    pub fn session_info(&self, h: CK_SESSION_HANDLE) -> CK_RV {
+        // SAFETY: plain C struct.
+        let mut info: CK_SESSION_INFO = unsafe { std::mem::zeroed() };
+        call!(self, C_GetSessionInfo(h, &mut info))
+    }
+
+    /// p11ha's per-member status of the group in `slot` (None for other modules).
+    pub fn group_status(&self, slot: CK_SLOT_ID) -> Option<Box<P11haGroupStatus>> {
+        let f = self.group_status?;
+        // SAFETY: plain C struct, filled by p11ha.
+        let mut st: Box<P11haGroupStatus> = Box::new(unsafe { std::mem::zeroed() });
+        (unsafe { f(slot, &mut *st) } == CKR_OK).then_some(st)
+    }
+}
