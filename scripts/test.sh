@@ -77,6 +77,8 @@ step 600 "clippy" cargo clippy --all-targets -- -D warnings
 step 600 "release build" cargo build --release
 step 900 "tests" cargo test --release --no-fail-fast
 step 300 "docs" env RUSTDOCFLAGS=-Dwarnings cargo doc --no-deps
+# The benchmark must build and its short smoke run complete (numbers are not judged here).
+step 180 "benchmark smoke run" target/release/p11ha-bench --quick
 
 echo
 echo "p11ha tests: ALL PASSED ($step_no steps in $((SECONDS - started))s)"

@@ -419,8 +419,8 @@ fn part4(w: &World, lib: &Path, p: &Params) -> String {
     }
     s += &format!(
         "\nMedian return → first served operation: {}.\n\n\
-         Reintroduction of 1,000 objects: n/a (object synchronization not built: no `p11ha synchronize` \
-         in this tree).\n",
+         Reintroduction of 1,000 objects: not measured here; `cargo test --release --test ha_sync \
+         reintroduction_of_1000_objects_is_timed -- --nocapture` prints it (BENCHMARKS.md).\n",
         if served.is_empty() {
             "not seen".into()
         } else {
