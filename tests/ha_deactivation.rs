@@ -189,3 +189,43 @@ fn a_member_of_the_other_authentication_kind_is_refused() {
     s.sign(&Mechanism::Sha256RsaPkcs, key, b"still served")
         .unwrap();
 }
+
+#[test]
+fn a_member_that_refuses_the_credential_on_return_is_revoked() {
+    let _g = serial();
+    let cluster = Cluster::new(2);
+    let (conf, control) = faulty_group(&cluster, true);
+    let ha = cluster.ha_client(&conf, GROUP_LABEL).unwrap();
+    let s = ha.session().unwrap();
+    let key = ha.find(&s, ObjectClass::PRIVATE_KEY, RSA_ID).unwrap();
+    std::fs::write(&control, "C_SignInit 0x30\n").unwrap();
+    for n in 0..4u8 {
+        s.sign(&Mechanism::Sha256RsaPkcs, key, &[n]).unwrap();
+    }
+    // It answers again, but its token now says the user PIN is locked (CKR_PIN_LOCKED).
+    std::fs::write(&control, "C_Login 0xA4\n").unwrap();
+    let m0 = &cluster.members[0].serial;
+    let revoked = format!("member: {m0} revoked");
+    assert!(
+        cluster
+            .wait_ha_log(&revoked, Duration::from_secs(4))
+            .is_some(),
+        "{:#?}",
+        cluster.ha_log_lines()
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let lines = cluster.ha_log_lines();
+    assert_eq!(
+        lines.iter().filter(|l| l.contains(&revoked)).count(),
+        1,
+        "the PIN was tried once: {lines:#?}"
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains(&format!("succeeded for member: {m0}"))),
+        "{lines:#?}"
+    );
+    s.sign(&Mechanism::Sha256RsaPkcs, key, b"still served")
+        .unwrap();
+}

@@ -7,6 +7,7 @@ use super::library::{bind, list_tokens, trimmed_serial, Found, Ha};
 use super::member::Member;
 use crate::bounded;
 use crate::config;
+use crate::provider::is_connection_error;
 use crossbeam_channel::{bounded as channel, select, Sender};
 use cryptoki_sys::*;
 use parking_lot::Mutex;
@@ -166,6 +167,7 @@ pub fn recover(ha: &Ha, g: &Group, m: &Member, limit: i64) -> bool {
             super::library::refuse_kind(g, m);
             false
         }
+        Ok(found) if !credential_still_valid(g, m, &found) => false,
         Ok(found) => {
             let attempt = m.health().attempts + 1;
             if g.sync.enabled() && !g.passthrough {
@@ -195,6 +197,36 @@ pub fn recover(ha: &Ha, g: &Group, m: &Member, limit: i64) -> bool {
                 g.log.recovery_exhausted(&g.serial, &m.serial);
                 m.set_auto_recovery(false);
             }
+            false
+        }
+    }
+}
+
+/// When the group is logged in, a returning member must still accept the group's credential
+/// before it takes work. A token that now refuses it as locked, expired or uninitialized has been
+/// revoked (HALOG_MEMBER_REVOKED); one that calls it wrong has another PIN (HALOG_LOGINFAILED).
+/// Either way the PIN is tried once, never again: auto-recovery stops for that member.
+fn credential_still_valid(g: &Group, m: &Member, found: &Found) -> bool {
+    let Some(login) = g.login() else { return true };
+    let inst = &found.instance;
+    let Ok(probe) = inst.open_session(found.slot, CKF_SERIAL_SESSION) else {
+        return true; // the connection question is the recovery's, which goes on
+    };
+    let verdict = inst.login(probe, login.user, login.pin.clone());
+    let _ = inst.close_session(probe);
+    match verdict {
+        Ok(()) | Err(CKR_USER_ALREADY_LOGGED_IN) => true,
+        Err(rv @ (CKR_PIN_LOCKED | CKR_PIN_EXPIRED | CKR_USER_PIN_NOT_INITIALIZED)) => {
+            g.log.member_revoked(&g.serial, &m.serial);
+            m.mark_unreachable(rv);
+            m.set_auto_recovery(false);
+            false
+        }
+        Err(rv) if is_connection_error(rv) => true,
+        Err(rv) => {
+            g.log.login_failed(&g.serial, &m.serial, rv);
+            m.mark_unreachable(rv);
+            m.set_auto_recovery(false);
             false
         }
     }
