@@ -260,6 +260,17 @@ fn addmember_and_listgroups_with_real_tokens() {
         )
     );
 
+    // An application signs through the group the whole time (C client, default SIGPIPE).
+    let exe = cluster.build_c_client();
+    let mut app = c_client_cmd(
+        &exe,
+        &p11ha_lib(),
+        GROUP_LABEL,
+        &["-n", "2", "-d", "6", "-i", "5", "-q"],
+    );
+    app.env("P11HA_CONF", &conf);
+    let app = run_cmd_bg(app, std::time::Duration::from_secs(30));
+
     // Live state: all alive, then member 1 down.
     let (code, out, err) = p11ha(&conf, &["listgroups", "-json"]);
     assert_eq!(code, 0, "{out}{err}");
@@ -293,5 +304,12 @@ fn addmember_and_listgroups_with_real_tokens() {
             "{{\"serial\":\"{m1}\",\"standby\":false,\"alive\":true"
         )),
         "{out}"
+    );
+    let app = app.join().unwrap();
+    let (ok, failed) = c_client_counts(&app.stdout).unwrap_or((0, u64::MAX));
+    assert!(
+        app.success() && failed == 0 && ok > 0,
+        "the application through it all: {}",
+        app.describe()
     );
 }
