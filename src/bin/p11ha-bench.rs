@@ -174,7 +174,7 @@ fn run(c: &mut ChildProc, op: &str, threads: usize, ms: u64) -> Stats {
 }
 
 /// Rounds × cells × contenders, the contender order rotating every round; a short warm-up
-/// slice per contender and cell first. Returns summaries [cell][contender].
+/// slice per contender and cell first. Returns summaries indexed `[cell][contender]`.
 fn alternate(cs: &mut [ChildProc], cells: &[(&str, usize)], p: &Params) -> Vec<Vec<Summary>> {
     for &(op, th) in cells {
         for c in cs.iter_mut() {
