@@ -363,8 +363,3 @@ pub fn haonly(args: &[String]) -> VerbResult {
         if on { "enabled" } else { "disabled" }
     )])
 }
-
-/// Where the file is, for messages.
-pub fn config_path() -> std::path::PathBuf {
-    locate()
-}

@@ -1021,9 +1021,10 @@ impl Session {
                 Ok(out)
             }
             Ok(Output { rv, .. }) | Err(rv) => {
+                // Data went to the member: the operation cannot move, so this always fails.
                 op.fed = true;
                 self.restart_elsewhere(&mut st, &mut op, rv)
-                    .map(|_| unreachable_output())
+                    .and(Err(CKR_DEVICE_ERROR))
             }
         }
     }
@@ -1127,14 +1128,5 @@ fn standbys(group: &Group) -> Vec<usize> {
 fn forget(st: &mut State, idx: usize) {
     if let Some(slot) = st.member_sessions.get_mut(idx) {
         *slot = None;
-    }
-}
-
-/// `restart_elsewhere` after data was fed always fails; this only satisfies the types.
-fn unreachable_output() -> Output {
-    Output {
-        rv: CKR_DEVICE_ERROR,
-        len: 0,
-        data: None,
     }
 }

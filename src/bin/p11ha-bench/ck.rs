@@ -3,7 +3,8 @@
 
 use cryptoki_sys::*;
 use libloading::Library;
-use std::os::raw::{c_uchar, c_ulong};
+use p11ha::ffi::ca::P11haGroupStatus;
+use std::os::raw::c_ulong;
 use std::ptr::null_mut;
 
 pub const USER_PIN: &str = "1234";
@@ -20,30 +21,6 @@ pub struct Module {
 }
 
 type GroupStatusFn = unsafe extern "C" fn(c_ulong, *mut P11haGroupStatus) -> c_ulong;
-
-/// Mirror of p11ha's `P11haMemberStatus` (include/p11ha.h).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct P11haMemberStatus {
-    pub serial: [i8; 33],
-    pub standby: c_uchar,
-    pub alive: c_uchar,
-    pub last_error: c_ulong,
-    pub recovery_attempts: c_ulong,
-    pub auto_recovery: c_uchar,
-    pub in_flight: c_ulong,
-}
-
-/// Mirror of p11ha's `P11haGroupStatus`.
-#[repr(C)]
-pub struct P11haGroupStatus {
-    pub slot_id: c_ulong,
-    pub label: [i8; 33],
-    pub serial: [i8; 17],
-    pub sessions: c_ulong,
-    pub member_count: c_ulong,
-    pub members: [P11haMemberStatus; 32],
-}
 
 // SAFETY: the table is immutable; modules are initialized with CKF_OS_LOCKING_OK.
 unsafe impl Send for Module {}
