@@ -14,7 +14,7 @@ use libloading::Library;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use zeroize::Zeroizing;
@@ -209,6 +209,7 @@ impl Provider {
             origin: id,
             provider: self.index,
             fns,
+            gate: Arc::default(),
             timeout: self.receive_timeout,
         }))
     }
@@ -260,7 +261,47 @@ pub struct Instance {
     pub origin: u64,
     pub provider: u32,
     fns: Fns,
+    /// Shared by every view of the module instance.
+    gate: Arc<Gate>,
     timeout: Duration,
+}
+
+/// Keeps C_Finalize away from calls still running inside a module instance.
+///
+/// p11-kit-client frees its socket in C_Finalize; a call still inside it (one that timed out, or
+/// that raced the member's drop) then fails an assertion and aborts the whole application. So
+/// calls enter through the gate, and the instance is finalized only once the gate is closed and
+/// no call is inside.
+#[derive(Default)]
+struct Gate {
+    closed: AtomicBool,
+    inside: AtomicUsize,
+}
+
+/// One call inside the instance; leaving is dropping it, wherever the call finished.
+struct Pass(Arc<Gate>);
+
+impl Gate {
+    /// SeqCst on both sides: either `enter` sees the gate closed, or `drained` sees the call.
+    fn enter(self: &Arc<Self>) -> Option<Pass> {
+        self.inside.fetch_add(1, Ordering::SeqCst);
+        let pass = Pass(self.clone());
+        (!self.closed.load(Ordering::SeqCst)).then_some(pass)
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
+    fn drained(&self) -> bool {
+        self.inside.load(Ordering::SeqCst) == 0
+    }
+}
+
+impl Drop for Pass {
+    fn drop(&mut self) {
+        self.0.inside.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Output of a call that fills a caller buffer: the return value, the length the member reported,
@@ -322,22 +363,54 @@ impl Instance {
             origin: self.origin,
             provider: self.provider,
             fns: self.fns,
+            gate: self.gate.clone(),
             timeout: self.timeout,
         })
     }
 
-    /// Runs `f` with this instance's table within the receive timeout.
+    /// Runs `f` with this instance's table within the receive timeout. Once the instance is
+    /// being finalized, no call enters it: the answer is CKR_DEVICE_REMOVED.
     fn call<T: Send + 'static>(
         &self,
         f: impl FnOnce(Fns) -> T + Send + 'static,
     ) -> MemberResult<T> {
+        let pass = self.gate.enter().ok_or(CKR_DEVICE_REMOVED)?;
         let fns = self.fns;
-        bounded::run(self.timeout, move || f(fns)).map_err(|TimedOut| RV_TIMEOUT)
+        bounded::run(self.timeout, move || {
+            let _inside = pass;
+            f(fns)
+        })
+        .map_err(|TimedOut| RV_TIMEOUT)
     }
 
-    pub fn finalize(&self) -> MemberResult<()> {
-        self.call(|f| ck!(f, C_Finalize(std::ptr::null_mut())))
-            .and_then(ok)
+    /// Closes the instance to new calls (they get CKR_DEVICE_REMOVED without entering the
+    /// module) and finalizes it once the calls inside have returned. A call still inside after
+    /// `drain` (a hung member) keeps the instance initialized: the answer is then false.
+    pub fn retire(&self, drain: Duration) -> bool {
+        self.gate.close();
+        let deadline = Instant::now() + drain;
+        while !self.gate.drained() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let fns = self.fns;
+        let _ = bounded::run(self.timeout, move || {
+            ck!(fns, C_Finalize(std::ptr::null_mut()))
+        });
+        true
+    }
+
+    /// True when no call is inside the instance.
+    pub fn is_drained(&self) -> bool {
+        self.gate.drained()
+    }
+
+    /// True when both are the same module instance: the module handed out one shared function
+    /// table (SoftHSM does; p11-kit-client makes a new one per C_GetFunctionList).
+    pub fn same_module(&self, other: &Instance) -> bool {
+        std::ptr::eq(self.fns.0, other.fns.0)
     }
 
     pub fn slot_list(&self, token_present: bool) -> MemberResult<Vec<CK_SLOT_ID>> {
@@ -949,4 +1022,33 @@ pub fn is_connection_error(rv: CK_RV) -> bool {
             | CKR_GENERAL_ERROR
             | RV_TIMEOUT
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_closed_gate_admits_no_call_and_drains_when_the_last_one_leaves() {
+        let gate = Arc::new(Gate::default());
+        let inside = gate.enter().expect("open gate admits");
+        assert!(!gate.drained());
+        gate.close();
+        assert!(gate.enter().is_none(), "closed gate admitted a call");
+        assert!(
+            !gate.drained(),
+            "refused call left a count behind or the first one vanished"
+        );
+        drop(inside);
+        assert!(gate.drained());
+    }
+
+    #[test]
+    fn a_call_leaving_on_another_thread_drains_the_gate() {
+        let gate = Arc::new(Gate::default());
+        let pass = gate.enter().unwrap();
+        gate.close();
+        std::thread::spawn(move || drop(pass)).join().unwrap();
+        assert!(gate.drained());
+    }
 }

@@ -164,6 +164,49 @@ fn a_hung_member_costs_at_most_the_receive_timeout() {
         .any(|l| l.contains("has dropped member")));
 }
 
+/// A call sent to a stopped member times out but stays inside its p11-kit-client instance, and
+/// recovery replaces that instance while the member is still stopped. When the member resumes,
+/// the call returns into the old instance: had it been finalized under the call, p11-kit would
+/// fail an assertion and abort this whole process.
+#[test]
+fn a_call_stuck_in_a_hung_member_outlives_the_recovery_that_replaces_it() {
+    let _g = serial();
+    let cluster = Cluster::started(2);
+    let conf = cluster.write_config(&ConfigOpts {
+        receive_timeout_ms: 500,
+        connect_timeout_ms: 1000,
+        ..Default::default()
+    });
+    let ha = cluster.ha_client(&conf, GROUP_LABEL).unwrap();
+    let s = ha.session().unwrap();
+    let key = ha.find(&s, ObjectClass::PRIVATE_KEY, RSA_ID).unwrap();
+    let s0 = cluster.members[0].serial.clone();
+    cluster.stop(0);
+    let t0 = Instant::now();
+    let dropped = format!("has dropped member: {s0}");
+    while !cluster.ha_log_lines().iter().any(|l| l.contains(&dropped)) {
+        assert!(t0.elapsed() < Duration::from_secs(10), "{s0} never dropped");
+        s.sign(&Mechanism::Sha256RsaPkcs, key, b"while m0 hangs")
+            .expect("the other member serves");
+    }
+    // Recovery runs every second: a few attempts on the stopped member.
+    thread::sleep(Duration::from_millis(3000));
+    cluster.cont(0);
+    let back = format!("succeeded for member: {s0}");
+    assert!(
+        cluster
+            .wait_ha_log(&back, Duration::from_secs(10))
+            .is_some(),
+        "no '{back}'"
+    );
+    // Only the recovered member is left: it serves through its new instance.
+    cluster.kill(1);
+    for i in 0..20u8 {
+        s.sign(&Mechanism::Sha256RsaPkcs, key, &[i])
+            .unwrap_or_else(|e| panic!("signature {i} on the recovered member: {e}"));
+    }
+}
+
 #[test]
 fn initialize_with_a_dead_and_a_hung_member_is_bounded() {
     let _g = serial();

@@ -222,7 +222,7 @@ pub(super) fn check_member(
     for p in &cfg.providers {
         if let Ok(inst) = Provider::new(p, cfg.receive_timeout).connect(deadline) {
             tokens.extend(list_tokens(&inst));
-            let _ = inst.finalize();
+            inst.retire(cfg.connect_timeout);
         }
     }
     let serial_of = |t: &CK_TOKEN_INFO| crate::ha::library::trimmed_serial(t);

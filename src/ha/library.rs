@@ -13,7 +13,7 @@ use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Session handles are unique in the process and never reused.
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
@@ -23,6 +23,41 @@ pub struct ProviderSlot {
     pub provider: Provider,
     pub instance: Mutex<Option<Arc<Instance>>>,
     pub last_error: Mutex<Option<LoadError>>,
+    /// Instances taken out of service while a call was still inside them (a hung member).
+    retired: Mutex<Vec<Arc<Instance>>>,
+}
+
+impl ProviderSlot {
+    fn new(provider: Provider) -> Self {
+        ProviderSlot {
+            provider,
+            instance: Mutex::new(None),
+            last_error: Mutex::new(None),
+            retired: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Takes the current instance out of service and finalizes it, giving calls inside `drain`
+    /// to return; one still busy is set aside for [`ProviderSlot::sweep_retired`].
+    pub fn retire_current(&self, drain: Duration) {
+        let old = self.instance.lock().take();
+        if let Some(old) = old.filter(|old| !old.retire(drain)) {
+            self.retired.lock().push(old);
+        }
+    }
+
+    /// Finalizes set-aside instances whose calls have all returned. One the module handed out
+    /// again as the current instance (a shared module) is just forgotten: finalizing it would
+    /// take it from under the current one.
+    pub fn sweep_retired(&self) {
+        let current = self.instance.lock().clone();
+        self.retired.lock().retain(|old| {
+            if current.as_ref().is_some_and(|c| c.same_module(old)) {
+                return false;
+            }
+            !old.retire(Duration::ZERO)
+        });
+    }
 }
 
 /// A token found in a provider's slot list.
@@ -62,11 +97,7 @@ impl Ha {
         let providers: Vec<ProviderSlot> = config
             .providers
             .iter()
-            .map(|p| ProviderSlot {
-                provider: Provider::new(p, config.receive_timeout),
-                instance: Mutex::new(None),
-                last_error: Mutex::new(None),
-            })
+            .map(|p| ProviderSlot::new(Provider::new(p, config.receive_timeout)))
             .collect();
         let found = discover(&providers, deadline);
 
@@ -211,6 +242,7 @@ impl Ha {
 
     /// Closes every session and finalizes every instance, each call bounded.
     pub fn shutdown(&self) {
+        let drain = self.config.connect_timeout;
         let all: Vec<_> = self.sessions.write().drain().map(|(_, s)| s).collect();
         for s in all {
             s.close();
@@ -219,8 +251,12 @@ impl Ha {
         let pending: Vec<_> = self
             .providers
             .iter()
-            .filter_map(|p| p.instance.lock().take())
-            .map(|inst| bounded::start(move || inst.finalize()))
+            .flat_map(|p| {
+                let mut all = std::mem::take(&mut *p.retired.lock());
+                all.extend(p.instance.lock().take());
+                all
+            })
+            .map(|inst| bounded::start(move || inst.retire(drain)))
             .collect();
         let deadline = Instant::now() + self.config.connect_timeout;
         for p in pending {

@@ -238,6 +238,7 @@ fn credential_still_valid(g: &Group, m: &Member, found: &Found) -> bool {
 fn find_member(ha: &Ha, serial: &str) -> Result<Found, CK_RV> {
     let mut last = CKR_TOKEN_NOT_PRESENT;
     for (i, p) in ha.providers.iter().enumerate() {
+        p.sweep_retired();
         let current = p.instance.lock().clone();
         if let Some(inst) = current
             .as_ref()
@@ -250,10 +251,9 @@ fn find_member(ha: &Ha, serial: &str) -> Result<Found, CK_RV> {
         }
         // The old instance is finalized first, and only then a new one initialized: most modules
         // (SoftHSM among them) hand out one shared instance, which a late C_Finalize of the old
-        // one would take away from the new. A finalize that hangs is given the connect timeout.
-        if let Some(old) = p.instance.lock().take() {
-            let _ = bounded::start(move || old.finalize()).wait(ha.config.connect_timeout);
-        }
+        // one would take away from the new. Calls still inside it get the connect timeout to
+        // return; one that does not (a hung member) keeps the old instance alive, unfinalized.
+        p.retire_current(ha.config.connect_timeout);
         match p
             .provider
             .connect(Instant::now() + ha.config.connect_timeout)
