@@ -85,6 +85,25 @@ impl OwnedMechanism {
         }
     }
 
+    /// CKM_RSA_PKCS_OAEP with SHA-1, MGF1-SHA-1 and no label: the OAEP variant SoftHSM 2.6 wraps
+    /// with (it refuses SHA-256). OAEP's security does not rest on SHA-1's collision resistance.
+    pub fn rsa_oaep_sha1() -> Self {
+        let mut p = CK_RSA_PKCS_OAEP_PARAMS {
+            hashAlg: CKM_SHA_1,
+            mgf: CKG_MGF1_SHA1,
+            source: CKZ_DATA_SPECIFIED,
+            pSourceData: std::ptr::null_mut(),
+            ulSourceDataLen: 0,
+        };
+        let m = CK_MECHANISM {
+            mechanism: CKM_RSA_PKCS_OAEP,
+            pParameter: &mut p as *mut CK_RSA_PKCS_OAEP_PARAMS as *mut _,
+            ulParameterLen: size_of::<CK_RSA_PKCS_OAEP_PARAMS>() as CK_ULONG,
+        };
+        // SAFETY: `m` points to `p`, which outlives the copy, and p's data pointer is NULL.
+        unsafe { Self::copy_from(&m) }.unwrap_or_else(|| Self::new(CKM_RSA_PKCS_OAEP))
+    }
+
     /// Copies `m`, following the pointers of known parameter structs.
     ///
     /// # Safety

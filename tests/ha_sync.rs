@@ -1,10 +1,10 @@
 //! Object synchronization (`HASynchronize.<label> = 1`) with 3 SoftHSM members.
 //!
-//! p11-kit 0.24's RPC refuses C_WrapKey/C_UnwrapKey with CKM_AES_KEY_WRAP_PAD
-//! (CKR_MECHANISM_INVALID), so secret and private keys can only be cloned between members
-//! reached directly (`ConfigOpts { direct: true }`, per-member copies of libsofthsm2.so): the key
-//! tests use direct members. Member failure and return need p11-kit servers (kill / restart), so
-//! the reintroduction tests run through p11-kit with objects copied by value (data objects).
+//! p11-kit's RPC refuses C_WrapKey/C_UnwrapKey with CKM_AES_KEY_WRAP_PAD (CKR_MECHANISM_INVALID),
+//! and SoftHSM wraps private keys with nothing else, so private keys can only be cloned between
+//! members reached directly (`ConfigOpts { direct: true }`, per-member copies of libsofthsm2.so):
+//! the RSA/EC tests use direct members. Secret keys also travel through p11-kit (RSA-OAEP), and
+//! member failure and return use p11-kit servers (kill / restart).
 
 mod support;
 
@@ -313,8 +313,11 @@ fn failed_replication_leaves_no_orphans() {
         let ck = ms
             .find_objects(&[Attribute::Label(b"p11ha-cloning-key".to_vec())])
             .unwrap();
-        assert_eq!(ck.len(), 1);
-        ms.destroy_object(ck[0]).unwrap();
+        // The AES key, m2's own receiving pair, and the receiving keys of m0 and m1.
+        assert_eq!(ck.len(), 5);
+        for h in ck {
+            ms.destroy_object(h).unwrap();
+        }
     }
     let before: Vec<usize> = (0..3)
         .map(|i| cluster.direct_client(i).count_objects().unwrap())
@@ -349,6 +352,67 @@ fn failed_replication_leaves_no_orphans() {
             "m{i}"
         );
     }
+}
+
+/// AES-ECB of [`BLOCK`] with the AES key `id`, on member `i` directly (through its p11-kit server).
+fn encrypt_on(cluster: &Cluster, i: usize, id: u8) -> Vec<u8> {
+    let c = cluster.client(i);
+    let ms = c.session().unwrap();
+    let k = by_id(&ms, ObjectClass::SECRET_KEY, id);
+    assert_eq!(k.len(), 1, "m{i} holds AES key {id:#x} once");
+    ms.encrypt(&Mechanism::AesEcb, k[0], &BLOCK).unwrap()
+}
+
+/// Behind p11-kit servers: p11-kit's RPC carries no AES key wrap, so secret keys travel with
+/// RSA-OAEP to each receiving member's own key pair, on creation and at reintroduction; private
+/// keys cannot travel at all, and creating one fails cleanly instead of living on one member.
+#[test]
+fn behind_p11_kit_secret_keys_replicate_and_private_keys_are_refused_cleanly() {
+    let _g = serial();
+    let (cluster, conf) = synced(3, false);
+    let ha = cluster.ha_client(&conf, GROUP_LABEL).unwrap();
+    let s = ha.session().unwrap();
+    // Non-extractable: the members hold it wrap-with-trusted, which the trusted RSA keys may wrap.
+    aes_key(&s, AES, false).unwrap();
+    let reference = encrypt_on(&cluster, 0, AES);
+    for i in 1..3 {
+        assert_eq!(
+            encrypt_on(&cluster, i, AES),
+            reference,
+            "m{i} has the same key"
+        );
+    }
+
+    let before: Vec<usize> = (0..3)
+        .map(|i| cluster.client(i).count_objects().unwrap())
+        .collect();
+    for (what, r) in [("RSA", rsa_pair(&s, RSA)), ("EC", ec_pair(&s, EC))] {
+        assert!(
+            matches!(r, Err(Error::Pkcs11(RvError::MechanismInvalid, _))),
+            "{what} key pair that cannot be cloned: {r:?}"
+        );
+    }
+    let after: Vec<usize> = (0..3)
+        .map(|i| cluster.client(i).count_objects().unwrap())
+        .collect();
+    assert_eq!(before, after, "no half-created key pairs on any member");
+
+    // A secret key made while m2 is down reaches it at reintroduction.
+    let lines = cluster.ha_log_lines().len();
+    cluster.kill(2);
+    aes_key(&s, AES + 0x10, true).unwrap();
+    let made_while_down = encrypt_on(&cluster, 0, AES + 0x10);
+    cluster.restart(2);
+    let line = wait_recovered(&cluster, 2, lines);
+    assert_eq!(reintroduced_count(&line), 1, "{line}");
+    assert_eq!(encrypt_on(&cluster, 2, AES + 0x10), made_while_down);
+    // The key m2 already had is recognised as a twin, not copied again.
+    assert_eq!(encrypt_on(&cluster, 2, AES), reference);
+    // And m2 alone serves both keys through the group.
+    cluster.kill(0);
+    cluster.kill(1);
+    let k = by_id(&s, ObjectClass::SECRET_KEY, AES)[0];
+    assert_eq!(s.encrypt(&Mechanism::AesEcb, k, &BLOCK).unwrap(), reference);
 }
 
 #[test]

@@ -41,6 +41,16 @@ fn value_kinds(class: CK_OBJECT_CLASS) -> &'static [CK_ATTRIBUTE_TYPE] {
     }
 }
 
+/// A fingerprint value the member does not actually know: SoftHSM gives an unwrapped secret key
+/// an empty CKA_CHECK_VALUE and a CKA_VALUE_LEN of 0, which would tell it apart from its twin.
+fn is_unknown(a: &Attr) -> bool {
+    match a.kind {
+        CKA_CHECK_VALUE => a.value.is_empty(),
+        CKA_VALUE_LEN => a.as_ulong() == Some(0),
+        _ => false,
+    }
+}
+
 /// What makes an object the same object on another member.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
@@ -71,7 +81,8 @@ impl Identity {
                 kinds
                     .into_iter()
                     .zip(values)
-                    .filter_map(|(k, v)| v.map(|v| Attr::new(k, v))),
+                    .filter_map(|(k, v)| v.map(|v| Attr::new(k, v)))
+                    .filter(|a| !is_unknown(a)),
             );
         }
         Ok(Identity { attrs })
@@ -348,6 +359,18 @@ mod tests {
             Attr::bool(CKA_TOKEN, true),
             Attr::new(CKA_MODULUS, modulus.to_vec()),
         ])
+    }
+
+    #[test]
+    fn values_softhsm_leaves_blank_on_unwrapped_keys_are_not_compared() {
+        assert!(is_unknown(&Attr::new(CKA_CHECK_VALUE, vec![])));
+        assert!(is_unknown(&Attr::ulong(CKA_VALUE_LEN, 0)));
+        assert!(!is_unknown(&Attr::new(
+            CKA_CHECK_VALUE,
+            vec![0xa8, 0x13, 0xd8]
+        )));
+        assert!(!is_unknown(&Attr::ulong(CKA_VALUE_LEN, 32)));
+        assert!(!is_unknown(&Attr::new(CKA_LABEL, vec![])));
     }
 
     #[test]

@@ -519,7 +519,11 @@ impl Session {
                 let _ = inst.destroy_object(*s, *h);
             }
         };
-        let mut from = End::new(&first.inst, first.session);
+        let mut from = End::new(
+            &first.inst,
+            first.session,
+            &self.group.member(first.idx).serial,
+        );
         let mut registered = Vec::new();
         for idx in (0..self.group.members().len()).filter(|&i| i != first.idx) {
             let Some(b) = self.group.member(idx).binding() else {
@@ -536,7 +540,7 @@ impl Session {
                     return Err(rv);
                 }
             };
-            let mut to = End::new(&b.instance, session);
+            let mut to = End::new(&b.instance, session, &self.group.member(idx).serial);
             let mut here = Vec::new();
             for &(h, v) in made {
                 match copy_object(&mut from, h, &mut to) {
@@ -558,10 +562,11 @@ impl Session {
                             return Err(CKR_DEVICE_ERROR);
                         }
                         eprintln!(
-                            "p11ha: group {}: object not replicated to {}, creation undone: {} (is the cloning key on every member? see p11ha synchronize -init-cloning-key)",
+                            "p11ha: group {}: object not replicated to {}, creation undone: {}{}",
                             self.group.label,
                             self.group.member(idx).serial,
-                            crate::rv::rv_name(rv)
+                            crate::rv::rv_name(rv),
+                            super::sync::hint(rv)
                         );
                         return Err(rv);
                     }

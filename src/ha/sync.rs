@@ -2,9 +2,11 @@
 //! member, with standard PKCS#11 only (docs/SYNC.md has the security model).
 //!
 //! - Public objects (certificates, data objects, public keys) are copied by value.
-//! - Secret and private keys travel only wrapped with `CKM_AES_KEY_WRAP_PAD` under the group's
-//!   cloning key: an AES-256 key labelled [`CLONING_LABEL`], identical on every member and marked
-//!   CKA_TRUSTED by the SO (`p11ha synchronize -group L -init-cloning-key`).
+//! - Secret and private keys travel only wrapped, under cloning keys labelled [`CLONING_LABEL`]
+//!   that the SO provisions (`p11ha synchronize -group L -init-cloning-key`): with
+//!   `CKM_AES_KEY_WRAP_PAD` under an AES-256 key identical on every member, or, where a member
+//!   or its transport refuses that (p11-kit's RPC does), secret keys with RSA-OAEP under the
+//!   receiving member's own key pair (`Carrier`).
 //! - A key the application asked to be non-extractable is held by the members as
 //!   CKA_EXTRACTABLE = true with CKA_WRAP_WITH_TRUSTED = true ("p11ha-managed"): only trusted keys
 //!   can wrap it. p11ha shows it to the application as CKA_EXTRACTABLE = false and refuses to
@@ -277,39 +279,122 @@ fn key_kinds(class: CK_OBJECT_CLASS) -> &'static [CK_ATTRIBUTE_TYPE] {
     }
 }
 
-/// One side of a copy: a member instance, a session on it, and its cloning key once found.
+/// One side of a copy: a member instance, a session on it, and the cloning keys found on it.
 pub struct End<'a> {
     pub inst: &'a Instance,
     pub session: CK_SESSION_HANDLE,
-    cloning: Option<CK_OBJECT_HANDLE>,
+    serial: String,
+    found: Vec<((CK_OBJECT_CLASS, Vec<u8>), CK_OBJECT_HANDLE)>,
+    /// Carriers this member (or the transport to it) answered CKR_MECHANISM_INVALID.
+    refused: Vec<Carrier>,
 }
 
 impl<'a> End<'a> {
-    pub fn new(inst: &'a Instance, session: CK_SESSION_HANDLE) -> Self {
+    pub fn new(inst: &'a Instance, session: CK_SESSION_HANDLE, serial: &str) -> Self {
         End {
             inst,
             session,
-            cloning: None,
+            serial: serial.to_string(),
+            found: Vec::new(),
+            refused: Vec::new(),
         }
     }
 
-    fn cloning_key(&mut self) -> MemberResult<CK_OBJECT_HANDLE> {
-        if let Some(h) = self.cloning {
-            return Ok(h);
+    /// The cloning object of `class` with CKA_ID `id`; CKR_FUNCTION_FAILED when there is none
+    /// (the group was not provisioned with `-init-cloning-key`).
+    fn cloning_object(
+        &mut self,
+        class: CK_OBJECT_CLASS,
+        id: &[u8],
+    ) -> MemberResult<CK_OBJECT_HANDLE> {
+        if let Some((_, h)) = self.found.iter().find(|(k, _)| k.0 == class && k.1 == id) {
+            return Ok(*h);
         }
-        let found = self.inst.find_all(self.session, cloning_search())?;
+        let found = self
+            .inst
+            .find_all(self.session, cloning_search(Some((class, id))))?;
         let h = *found.first().ok_or(CKR_FUNCTION_FAILED)?;
-        self.cloning = Some(h);
+        self.found.push(((class, id.to_vec()), h));
         Ok(h)
     }
 }
 
-fn cloning_search() -> Vec<Attr> {
-    vec![
-        Attr::ulong(CKA_CLASS, CKO_SECRET_KEY),
+/// Every cloning object, or the one of a class and CKA_ID.
+fn cloning_search(which: Option<(CK_OBJECT_CLASS, &[u8])>) -> Vec<Attr> {
+    let mut t = vec![
         Attr::bool(CKA_TOKEN, true),
         Attr::new(CKA_LABEL, CLONING_LABEL.to_vec()),
-    ]
+    ];
+    if let Some((class, id)) = which {
+        t.push(Attr::ulong(CKA_CLASS, class));
+        t.push(Attr::new(CKA_ID, id.to_vec()));
+    }
+    t
+}
+
+/// How a secret or private key travels between two members, in order of preference. A carrier
+/// one end refuses with CKR_MECHANISM_INVALID is not tried with that end again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Carrier {
+    /// CKM_AES_KEY_WRAP_PAD under the group's AES cloning key: any secret or private key.
+    AesKeyWrap,
+    /// CKM_RSA_PKCS_OAEP under the receiving member's own RSA cloning key pair (the private half
+    /// made on that member, the public half trusted on every other one): secret keys only, but
+    /// p11-kit's RPC carries it where it carries no AES key wrap.
+    RsaOaep,
+}
+
+impl Carrier {
+    const ALL: [Carrier; 2] = [Carrier::AesKeyWrap, Carrier::RsaOaep];
+
+    fn carries(self, class: CK_OBJECT_CLASS) -> bool {
+        match self {
+            Carrier::AesKeyWrap => true,
+            Carrier::RsaOaep => class == CKO_SECRET_KEY,
+        }
+    }
+
+    fn mechanism(self) -> OwnedMechanism {
+        match self {
+            Carrier::AesKeyWrap => OwnedMechanism::new(CLONING_MECHANISM),
+            Carrier::RsaOaep => OwnedMechanism::rsa_oaep_sha1(),
+        }
+    }
+
+    /// The wrapping key on `from` and the unwrapping key on `to`.
+    fn keys(
+        self,
+        from: &mut End,
+        to: &mut End,
+    ) -> CopyResult<(CK_OBJECT_HANDLE, CK_OBJECT_HANDLE)> {
+        match self {
+            Carrier::AesKeyWrap => Ok((
+                src(from.cloning_object(CKO_SECRET_KEY, CLONING_LABEL))?,
+                dst(to.cloning_object(CKO_SECRET_KEY, CLONING_LABEL))?,
+            )),
+            Carrier::RsaOaep => {
+                let id = to.serial.clone().into_bytes();
+                Ok((
+                    src(from.cloning_object(CKO_PUBLIC_KEY, &id))?,
+                    dst(to.cloning_object(CKO_PRIVATE_KEY, &id))?,
+                ))
+            }
+        }
+    }
+}
+
+/// What to tell the user when an object could not be copied with `rv`.
+pub fn hint(rv: CK_RV) -> &'static str {
+    match rv {
+        CKR_FUNCTION_FAILED => {
+            " (is the cloning key on every member? see p11ha synchronize -init-cloning-key)"
+        }
+        CKR_MECHANISM_INVALID => {
+            " (no key-wrap mechanism reaches both members for this key: private keys need \
+             CKM_AES_KEY_WRAP_PAD, which p11-kit's RPC does not carry; see docs/SYNC.md)"
+        }
+        _ => "",
+    }
 }
 
 /// Which side of a copy failed.
@@ -360,11 +445,38 @@ pub fn copy_object(
     if !keyed {
         return dst(to.inst.create_object(to.session, template));
     }
-    let wrapping = src(from.cloning_key())?;
-    let unwrapping = dst(to.cloning_key())?;
-    // Note: p11-kit 0.24's RPC refuses C_WrapKey/C_UnwrapKey with this mechanism
-    // (CKR_MECHANISM_INVALID), so keys replicate only between members reached directly.
-    let mech = OwnedMechanism::new(CLONING_MECHANISM);
+    let mut last = (Side::Source, CKR_MECHANISM_INVALID);
+    for carrier in Carrier::ALL {
+        if !carrier.carries(class)
+            || from.refused.contains(&carrier)
+            || to.refused.contains(&carrier)
+        {
+            continue;
+        }
+        match carry(carrier, from, obj, to, template.clone()) {
+            Err((side, CKR_MECHANISM_INVALID)) => {
+                match side {
+                    Side::Source => from.refused.push(carrier),
+                    Side::Target => to.refused.push(carrier),
+                }
+                last = (side, CKR_MECHANISM_INVALID);
+            }
+            done => return done,
+        }
+    }
+    Err(last)
+}
+
+/// Wraps `obj` on `from` and unwraps it on `to` with `template`.
+fn carry(
+    carrier: Carrier,
+    from: &mut End,
+    obj: CK_OBJECT_HANDLE,
+    to: &mut End,
+    template: Vec<Attr>,
+) -> CopyResult<CK_OBJECT_HANDLE> {
+    let (wrapping, unwrapping) = carrier.keys(from, to)?;
+    let mech = carrier.mechanism();
     let size = src(from
         .inst
         .wrap_key(from.session, mech.clone(), wrapping, obj, None))?;
@@ -399,7 +511,6 @@ fn token_objects(end: &End) -> MemberResult<Vec<(CK_OBJECT_HANDLE, Identity)>> {
         if identity
             .get(CKA_LABEL)
             .is_some_and(|l| l.value == CLONING_LABEL)
-            && identity.class() == Some(CKO_SECRET_KEY)
         {
             continue;
         }
@@ -428,11 +539,12 @@ pub fn copy_missing(from: &mut End, to: &mut End, what: &str) -> CopyResult<u64>
             Ok(_) => copied += 1,
             Err((side, rv)) if is_connection_error(rv) => return Err((side, rv)),
             Err((_, rv)) => eprintln!(
-                "p11ha: {what}: object {:?} not copied: {}",
+                "p11ha: {what}: object {:?} not copied: {}{}",
                 identity
                     .get(CKA_LABEL)
                     .map(|l| String::from_utf8_lossy(&l.value).to_string()),
-                crate::rv::rv_name(rv)
+                crate::rv::rv_name(rv),
+                hint(rv)
             ),
         }
     }
@@ -492,7 +604,7 @@ pub fn reintroduce(
 ) -> MemberResult<u64> {
     let login = g.login();
     let mine = Opened::open(target, slot, &login, None)?;
-    let mut to = End::new(target, mine.session);
+    let mut to = End::new(target, mine.session, serial);
     let owed = g.sync.take_for(serial);
     for (n, m) in owed.iter().enumerate() {
         let r = find_twin(target, mine.session, &m.identity).and_then(|twin| match twin {
@@ -530,7 +642,7 @@ pub fn reintroduce(
             return Err(rv);
         }
     };
-    let mut from = End::new(&b.instance, theirs.session);
+    let mut from = End::new(&b.instance, theirs.session, &g.member(idx).serial);
     match copy_missing(&mut from, &mut to, &format!("reintroduction of {serial}")) {
         Ok(n) => Ok(n),
         Err((Side::Source, rv)) => {
@@ -564,8 +676,10 @@ pub fn synchronize(g: &Group) -> MemberResult<u64> {
             if a == z {
                 continue;
             }
-            let mut from = End::new(&opened[a].1.instance, opened[a].2.session);
-            let mut to = End::new(&opened[z].1.instance, opened[z].2.session);
+            let (ia, ba, oa) = &opened[a];
+            let (iz, bz, oz) = &opened[z];
+            let mut from = End::new(&ba.instance, oa.session, &g.member(*ia).serial);
+            let mut to = End::new(&bz.instance, oz.session, &g.member(*iz).serial);
             let what = format!("synchronize {}", g.member(opened[z].0).serial);
             match copy_missing(&mut from, &mut to, &what) {
                 Ok(n) => copied += n,
@@ -582,10 +696,17 @@ pub fn synchronize(g: &Group) -> MemberResult<u64> {
     Ok(copied)
 }
 
-/// Creates the group cloning key, identical on every up member: 32 random bytes from the
-/// operating system, held only in zeroized memory. Refuses when any member already has one;
-/// removes what it made when a member refuses. Needs a login that may set CKA_TRUSTED (the SO
-/// on SoftHSM). Returns the number of members provisioned.
+/// Provisions the group's cloning keys on every up member and returns the number of members.
+///
+/// - The AES-256 cloning key, identical everywhere: 32 random bytes from the operating system,
+///   held only in zeroized memory (`Carrier::AesKeyWrap`).
+/// - On each member its own RSA-3072 receiving key pair, generated there (the private half never
+///   exists anywhere else), and its public half copied to every other member as a trusted key
+///   (`Carrier::RsaOaep`).
+///
+/// Refuses when any member already has a cloning object (nothing is ever overwritten) and
+/// destroys what it made when a member refuses. Needs a login that may set CKA_TRUSTED (the SO
+/// on SoftHSM, whose SO sessions make only public objects: hence CKA_PRIVATE = false).
 pub fn init_cloning_key(g: &Group) -> MemberResult<u64> {
     let login = g.login();
     let members = g.members();
@@ -596,26 +717,55 @@ pub fn init_cloning_key(g: &Group) -> MemberResult<u64> {
         );
         return Err(CKR_DEVICE_ERROR);
     }
-    let bound: Vec<_> = members.iter().filter_map(|m| m.binding()).collect();
+    let bound: Vec<_> = members
+        .iter()
+        .filter_map(|m| m.binding().map(|b| (m.serial.clone(), b)))
+        .collect();
     let mut opened = Vec::new();
-    for b in &bound {
+    for (serial, b) in &bound {
         let o = Opened::open(&b.instance, b.slot, &login, Some(b.open_sessions.clone()))?;
-        if !b.instance.find_all(o.session, cloning_search())?.is_empty() {
+        if !b
+            .instance
+            .find_all(o.session, cloning_search(None))?
+            .is_empty()
+        {
             return Err(RV_CLONING_KEY_EXISTS);
         }
-        opened.push((b, o));
+        opened.push((serial.as_str(), b.instance.as_ref(), o));
     }
-    let mut key = Zeroizing::new(vec![0u8; 32]);
-    fill_random(&mut key)?;
-    let mut made = Vec::new();
-    for (b, o) in &opened {
-        let template = vec![
-            Attr::ulong(CKA_CLASS, CKO_SECRET_KEY),
-            Attr::ulong(CKA_KEY_TYPE, CKK_AES),
+    let mut made: Vec<(&Instance, CK_SESSION_HANDLE, CK_OBJECT_HANDLE)> = Vec::new();
+    match provision(&opened, &mut made) {
+        Ok(()) => Ok(opened.len() as u64),
+        Err(rv) => {
+            for (inst, session, h) in made {
+                let _ = inst.destroy_object(session, h);
+            }
+            Err(rv)
+        }
+    }
+}
+
+/// The work of [`init_cloning_key`]; every object made is pushed on `made`.
+fn provision<'a>(
+    opened: &[(&str, &'a Instance, Opened)],
+    made: &mut Vec<(&'a Instance, CK_SESSION_HANDLE, CK_OBJECT_HANDLE)>,
+) -> MemberResult<()> {
+    let cloning = |class: CK_OBJECT_CLASS, id: &[u8]| {
+        vec![
+            Attr::ulong(CKA_CLASS, class),
             Attr::bool(CKA_TOKEN, true),
             Attr::bool(CKA_PRIVATE, false),
+            Attr::bool(CKA_MODIFIABLE, false),
             Attr::new(CKA_LABEL, CLONING_LABEL.to_vec()),
-            Attr::new(CKA_ID, CLONING_LABEL.to_vec()),
+            Attr::new(CKA_ID, id.to_vec()),
+        ]
+    };
+    let mut key = Zeroizing::new(vec![0u8; 32]);
+    fill_random(&mut key)?;
+    for (_, inst, o) in opened {
+        let mut t = cloning(CKO_SECRET_KEY, CLONING_LABEL);
+        t.extend([
+            Attr::ulong(CKA_KEY_TYPE, CKK_AES),
             Attr::bool(CKA_TRUSTED, true),
             Attr::bool(CKA_WRAP, true),
             Attr::bool(CKA_UNWRAP, true),
@@ -626,21 +776,57 @@ pub fn init_cloning_key(g: &Group) -> MemberResult<u64> {
             Attr::bool(CKA_DERIVE, false),
             Attr::bool(CKA_SENSITIVE, true),
             Attr::bool(CKA_EXTRACTABLE, false),
-            Attr::bool(CKA_MODIFIABLE, false),
             Attr::new(CKA_VALUE, key.to_vec()),
-        ];
-        match b.instance.create_object_zeroized(o.session, template) {
-            Ok(h) => made.push((b, o, h)),
-            Err(rv) => {
-                for (b, o, h) in made {
-                    let _ = b.instance.destroy_object(o.session, h);
-                }
-                return Err(rv);
-            }
-        }
+        ]);
+        made.push((inst, o.session, inst.create_object_zeroized(o.session, t)?));
     }
     key.zeroize();
-    Ok(made.len() as u64)
+    for (serial, inst, o) in opened {
+        let id = serial.as_bytes();
+        let mut public = cloning(CKO_PUBLIC_KEY, id);
+        public.extend([
+            Attr::ulong(CKA_KEY_TYPE, CKK_RSA),
+            Attr::ulong(CKA_MODULUS_BITS, 3072),
+            Attr::new(CKA_PUBLIC_EXPONENT, vec![1, 0, 1]),
+            Attr::bool(CKA_WRAP, true),
+            Attr::bool(CKA_ENCRYPT, false),
+            Attr::bool(CKA_VERIFY, false),
+        ]);
+        let mut private = cloning(CKO_PRIVATE_KEY, id);
+        private.extend([
+            Attr::ulong(CKA_KEY_TYPE, CKK_RSA),
+            Attr::bool(CKA_UNWRAP, true),
+            Attr::bool(CKA_DECRYPT, false),
+            Attr::bool(CKA_SIGN, false),
+            Attr::bool(CKA_SENSITIVE, true),
+            Attr::bool(CKA_EXTRACTABLE, false),
+        ]);
+        let mech = OwnedMechanism::new(CKM_RSA_PKCS_KEY_PAIR_GEN);
+        let (pu, pr) = inst.generate_key_pair(o.session, mech, public, private)?;
+        made.push((inst, o.session, pu));
+        made.push((inst, o.session, pr));
+        let mut v = inst.read_attributes(o.session, pu, vec![CKA_MODULUS, CKA_PUBLIC_EXPONENT])?;
+        let (Some(exponent), Some(modulus)) = (v.pop().flatten(), v.pop().flatten()) else {
+            return Err(CKR_FUNCTION_FAILED);
+        };
+        for (other, inst2, o2) in opened {
+            if other == serial {
+                continue;
+            }
+            let mut t = cloning(CKO_PUBLIC_KEY, id);
+            t.extend([
+                Attr::ulong(CKA_KEY_TYPE, CKK_RSA),
+                Attr::new(CKA_MODULUS, modulus.clone()),
+                Attr::new(CKA_PUBLIC_EXPONENT, exponent.clone()),
+                Attr::bool(CKA_TRUSTED, true),
+                Attr::bool(CKA_WRAP, true),
+                Attr::bool(CKA_ENCRYPT, false),
+                Attr::bool(CKA_VERIFY, false),
+            ]);
+            made.push((inst2, o2.session, inst2.create_object(o2.session, t)?));
+        }
+    }
+    Ok(())
 }
 
 fn fill_random(buf: &mut [u8]) -> MemberResult<()> {
