@@ -368,6 +368,19 @@ impl Instance {
         })
     }
 
+    /// The same instance (same id, same handles) with another bound on each call, for slow
+    /// administrative calls: key generation on an HSM can take seconds.
+    pub fn with_timeout(&self, timeout: Duration) -> Instance {
+        Instance {
+            id: self.id,
+            origin: self.origin,
+            provider: self.provider,
+            fns: self.fns,
+            gate: self.gate.clone(),
+            timeout,
+        }
+    }
+
     /// Runs `f` with this instance's table within the receive timeout. Once the instance is
     /// being finalized, no call enters it: the answer is CKR_DEVICE_REMOVED.
     fn call<T: Send + 'static>(

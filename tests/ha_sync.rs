@@ -372,6 +372,19 @@ fn behind_p11_kit_secret_keys_replicate_and_private_keys_are_refused_cleanly() {
     let (cluster, conf) = synced(3, false);
     let ha = cluster.ha_client(&conf, GROUP_LABEL).unwrap();
     let s = ha.session().unwrap();
+    // p11ha's own keys are not the application's.
+    let cloning = [Attribute::Label(b"p11ha-cloning-key".to_vec())];
+    assert!(s.find_objects(&cloning).unwrap().is_empty());
+    assert_eq!(
+        cluster
+            .client(0)
+            .session()
+            .unwrap()
+            .find_objects(&cloning)
+            .unwrap()
+            .len(),
+        5
+    );
     // Non-extractable: the members hold it wrap-with-trusted, which the trusted RSA keys may wrap.
     aes_key(&s, AES, false).unwrap();
     let reference = encrypt_on(&cluster, 0, AES);

@@ -727,6 +727,7 @@ impl Session {
     }
 
     /// Runs the whole search on one member and keeps the virtual handles for C_FindObjects.
+    /// A synchronized group's cloning keys are p11ha's, not the application's: never found.
     pub fn find_init(&self, template: Vec<Attr>) -> CkResult<()> {
         let mut st = self.st.lock();
         if st.found.is_some() {
@@ -740,12 +741,21 @@ impl Session {
                     Some(v) => v,
                     None => self.adopt(t, h)?,
                 };
-                out.push(v);
+                if !(self.syncs() && self.is_cloning_object(v)) {
+                    out.push(v);
+                }
             }
             Ok(out)
         })?;
         st.found = Some(found.into_iter());
         Ok(())
+    }
+
+    fn is_cloning_object(&self, v: CK_OBJECT_HANDLE) -> bool {
+        self.group.objects.identity(v).is_some_and(|i| {
+            i.get(CKA_LABEL)
+                .is_some_and(|l| l.value == super::sync::CLONING_LABEL)
+        })
     }
 
     pub fn find_next(&self, max: usize) -> CkResult<Vec<CK_OBJECT_HANDLE>> {

@@ -28,6 +28,9 @@ use zeroize::{Zeroize, Zeroizing};
 pub const CLONING_LABEL: &[u8] = b"p11ha-cloning-key";
 /// The mechanism keys travel under.
 pub const CLONING_MECHANISM: CK_MECHANISM_TYPE = CKM_AES_KEY_WRAP_PAD;
+/// Bound on generating one receiving key pair at provisioning, whatever ReceiveTimeout says:
+/// RSA-3072 generation takes seconds on many HSMs and has a long tail on loaded machines.
+const KEYGEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 /// `p11ha_init_cloning_key` on a group whose members already hold a cloning key.
 pub const RV_CLONING_KEY_EXISTS: CK_RV = CKR_FUNCTION_REJECTED;
 
@@ -802,7 +805,9 @@ fn provision<'a>(
             Attr::bool(CKA_EXTRACTABLE, false),
         ]);
         let mech = OwnedMechanism::new(CKM_RSA_PKCS_KEY_PAIR_GEN);
-        let (pu, pr) = inst.generate_key_pair(o.session, mech, public, private)?;
+        let (pu, pr) = inst
+            .with_timeout(KEYGEN_TIMEOUT)
+            .generate_key_pair(o.session, mech, public, private)?;
         made.push((inst, o.session, pu));
         made.push((inst, o.session, pr));
         let mut v = inst.read_attributes(o.session, pu, vec![CKA_MODULUS, CKA_PUBLIC_EXPONENT])?;
