@@ -6,6 +6,7 @@
 //! ```text
 //! cargo build --release && target/release/p11ha-bench          # full run (< 5 min)
 //! target/release/p11ha-bench --quick                           # smoke run (< 60 s)
+//! target/release/p11ha-bench --parts 7                         # only part 7 (reintroduction)
 //! ```
 //! `P11HA_LIB` selects the libp11ha.so to measure (default: next to this executable).
 //! `P11HA_BENCH_KEEP=1` keeps the temporary directory (server and child logs).
@@ -20,11 +21,18 @@ mod setup;
 mod stats;
 
 use setup::{ChildProc, Conf, World, GROUP_LABEL, P11KIT_CLIENT_LIB, SOFTHSM_LIB};
-use stats::{fmt_ns, median, summarize, Stats, Summary};
+use stats::{fmt_ns, median, mono_ns, summarize, Stats, Summary};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(30);
+/// Bound of the wait from a member's return to its reintroduction log line (part 7).
+const T_REINTRO: Duration = Duration::from_secs(120);
+
+/// Bound of one child command that creates or destroys `n` objects.
+fn bulk_timeout(n: usize) -> Duration {
+    T + Duration::from_millis(250 * n as u64)
+}
 
 struct Params {
     /// Rounds of the alternating throughput parts (1, 2).
@@ -33,6 +41,8 @@ struct Params {
     slice_ms: u64,
     /// Repetitions of the failover, recovery and C_Initialize measurements.
     reps: usize,
+    /// Objects created while a member is down and reintroduced to it (part 7).
+    objects: usize,
 }
 
 fn p11ha_lib() -> PathBuf {
@@ -56,7 +66,7 @@ fn main() {
             .get(i + 1)
             .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
             .unwrap_or_default(),
-        None => (1..=6).collect(),
+        None => (1..=7).collect(),
     };
     let known =
         |i: usize, a: &str| a == "--quick" || a == "--parts" || (i > 1 && args[i - 1] == "--parts");
@@ -70,12 +80,14 @@ fn main() {
             rounds: 1,
             slice_ms: 100,
             reps: 1,
+            objects: 100,
         }
     } else {
         Params {
             rounds: 5,
             slice_ms: 300,
             reps: 3,
+            objects: 1000,
         }
     };
     let lib = p11ha_lib();
@@ -111,6 +123,10 @@ fn main() {
     out.extend(p5);
     if on(6) {
         out.push(part6(&w, &lib));
+    }
+    // Part 7 runs last: it leaves its objects on every member.
+    if on(7) {
+        out.push(part7(&w, &lib, p.objects));
     }
     println!(
         "# p11ha-bench{} ({} rounds × {} ms slices; {} repetitions)\n",
@@ -158,13 +174,14 @@ fn softhsm_child(w: &World) -> ChildProc {
     )
 }
 
-fn p11kit_child(w: &World) -> ChildProc {
+/// p11-kit-client to member `i`'s server alone.
+fn p11kit_child(w: &World, i: usize) -> ChildProc {
     start(
         w,
         "p11-kit-client",
         Path::new(P11KIT_CLIENT_LIB),
-        &w.members[0].label,
-        &[("P11_KIT_SERVER_ADDRESS", w.members[0].address())],
+        &w.members[i].label,
+        &[("P11_KIT_SERVER_ADDRESS", w.members[i].address())],
     )
 }
 
@@ -258,7 +275,7 @@ fn op_name(op: &str) -> &'static str {
 fn part2(w: &World, lib: &Path, p: &Params) -> String {
     progress("part 2: remote members (p11-kit server), 1/2/4/8 threads");
     let mut cs = vec![
-        p11kit_child(w),
+        p11kit_child(w, 0),
         ha_child(w, lib, "p11ha-r1", &Conf::new(&[0], false)),
         ha_child(w, lib, "p11ha-r2", &Conf::new(&[0, 1], false)),
         ha_child(w, lib, "p11ha-r3", &Conf::new(&[0, 1, 2], false)),
@@ -419,8 +436,7 @@ fn part4(w: &World, lib: &Path, p: &Params) -> String {
     }
     s += &format!(
         "\nMedian return → first served operation: {}.\n\n\
-         Reintroduction of 1,000 objects: not measured here; `cargo test --release --test ha_sync \
-         reintroduction_of_1000_objects_is_timed -- --nocapture` prints it (BENCHMARKS.md).\n",
+         Reintroduction of objects a returning member missed (HASynchronize on): part 7.\n",
         if served.is_empty() {
             "not seen".into()
         } else {
@@ -514,7 +530,7 @@ fn part6(w: &World, lib: &Path) -> String {
                 &Conf::new(&[0, 1, 2], true),
             )),
         ),
-        ("p11-kit-client directly", measure(&mut p11kit_child(w))),
+        ("p11-kit-client directly", measure(&mut p11kit_child(w, 0))),
         (
             "p11ha, 3 remote members (p11-kit-client)",
             measure(&mut ha_child(
@@ -542,6 +558,154 @@ fn part6(w: &World, lib: &Path) -> String {
             *b as f64 / 1024.0,
             b.saturating_sub(*a) as f64 / 1024.0
         );
+    }
+    s
+}
+
+/// The answer to a child's `create`: objects made, failures, time (ns), first failure's CK_RV.
+struct Created {
+    ok: u64,
+    fails: u64,
+    ns: u64,
+    first_rv: String,
+}
+
+fn create(c: &mut ChildProc, prefix: &str, n: usize) -> Created {
+    let r = c.ask(&format!("create {prefix} {n}"), "created", bulk_timeout(n));
+    let v: Vec<&str> = r.split_whitespace().collect();
+    let num = |i: usize| v.get(i).and_then(|x| x.parse().ok());
+    match (num(0), num(1), num(2), v.get(3)) {
+        (Some(ok), Some(fails), Some(ns), Some(rv)) => Created {
+            ok,
+            fails,
+            ns,
+            first_rv: rv.to_string(),
+        },
+        _ => panic!("bad answer from {}: created {r}", c.name),
+    }
+}
+
+/// Polls the HA log `path` from byte `from` on, every 10 ms, until a line contains `needle` or
+/// `limit` has passed; returns the line and the CLOCK_MONOTONIC time it was seen.
+fn wait_log(path: &Path, from: u64, needle: &str, limit: Duration) -> Option<(String, u64)> {
+    let end = Instant::now() + limit;
+    loop {
+        if let Ok(b) = std::fs::read(path) {
+            let tail = b.get(from as usize..).unwrap_or_default();
+            if let Some(l) = String::from_utf8_lossy(tail)
+                .lines()
+                .find(|l| l.contains(needle))
+            {
+                return Some((l.to_string(), mono_ns()));
+            }
+        }
+        if Instant::now() >= end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The number after `word ` in `line`.
+fn number_after(line: &str, word: &str) -> Option<u64> {
+    line.split(&format!("{word} "))
+        .nth(1)?
+        .split(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn part7(w: &World, lib: &Path, n: usize) -> String {
+    progress(&format!(
+        "part 7: reintroduction of {n} objects (HASynchronize on)"
+    ));
+    // Direct: the same creations on m0 alone, destroyed again so that the p11ha run starts from
+    // the provisioned tokens (and m0 holds nothing m2 would be owed).
+    let mut d = p11kit_child(w, 0);
+    let direct = create(&mut d, "bench-direct", n);
+    let destroyed: u64 = d
+        .ask("destroy", "destroyed", bulk_timeout(n))
+        .split_whitespace()
+        .next()
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(0);
+    drop(d);
+    assert_eq!(
+        destroyed, direct.ok,
+        "part 7: the direct objects were not all destroyed on m0"
+    );
+
+    let mut conf = Conf::new(&[0, 1, 2], false);
+    conf.sync = true;
+    let mut c = ha_child(w, lib, "p11ha-sync", &conf);
+    let log = w.ha_log();
+    let from = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    w.kill_server(2);
+    let ha = create(&mut c, "bench-ha", n);
+    let t_ret = w.start_server(2);
+    let needle = format!("token objects to recovered token {}", w.members[2].serial);
+    let seen = wait_log(&log, from, &needle, T_REINTRO);
+    drop(c);
+    // What m2 holds now, counted on m2 itself.
+    let on_m2 = p11kit_child(w, 2).ask("count", "count", bulk_timeout(n));
+
+    let rate = |ns: f64| format!("{:.0} objects/s", n as f64 * 1e9 / ns);
+    let failed = |x: &Created| {
+        if x.fails == 0 {
+            "0".to_string()
+        } else {
+            format!("{} (first {})", x.fails, x.first_rv)
+        }
+    };
+    let mut s = format!(
+        "## 7. Reintroduction of {n} objects: p11ha over 3 remote members, HASynchronize on\n\n\
+         `HASynchronize = {{ {GROUP_LABEL} = 1; }}`, AutoReconnectInterval = 1 s. m2's server is killed, then {n} \
+         token data objects (CKO_DATA, CKA_TOKEN and CKA_PRIVATE true, distinct labels and values) are \
+         created one after the other through p11ha, each replicated to the other up member before the \
+         call returns; then m2's server is restarted. Reintroduce = m2's return (socket accepting) → \
+         the HA log line `recovery attempt k reintroducing M token objects to recovered token <m2>` \
+         (polled every 10 ms; includes up to 1 s of AutoReconnectInterval). Direct = the same {n} \
+         creations through p11-kit-client to m0 alone (destroyed again before the p11ha run).\n\n\
+         | step | direct: p11-kit-client, m0 alone | p11ha, HASynchronize | p11ha ÷ direct (time) | failed (direct / p11ha) |\n\
+         |---|---|---|---|---|\n\
+         | create {n} data objects | {} ({}) | {} ({}) | ×{:.2} | {} / {} |\n",
+        fmt_ns(direct.ns as f64),
+        rate(direct.ns as f64),
+        fmt_ns(ha.ns as f64),
+        rate(ha.ns as f64),
+        ha.ns as f64 / direct.ns as f64,
+        failed(&direct),
+        failed(&ha),
+    );
+    match &seen {
+        Some((line, t)) => {
+            let took = t.saturating_sub(t_ret) as f64;
+            s += &format!(
+                "| reintroduce them to m2 (return → log line) | — | {} ({}) | ×{:.2} of direct create | — |\n",
+                fmt_ns(took),
+                rate(took),
+                took / direct.ns as f64
+            );
+            let m = number_after(line, "reintroducing");
+            s += &format!(
+                "\nLog line: recovery attempt {}, M = {} reintroduced ({}); m2 holds {on_m2} data objects afterwards.\n",
+                number_after(line, "attempt").map_or("?".into(), |k| k.to_string()),
+                m.map_or("?".into(), |m| m.to_string()),
+                if m == Some(n as u64) {
+                    format!("= N = {n}: met")
+                } else {
+                    format!("expected N = {n}: MISMATCH")
+                }
+            );
+        }
+        None => {
+            s += &format!(
+                "| reintroduce them to m2 (return → log line) | — | not seen within {} s | — | — |\n\n\
+                 m2 holds {on_m2} data objects afterwards.\n",
+                T_REINTRO.as_secs()
+            );
+        }
     }
     s
 }

@@ -310,6 +310,50 @@ fn serve(module: &str, label: &str) -> Result<(), String> {
                     lats.len()
                 ));
             }
+            // create <prefix> <n>: n token data objects `<prefix>-<i>`, one after the other.
+            Some("create") => {
+                let h = m.open_session(slot)?;
+                let (mut ok, mut fails, mut first_rv) = (0u64, 0u64, CKR_OK);
+                let t = Instant::now();
+                for i in 0..num(2) {
+                    let label = format!("{}-{i}", a[1]);
+                    let value = format!("value of {label}");
+                    let rv = m.create_data(h, label.as_bytes(), value.as_bytes());
+                    if rv == CKR_OK {
+                        ok += 1;
+                    } else {
+                        if fails == 0 {
+                            first_rv = rv;
+                        }
+                        fails += 1;
+                    }
+                }
+                let ns = t.elapsed().as_nanos();
+                m.close_session(h);
+                say(format!("created {ok} {fails} {ns} {first_rv:#x}"));
+            }
+            // count: data objects visible.
+            Some("count") => {
+                let h = m.open_session(slot)?;
+                let n = m.data_objects(h).map(|v| v.len());
+                m.close_session(h);
+                say(format!("count {}", n?));
+            }
+            // destroy: every data object visible.
+            Some("destroy") => {
+                let h = m.open_session(slot)?;
+                let t = Instant::now();
+                let objs = m.data_objects(h);
+                let fails = objs
+                    .iter()
+                    .flatten()
+                    .filter(|&&o| m.destroy(h, o) != CKR_OK)
+                    .count();
+                let ns = t.elapsed().as_nanos();
+                m.close_session(h);
+                let n = objs?.len();
+                say(format!("destroyed {} {fails} {ns}", n - fails));
+            }
             Some("rss") => say(format!("rss {}", vm_rss_kb())),
             Some("quit") | None => break,
             Some(other) => say(format!("error unknown command {other}")),

@@ -178,6 +178,66 @@ impl Module {
         Ok(objs[0])
     }
 
+    /// C_CreateObject of a token data object (CKA_TOKEN and CKA_PRIVATE true) with `label` and
+    /// `value`.
+    pub fn create_data(&self, h: CK_SESSION_HANDLE, label: &[u8], value: &[u8]) -> CK_RV {
+        let mut class: CK_OBJECT_CLASS = CKO_DATA;
+        let mut token: CK_BBOOL = CK_TRUE;
+        let mut private: CK_BBOOL = CK_TRUE;
+        let mut label = label.to_vec();
+        let mut value = value.to_vec();
+        let mut tmpl = [
+            attr(CKA_CLASS, &mut class),
+            attr(CKA_TOKEN, &mut token),
+            attr(CKA_PRIVATE, &mut private),
+            CK_ATTRIBUTE {
+                type_: CKA_LABEL,
+                pValue: label.as_mut_ptr() as *mut _,
+                ulValueLen: label.len() as CK_ULONG,
+            },
+            CK_ATTRIBUTE {
+                type_: CKA_VALUE,
+                pValue: value.as_mut_ptr() as *mut _,
+                ulValueLen: value.len() as CK_ULONG,
+            },
+        ];
+        let mut o = 0;
+        call!(
+            self,
+            C_CreateObject(h, tmpl.as_mut_ptr(), tmpl.len() as CK_ULONG, &mut o)
+        )
+    }
+
+    /// Every data object visible in session `h`.
+    pub fn data_objects(&self, h: CK_SESSION_HANDLE) -> Result<Vec<CK_OBJECT_HANDLE>, String> {
+        let mut class: CK_OBJECT_CLASS = CKO_DATA;
+        let mut tmpl = [attr(CKA_CLASS, &mut class)];
+        check(
+            "C_FindObjectsInit",
+            call!(self, C_FindObjectsInit(h, tmpl.as_mut_ptr(), 1)),
+        )?;
+        let mut all = Vec::new();
+        let mut chunk = [0; 256];
+        let rv = loop {
+            let mut n = 0;
+            let rv = call!(
+                self,
+                C_FindObjects(h, chunk.as_mut_ptr(), chunk.len() as CK_ULONG, &mut n)
+            );
+            if rv != CKR_OK || n == 0 {
+                break rv;
+            }
+            all.extend_from_slice(&chunk[..n as usize]);
+        };
+        call!(self, C_FindObjectsFinal(h));
+        check("C_FindObjects", rv)?;
+        Ok(all)
+    }
+
+    pub fn destroy(&self, h: CK_SESSION_HANDLE, o: CK_OBJECT_HANDLE) -> CK_RV {
+        call!(self, C_DestroyObject(h, o))
+    }
+
     pub fn sign(
         &self,
         h: CK_SESSION_HANDLE,
@@ -247,5 +307,14 @@ impl Module {
         // SAFETY: plain C struct, filled by p11ha.
         let mut st: Box<P11haGroupStatus> = Box::new(unsafe { std::mem::zeroed() });
         (unsafe { f(slot, &mut *st) } == CKR_OK).then_some(st)
+    }
+}
+
+/// A template entry pointing at `v` (which must outlive the call that reads it).
+fn attr<T>(type_: CK_ATTRIBUTE_TYPE, v: &mut T) -> CK_ATTRIBUTE {
+    CK_ATTRIBUTE {
+        type_,
+        pValue: v as *mut T as *mut _,
+        ulValueLen: std::mem::size_of::<T>() as CK_ULONG,
     }
 }

@@ -88,6 +88,8 @@ pub struct Conf {
     pub receive_timeout_ms: u64,
     pub connect_timeout_ms: u64,
     pub auto_reconnect_interval: u64,
+    /// `HASynchronize = { <group label> = 1; }`: object synchronization on.
+    pub sync: bool,
 }
 
 impl Conf {
@@ -98,6 +100,7 @@ impl Conf {
             receive_timeout_ms: 1000,
             connect_timeout_ms: 2000,
             auto_reconnect_interval: 1,
+            sync: false,
         }
     }
 }
@@ -246,6 +249,9 @@ impl World {
             "VirtualToken = {{\n   VirtualToken00Label = {GROUP_LABEL};\n   VirtualToken00SN = 1234;\n   VirtualToken00Members = {};\n   VirtualTokenActiveRecovery = activeEnhanced;\n}}",
             serials.join(", ")
         );
+        if c.sync {
+            let _ = writeln!(s, "HASynchronize = {{\n   {GROUP_LABEL} = 1;\n}}");
+        }
         let _ = writeln!(
             s,
             "HAConfiguration = {{\n   HAOnly = 1;\n   haLogPath = {};\n   haLogStatus = enabled;\n   reconnAtt = -1;\n   AutoReconnectInterval = {};\n   ReceiveTimeout = {};\n   ConnectTimeout = {};\n}}",
@@ -276,6 +282,12 @@ impl World {
         let path = self.dir.join(format!("Chrystoki{n}.conf"));
         fs::write(&path, s).unwrap();
         path
+    }
+
+    /// The HA log every configuration of [`World::write_config`] writes to
+    /// (`<haLogPath>/haErrorLog.txt`; it need not exist yet).
+    pub fn ha_log(&self) -> PathBuf {
+        self.dir.join("log").join("haErrorLog.txt")
     }
 
     /// Starts a measuring child (own process group) for `module` with `env`; it answers `init
