@@ -763,6 +763,17 @@ fn provision<'a>(
             Attr::new(CKA_ID, id.to_vec()),
         ]
     };
+    // A receiving member's public key: for wrapping keys to it, nothing else.
+    let wrapping_rsa = |id: &[u8]| {
+        let mut t = cloning(CKO_PUBLIC_KEY, id);
+        t.extend([
+            Attr::ulong(CKA_KEY_TYPE, CKK_RSA),
+            Attr::bool(CKA_WRAP, true),
+            Attr::bool(CKA_ENCRYPT, false),
+            Attr::bool(CKA_VERIFY, false),
+        ]);
+        t
+    };
     let mut key = Zeroizing::new(vec![0u8; 32]);
     fill_random(&mut key)?;
     for (_, inst, o) in opened {
@@ -786,14 +797,10 @@ fn provision<'a>(
     key.zeroize();
     for (serial, inst, o) in opened {
         let id = serial.as_bytes();
-        let mut public = cloning(CKO_PUBLIC_KEY, id);
+        let mut public = wrapping_rsa(id);
         public.extend([
-            Attr::ulong(CKA_KEY_TYPE, CKK_RSA),
             Attr::ulong(CKA_MODULUS_BITS, 3072),
             Attr::new(CKA_PUBLIC_EXPONENT, vec![1, 0, 1]),
-            Attr::bool(CKA_WRAP, true),
-            Attr::bool(CKA_ENCRYPT, false),
-            Attr::bool(CKA_VERIFY, false),
         ]);
         let mut private = cloning(CKO_PRIVATE_KEY, id);
         private.extend([
@@ -818,15 +825,11 @@ fn provision<'a>(
             if other == serial {
                 continue;
             }
-            let mut t = cloning(CKO_PUBLIC_KEY, id);
+            let mut t = wrapping_rsa(id);
             t.extend([
-                Attr::ulong(CKA_KEY_TYPE, CKK_RSA),
                 Attr::new(CKA_MODULUS, modulus.clone()),
                 Attr::new(CKA_PUBLIC_EXPONENT, exponent.clone()),
                 Attr::bool(CKA_TRUSTED, true),
-                Attr::bool(CKA_WRAP, true),
-                Attr::bool(CKA_ENCRYPT, false),
-                Attr::bool(CKA_VERIFY, false),
             ]);
             made.push((inst2, o2.session, inst2.create_object(o2.session, t)?));
         }
