@@ -360,11 +360,7 @@ impl Instance {
     pub fn view(&self) -> Arc<Instance> {
         Arc::new(Instance {
             id: NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed),
-            origin: self.origin,
-            provider: self.provider,
-            fns: self.fns,
-            gate: self.gate.clone(),
-            timeout: self.timeout,
+            ..self.with_timeout(self.timeout)
         })
     }
 
@@ -413,11 +409,6 @@ impl Instance {
             ck!(fns, C_Finalize(std::ptr::null_mut()))
         });
         true
-    }
-
-    /// True when no call is inside the instance.
-    pub fn is_drained(&self) -> bool {
-        self.gate.drained()
     }
 
     /// True when both are the same module instance: the module handed out one shared function
