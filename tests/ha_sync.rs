@@ -498,3 +498,122 @@ fn reintroduction_of_1000_objects_is_timed() {
         cluster.client(0).count_objects().unwrap()
     );
 }
+
+/// The group's journal file in the log directory (its default place).
+fn journal(cluster: &Cluster) -> std::path::PathBuf {
+    let found: Vec<_> = std::fs::read_dir(cluster.log_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "journal"))
+        .collect();
+    assert_eq!(found.len(), 1, "one journal for one group: {found:?}");
+    found[0].clone()
+}
+
+#[test]
+fn what_a_down_member_missed_reaches_it_after_the_process_that_made_it_is_gone() {
+    let _g = serial();
+    // Data objects need no cloning key: no provisioning.
+    let cluster = Cluster::started(3);
+    let conf = cluster.write_config(&ConfigOpts {
+        ha_synchronize: Some(true),
+        ..Default::default()
+    });
+    {
+        let ha = cluster.ha_client(&conf, GROUP_LABEL).unwrap();
+        let s = ha.session().unwrap();
+        let doomed = note(&s, "doomed");
+        let renamed = note(&s, "before");
+        cluster.kill(2);
+        s.destroy_object(doomed).unwrap();
+        s.update_attributes(renamed, &[Attribute::Label(b"after".to_vec())])
+            .unwrap();
+        note(&s, "born");
+    } // C_Finalize: what this "process" remembered in memory is gone.
+    let text = std::fs::read_to_string(journal(&cluster)).unwrap();
+    assert_eq!(text.lines().count(), 3, "destroy, change, creation: {text}");
+    // Identities (labels are part of them) and attribute types, never an object's value.
+    assert!(
+        text.contains(&hex(b"after")),
+        "the changed object's identity: {text}"
+    );
+    assert!(!text.contains(&hex(b"born")), "{text}");
+
+    cluster.restart(2);
+    {
+        let c = cluster.client(2);
+        let ms = c.session().unwrap();
+        assert_eq!(
+            (
+                notes(&ms, "doomed"),
+                notes(&ms, "before"),
+                notes(&ms, "born")
+            ),
+            (1, 1, 0),
+            "m2 as it was when it went down"
+        );
+    }
+
+    // The next run finds m2 up but owed changes: its C_Login settles them before returning.
+    let ha = cluster.ha_client(&conf, GROUP_LABEL).unwrap();
+    let s = ha.session().unwrap();
+    {
+        let c = cluster.client(2);
+        let ms = c.session().unwrap();
+        assert_eq!(notes(&ms, "doomed"), 0, "destroyed on m2");
+        assert_eq!(notes(&ms, "before"), 0, "renamed on m2");
+        let after = ms
+            .find_objects(&[Attribute::Label(b"after".to_vec())])
+            .unwrap();
+        assert_eq!(after.len(), 1, "renamed on m2");
+        assert_eq!(
+            ms.get_attributes(after[0], &[AttributeType::Value])
+                .unwrap(),
+            vec![Attribute::Value(b"before".to_vec())],
+            "the same object, renamed"
+        );
+        assert_eq!(notes(&ms, "born"), 1, "created on m2, once");
+    }
+    assert_eq!(
+        std::fs::metadata(journal(&cluster)).unwrap().len(),
+        0,
+        "everything settled"
+    );
+    // m2 alone serves what the group has, and nothing it should not.
+    cluster.kill(0);
+    cluster.kill(1);
+    assert_eq!(
+        (notes(&s, "doomed"), notes(&s, "after"), notes(&s, "born")),
+        (0, 1, 1)
+    );
+}
+
+#[test]
+fn a_member_owed_a_destroy_never_hands_the_object_back() {
+    let _g = serial();
+    let cluster = Cluster::started(3);
+    let conf = cluster.write_config(&ConfigOpts {
+        ha_synchronize: Some(true),
+        ..Default::default()
+    });
+    {
+        let ha = cluster.ha_client(&conf, GROUP_LABEL).unwrap();
+        let s = ha.session().unwrap();
+        let doomed = note(&s, "doomed");
+        cluster.kill(2);
+        s.destroy_object(doomed).unwrap();
+    }
+    cluster.restart(2);
+    // `p11ha synchronize` in another process, all members up: m2 still holds "doomed" but is
+    // owed its destroy, so it is caught up, not copied from.
+    let out = cli(&conf, &[], &[("P11HA_PIN", USER_PIN)]);
+    assert!(out.contains("No Error"), "{out}");
+    for i in 0..3 {
+        let c = cluster.client(i);
+        assert_eq!(notes(&c.session().unwrap(), "doomed"), 0, "m{i}: {out}");
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

@@ -847,5 +847,6 @@ fn shipped_examples_parse() {
     let mut ini = ini;
     ini.path = conf.path.clone();
     ini.log.path = conf.log.path.clone();
+    ini.journal_dir = conf.journal_dir.clone();
     assert_eq!(conf, ini);
 }

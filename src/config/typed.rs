@@ -37,6 +37,7 @@ const CONF_KEYS: &[&str] = &[
     "AutoReconnectInterval",
     "ReceiveTimeout",
     "ConnectTimeout",
+    "haJournalPath",
 ];
 
 struct Ctx<'a> {
@@ -301,6 +302,7 @@ pub(crate) fn build(sections: &[RawSection], file: &Path) -> Result<HaConfig, Co
     // HAConfiguration.
     let mut ha_only = false;
     let mut log_path: Option<PathBuf> = None;
+    let mut journal_path: Option<PathBuf> = None;
     let mut log_status: Option<(bool, &RawEntry)> = None;
     let mut max_len = DEFAULT_LOG_LEN;
     let mut to_stdout = false;
@@ -323,6 +325,9 @@ pub(crate) fn build(sections: &[RawSection], file: &Path) -> Result<HaConfig, Co
             Some("HAOnly") => ha_only = bool_value(&ctx, e)?,
             Some("haLogPath") => {
                 log_path = (!e.value.is_empty()).then(|| PathBuf::from(&e.value));
+            }
+            Some("haJournalPath") => {
+                journal_path = (!e.value.is_empty()).then(|| PathBuf::from(&e.value));
             }
             Some("haLogStatus") => log_status = Some((bool_value(&ctx, e)?, e)),
             Some("logLen") => {
@@ -380,6 +385,7 @@ pub(crate) fn build(sections: &[RawSection], file: &Path) -> Result<HaConfig, Co
             );
         }
     }
+    let journal_dir = journal_path.or_else(|| log_path.clone());
     let log = LogSettings {
         enabled: log_path.is_some() && !matches!(log_status, Some((false, _))),
         path: log_path,
@@ -399,6 +405,7 @@ pub(crate) fn build(sections: &[RawSection], file: &Path) -> Result<HaConfig, Co
             interval: Duration::from_secs(interval),
         },
         failover_on_deactivation,
+        journal_dir,
         receive_timeout: Duration::from_millis(receive_ms),
         connect_timeout: Duration::from_millis(connect_ms),
         warnings: ctx.warnings,

@@ -134,6 +134,9 @@ impl Ha {
             }
             *group.manual_recovery.lock() = g.manual_recovery;
             group.sync.set_enabled(g.synchronize);
+            if g.synchronize {
+                open_journal(&mut group, config.journal_dir.as_deref());
+            }
             log_auth_kind(&group);
             groups.push(Arc::new(group));
         }
@@ -286,6 +289,27 @@ pub fn refuse_kind(group: &Group, m: &Member) {
         &m.serial,
         CKR_FUNCTION_REJECTED,
     );
+}
+
+/// Keeps the group's owed changes in its journal file, or says why they stay in this process.
+fn open_journal(group: &mut Group, dir: Option<&std::path::Path>) {
+    let Some(dir) = dir else {
+        eprintln!(
+            "p11ha: group {}: no haJournalPath (or haLogPath): changes owed to members that are \
+             down are kept in this process only and lost when it exits",
+            group.label
+        );
+        return;
+    };
+    match super::journal::Journal::open(dir, &group.serial) {
+        Ok(j) => group.sync.use_journal(j),
+        Err(e) => eprintln!(
+            "p11ha: group {}: journal in {}: {e}; changes owed to members that are down are \
+             kept in this process only",
+            group.label,
+            dir.display()
+        ),
+    }
 }
 
 /// Logs whether the group is password or PED (protected authentication path) based.

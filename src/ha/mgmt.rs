@@ -24,6 +24,9 @@ pub struct Mgmt {
 pub fn start(ha: &Arc<Ha>) {
     if bounded::is_inline() {
         eprintln!("p11ha: the application forbids threads (CKF_LIBRARY_CANT_CREATE_OS_THREADS): members are recovered during application calls");
+        if owed_at_start(ha) {
+            catch_up_all(ha);
+        }
         *ha.next_poll.lock() = Some(Instant::now() + ha.config.recovery.interval);
         return;
     }
@@ -33,13 +36,25 @@ pub fn start(ha: &Arc<Ha>) {
     for g in ha.ha_groups() {
         ha.log.mgmt_thread_start(&g.serial);
     }
+    // Members that came up owing changes (another process made them) catch up at once.
+    let mut wait = if owed_at_start(ha) {
+        std::time::Duration::ZERO
+    } else {
+        interval
+    };
     let spawned = std::thread::Builder::new()
         .name("p11ha-mgmt".into())
         .spawn(move || loop {
             select! {
                 recv(stop_rx) -> _ => break,
-                default(interval) => match weak.upgrade() {
-                    Some(ha) => poll(&ha),
+                default(wait) => match weak.upgrade() {
+                    Some(ha) => {
+                        if wait.is_zero() {
+                            catch_up_all(&ha);
+                        }
+                        poll(&ha);
+                        wait = interval;
+                    }
                     None => break,
                 },
             }
@@ -79,11 +94,34 @@ pub fn poll_if_due(ha: &Ha) {
     }
 }
 
-/// One management round: pick up configuration changes, then try every dropped member that
-/// auto-recovery may still try.
+/// Whether a member that is up is owed changes (by another process, or by an earlier run).
+fn owed_at_start(ha: &Ha) -> bool {
+    ha.ha_groups().any(|g| {
+        let owing = g.sync.owing();
+        g.members()
+            .iter()
+            .any(|m| m.is_up() && owing.contains(&m.serial))
+    })
+}
+
+/// Catches up, as far as possible without a login, every member that is up but owed changes.
+fn catch_up_all(ha: &Ha) {
+    for g in ha.ha_groups() {
+        super::sync::catch_up(g);
+    }
+}
+
+/// One management round: pick up configuration changes, catch up members that are up but owed
+/// changes, then try every dropped member that auto-recovery may still try.
 pub fn poll(ha: &Ha) {
     reread_config(ha);
     let limit = ha.config.recovery.attempts;
+    for g in ha.ha_groups() {
+        // Without a user login most of what is owed cannot be settled: C_Login does it.
+        if g.login().is_some_and(|l| l.user == CKU_USER) {
+            super::sync::catch_up(g);
+        }
+    }
     for g in &ha.groups {
         for m in g.members().iter() {
             let h = m.health();

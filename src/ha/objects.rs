@@ -88,6 +88,15 @@ impl Identity {
         Ok(Identity { attrs })
     }
 
+    /// An identity from attributes read earlier (the journal).
+    pub fn from_attrs(attrs: Vec<Attr>) -> Self {
+        Identity { attrs }
+    }
+
+    pub fn attrs(&self) -> &[Attr] {
+        &self.attrs
+    }
+
     pub fn get(&self, kind: CK_ATTRIBUTE_TYPE) -> Option<&Attr> {
         self.attrs.iter().find(|a| a.kind == kind)
     }

@@ -343,6 +343,12 @@ impl Session {
             return Err(CKR_DEVICE_ERROR);
         }
         group.set_login(Some(Login { user, pin }));
+        drop(st);
+        if user == CKU_USER {
+            // Owed changes to private objects wait for a login: settle them before the
+            // application can see those objects on a member that missed them.
+            super::sync::catch_up(group);
+        }
         Ok(())
     }
 
@@ -485,7 +491,7 @@ impl Session {
                     let serial = vec![self.group.member(t.idx).serial.clone()];
                     for (_, v) in &made {
                         if let Some(identity) = self.group.objects.identity(*v) {
-                            self.group.sync.remember(identity, None, serial.clone());
+                            self.group.sync.remember_destroy(identity, &serial);
                         }
                         self.group.objects.remove(*v);
                     }
@@ -577,6 +583,7 @@ impl Session {
         for (v, idx, inst, h2) in registered {
             self.group.objects.set_twin(v, idx, inst, h2);
         }
+        self.group.sync.remember_created(&down_members(&self.group));
         Ok(())
     }
 
@@ -627,7 +634,7 @@ impl Session {
         if let (true, Some(identity)) = (self.syncs(), identity) {
             self.group
                 .sync
-                .remember(identity, None, down_members(&self.group));
+                .remember_destroy(identity, &down_members(&self.group));
         }
         self.group.objects.remove(obj);
         Ok(())
@@ -715,13 +722,16 @@ impl Session {
         self.on_other_members(&mut st, first.idx, obj, |inst, s, h| {
             inst.set_attributes(s, h, template.clone())
         });
+        let after = Identity::read(&first.inst, first.session, first.objects[0]).ok();
+        if let Some(after) = &after {
+            self.group.objects.update_identity(obj, after.clone());
+        }
         if let (true, Some(before)) = (self.syncs(), before) {
+            let kinds = template.iter().map(|a| a.kind).collect();
+            let after = after.unwrap_or_else(|| before.clone());
             self.group
                 .sync
-                .remember(before, Some(template), down_members(&self.group));
-        }
-        if let Ok(identity) = Identity::read(&first.inst, first.session, first.objects[0]) {
-            self.group.objects.update_identity(obj, identity);
+                .remember_set(before, after, kinds, &down_members(&self.group));
         }
         Ok(())
     }

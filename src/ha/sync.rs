@@ -11,15 +11,18 @@
 //!   CKA_EXTRACTABLE = true with CKA_WRAP_WITH_TRUSTED = true ("p11ha-managed"): only trusted keys
 //!   can wrap it. p11ha shows it to the application as CKA_EXTRACTABLE = false and refuses to
 //!   wrap it ([`is_managed`]).
-//! - Destroys and attribute changes made while a member was down are remembered ([`SyncState`])
-//!   and applied to it when it is reintroduced ([`reintroduce`]), before it takes work.
+//! - Destroys, attribute changes and creations made while a member was down are remembered
+//!   ([`SyncState`], in a journal shared by every process when there is one: `journal.rs`) and
+//!   caught up with when it is reintroduced ([`reintroduce`]), before it takes work, or, when
+//!   another process's changes are owed to a member that is up here, by [`catch_up`].
 
 use super::group::{Group, Login};
+use super::journal::{Change, Journal, Ledger, Owed};
 use super::objects::{find_twin, Identity};
 use crate::mechanism::{find, Attr, OwnedMechanism};
 use crate::provider::{is_connection_error, Instance, MemberResult};
 use cryptoki_sys::*;
-use parking_lot::Mutex;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use zeroize::{Zeroize, Zeroizing};
@@ -34,27 +37,14 @@ const KEYGEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 /// `p11ha_init_cloning_key` on a group whose members already hold a cloning key.
 pub const RV_CLONING_KEY_EXISTS: CK_RV = CKR_FUNCTION_REJECTED;
 
-/// Something p11ha did to the group while a member was down, owed to that member.
-#[derive(Clone)]
-enum Change {
-    Destroy,
-    Set(Vec<Attr>),
-}
-
-#[derive(Clone)]
-struct Missed {
-    /// The object as it was before the change.
-    identity: Identity,
-    change: Change,
-    /// Serials of the members that were down and have not been told yet.
-    members: Vec<String>,
-}
-
 /// A group's synchronization state.
 #[derive(Default)]
 pub struct SyncState {
     enabled: AtomicBool,
-    missed: Mutex<Vec<Missed>>,
+    /// What members that were down are owed (in memory until [`SyncState::use_journal`]).
+    ledger: Ledger,
+    /// One comparison at a time: two copying the same object to one member would make two.
+    comparing: parking_lot::Mutex<()>,
 }
 
 impl SyncState {
@@ -66,45 +56,64 @@ impl SyncState {
         self.enabled.store(on, Ordering::Release);
     }
 
-    /// Remembers a destroy (`template` None) or an attribute change for the members now down.
-    pub fn remember(&self, identity: Identity, template: Option<Vec<Attr>>, down: Vec<String>) {
-        if down.is_empty() || !identity.is_token() {
-            return;
-        }
-        self.missed.lock().push(Missed {
-            identity,
-            change: template.map_or(Change::Destroy, Change::Set),
-            members: down,
-        });
+    /// Keeps owed changes in a journal file shared with other processes.
+    pub fn use_journal(&mut self, journal: Journal) {
+        self.ledger = Ledger::with_journal(journal);
     }
 
-    /// Changes owed to `serial`, in the order they were made (taken off the list).
-    fn take_for(&self, serial: &str) -> Vec<Missed> {
-        let mut missed = self.missed.lock();
-        let owed: Vec<Missed> = missed
+    /// Remembers, for the members now down, that a token object was destroyed.
+    pub fn remember_destroy(&self, identity: Identity, down: &[String]) {
+        if identity.is_token() {
+            self.ledger.record(Change::Destroy(identity), down);
+        }
+    }
+
+    /// Remembers, for the members now down, that attributes of `kinds` changed on an object.
+    pub fn remember_set(
+        &self,
+        before: Identity,
+        after: Identity,
+        kinds: Vec<CK_ATTRIBUTE_TYPE>,
+        down: &[String],
+    ) {
+        if before.is_token() {
+            let change = Change::Set {
+                before,
+                after,
+                kinds,
+            };
+            self.ledger.record(change, down);
+        }
+    }
+
+    /// Remembers, for the members now down, that token objects were created (once per member
+    /// until it catches up: the catching up compares everything anyway).
+    pub fn remember_created(&self, down: &[String]) {
+        let new: Vec<String> = down
             .iter()
-            .filter(|m| m.members.iter().any(|s| s == serial))
+            .filter(|s| {
+                !self
+                    .ledger
+                    .owed(s)
+                    .iter()
+                    .any(|o| o.change == Change::Created)
+            })
             .cloned()
             .collect();
-        for m in missed.iter_mut() {
-            m.members.retain(|s| s != serial);
-        }
-        missed.retain(|m| !m.members.is_empty());
-        owed
+        self.ledger.record(Change::Created, &new);
     }
 
-    /// Puts changes back when a reintroduction did not finish.
-    fn give_back(&self, serial: &str, owed: Vec<Missed>) {
-        let mut missed = self.missed.lock();
-        for mut m in owed.into_iter().rev() {
-            m.members = vec![serial.to_string()];
-            missed.insert(0, m);
+    /// Serials of the members that are owed anything.
+    pub fn owing(&self) -> HashSet<String> {
+        if !self.enabled() {
+            return HashSet::new();
         }
+        self.ledger.owing()
     }
 
-    /// Number of remembered changes still owed to some member (tests and diagnostics).
+    /// Number of changes still owed to some member (tests and diagnostics).
     pub fn pending(&self) -> usize {
-        self.missed.lock().len()
+        self.ledger.pending()
     }
 }
 
@@ -596,72 +605,190 @@ impl Drop for Opened<'_> {
     }
 }
 
-/// Brings a returning member up to date before it takes work: applies the destroys and attribute
-/// changes it missed, then copies every token object of an up member it lacks. Returns the number
-/// of objects copied. An error means the member should not be bound yet.
+/// Applies to `to` the destroys and attribute changes in `owed`, attribute values read from the
+/// changed twin on `from`. Returns the records done with. Without a user login a missing twin
+/// may only be invisible (a private object), so that record stays owed.
+fn apply_owed(
+    owed: &[Owed],
+    to: &End,
+    from: Option<&End>,
+    logged_in: bool,
+    what: &str,
+) -> CopyResult<Vec<Owed>> {
+    let mut done = Vec::new();
+    for o in owed {
+        let finished = match &o.change {
+            Change::Destroy(identity) => match dst(find_twin(to.inst, to.session, identity))? {
+                Some(h) => {
+                    match to.inst.destroy_object(to.session, h) {
+                        Err(rv) if is_connection_error(rv) => return Err((Side::Target, rv)),
+                        Err(rv) => eprintln!(
+                            "p11ha: {what}: a destroy made while it was down was refused: {}",
+                            crate::rv::rv_name(rv)
+                        ),
+                        Ok(()) => {}
+                    }
+                    true
+                }
+                None => logged_in,
+            },
+            Change::Set {
+                before,
+                after,
+                kinds,
+            } => {
+                let Some(from) = from else { continue };
+                let theirs = src(find_twin(from.inst, from.session, after))?;
+                let mine = dst(find_twin(to.inst, to.session, before))?;
+                match (theirs, mine) {
+                    (Some(t), Some(m)) => {
+                        let values =
+                            src(from.inst.read_attributes(from.session, t, kinds.clone()))?;
+                        let template: Vec<Attr> = kinds
+                            .iter()
+                            .zip(values)
+                            .filter_map(|(k, v)| v.map(|v| Attr::new(*k, v)))
+                            .collect();
+                        match to.inst.set_attributes(to.session, m, template) {
+                            Err(rv) if is_connection_error(rv) => return Err((Side::Target, rv)),
+                            Err(rv) => eprintln!(
+                                "p11ha: {what}: an attribute change made while it was down was \
+                                 refused: {}",
+                                crate::rv::rv_name(rv)
+                            ),
+                            Ok(()) => {}
+                        }
+                        true
+                    }
+                    // Destroyed since, or already changed: nothing to do, if we could see.
+                    _ => logged_in,
+                }
+            }
+            Change::Created => false,
+        };
+        if finished {
+            done.push(o.clone());
+        }
+    }
+    Ok(done)
+}
+
+/// Brings a member up to date: applies the destroys and attribute changes it missed, then copies
+/// every token object of an up member it lacks. Returns the number of objects copied. Used for a
+/// returning member before it takes work (an error means it should not be bound yet), and for a
+/// member up here that another process's changes are owed to ([`catch_up`]).
+///
+/// The member compared with is an up member that is owed nothing itself (one that is owed a
+/// destroy would hand the destroyed object back). What cannot be settled yet stays owed: private
+/// objects without a user login, and everything when there is no member to compare with.
 pub fn reintroduce(
     g: &Group,
     serial: &str,
     target: &Instance,
     slot: CK_SLOT_ID,
 ) -> MemberResult<u64> {
-    let login = g.login();
-    let mine = Opened::open(target, slot, &login, None)?;
-    let mut to = End::new(target, mine.session, serial);
-    let owed = g.sync.take_for(serial);
-    for (n, m) in owed.iter().enumerate() {
-        let r = find_twin(target, mine.session, &m.identity).and_then(|twin| match twin {
-            None => Ok(()),
-            Some(h) => match &m.change {
-                Change::Destroy => target.destroy_object(mine.session, h),
-                Change::Set(t) => target.set_attributes(mine.session, h, t.clone()),
-            },
-        });
-        match r {
-            Err(rv) if is_connection_error(rv) => {
-                g.sync.give_back(serial, owed[n..].to_vec());
-                return Err(rv);
-            }
-            Err(rv) => eprintln!(
-                "p11ha: group {}: a change made while {serial} was down was refused: {}",
-                g.label,
-                crate::rv::rv_name(rv)
-            ),
-            Ok(()) => {}
-        }
+    bring_up_to_date(g, serial, target, slot, false).map_err(|(_, rv)| rv)
+}
+
+/// [`reintroduce`], saying which side failed; with `only_if_owed`, nothing is compared when the
+/// member is no longer owed anything (another thread caught it up meanwhile).
+fn bring_up_to_date(
+    g: &Group,
+    serial: &str,
+    target: &Instance,
+    slot: CK_SLOT_ID,
+    only_if_owed: bool,
+) -> CopyResult<u64> {
+    let _one = g.sync.comparing.lock();
+    let owed = g.sync.ledger.owed(serial);
+    if only_if_owed && owed.is_empty() {
+        return Ok(0);
     }
-    let Some(idx) = g.candidates(|_, _| true).first().copied() else {
+    let login = g.login();
+    let logged_in = login.as_ref().is_some_and(|l| l.user == CKU_USER);
+    let mine = dst(Opened::open(target, slot, &login, None))?;
+    let mut to = End::new(target, mine.session, serial);
+    let what = format!("group {}: catching up {serial}", g.label);
+    let owing = g.sync.owing();
+    let source = g
+        .candidates(|_, m| m.serial != serial && !owing.contains(&m.serial))
+        .first()
+        .and_then(|&i| g.member(i).binding().map(|b| (i, b)));
+    let Some((idx, b)) = source else {
+        let done = apply_owed(&owed, &to, None, logged_in, &what)?;
+        g.sync.ledger.settle(&done);
         return Ok(0); // nothing to compare with: the returning member is the group now
     };
-    let Some(b) = g.member(idx).binding() else {
-        return Ok(0);
-    };
-    let theirs = match Opened::open(&b.instance, b.slot, &login, Some(b.open_sessions.clone())) {
-        Ok(o) => o,
-        Err(rv) => {
-            if is_connection_error(rv) {
-                g.drop_member(idx, b.instance.id, rv);
-            }
-            return Err(rv);
+    let result = src(Opened::open(
+        &b.instance,
+        b.slot,
+        &login,
+        Some(b.open_sessions.clone()),
+    ))
+    .and_then(|theirs| {
+        let mut from = End::new(&b.instance, theirs.session, &g.member(idx).serial);
+        let mut done = apply_owed(&owed, &to, Some(&from), logged_in, &what)?;
+        // Comparing while a rename is still owed would copy the renamed object a second time:
+        // the comparison waits until destroys and changes are settled (at C_Login at the latest).
+        let unsettled = owed
+            .iter()
+            .any(|o| o.change != Change::Created && !done.contains(o));
+        if unsettled {
+            g.sync.ledger.settle(&done);
+            return Ok(0);
         }
-    };
-    let mut from = End::new(&b.instance, theirs.session, &g.member(idx).serial);
-    match copy_missing(&mut from, &mut to, &format!("reintroduction of {serial}")) {
-        Ok(n) => Ok(n),
-        Err((Side::Source, rv)) => {
-            if is_connection_error(rv) {
-                g.drop_member(idx, b.instance.id, rv);
-            }
-            Err(rv)
+        let copied = copy_missing(&mut from, &mut to, &what)?;
+        if logged_in {
+            done.extend(owed.iter().filter(|o| o.change == Change::Created).cloned());
         }
-        Err((Side::Target, rv)) => Err(rv),
+        g.sync.ledger.settle(&done);
+        Ok(copied)
+    });
+    if let Err((Side::Source, rv)) = result {
+        if is_connection_error(rv) {
+            g.drop_member(idx, b.instance.id, rv);
+        }
     }
+    result
+}
+
+/// Catches up every member up here that is owed changes (made by another process, or needing
+/// the login this group now has). A member that fails on its connection is dropped. Returns the
+/// number of objects copied.
+pub fn catch_up(g: &Group) -> u64 {
+    if !g.sync.enabled() || g.passthrough {
+        return 0;
+    }
+    let owing = g.sync.owing();
+    let mut copied = 0;
+    for (i, m) in g.members().iter().enumerate() {
+        let Some(b) = m.binding().filter(|_| owing.contains(&m.serial)) else {
+            continue;
+        };
+        match bring_up_to_date(g, &m.serial, &b.instance, b.slot, true) {
+            Ok(n) => copied += n,
+            Err((Side::Target, rv)) if is_connection_error(rv) => {
+                g.drop_member(i, b.instance.id, rv)
+            }
+            Err((_, rv)) => eprintln!(
+                "p11ha: group {}: {} could not catch up yet: {}",
+                g.label,
+                m.serial,
+                crate::rv::rv_name(rv)
+            ),
+        }
+    }
+    copied
 }
 
 /// `p11ha synchronize`: copies every token object any up member has to every up member that
 /// lacks it. Returns the number of objects copied.
 pub fn synchronize(g: &Group) -> MemberResult<u64> {
     let login = g.login();
+    let mut copied = catch_up(g);
+    let _one = g.sync.comparing.lock();
+    // A member still owed changes would hand back what was destroyed: it is only a target.
+    let owing = g.sync.owing();
     let bound: Vec<_> = (0..g.members().len())
         .filter_map(|i| g.member(i).binding().map(|b| (i, b)))
         .collect();
@@ -673,8 +800,10 @@ pub fn synchronize(g: &Group) -> MemberResult<u64> {
             Err(rv) => return Err(rv),
         }
     }
-    let mut copied = 0;
     for a in 0..opened.len() {
+        if owing.contains(&g.member(opened[a].0).serial) {
+            continue;
+        }
         for z in 0..opened.len() {
             if a == z {
                 continue;
