@@ -510,10 +510,12 @@ fn journal(cluster: &Cluster) -> std::path::PathBuf {
     found[0].clone()
 }
 
-#[test]
-fn what_a_down_member_missed_reaches_it_after_the_process_that_made_it_is_gone() {
-    let _g = serial();
-    // Data objects need no cloning key: no provisioning.
+/// Three members, synchronization on, no cloning key (data objects need none). A first
+/// "process" (C_Initialize to C_Finalize) makes notes "doomed" and "before", kills m2, destroys
+/// "doomed" and runs `more` (given "before") while m2 is down. m2 is not restarted.
+fn destroyed_while_m2_was_down(
+    more: impl FnOnce(&Session, ObjectHandle),
+) -> (Cluster, std::path::PathBuf) {
     let cluster = Cluster::started(3);
     let conf = cluster.write_config(&ConfigOpts {
         ha_synchronize: Some(true),
@@ -523,13 +525,22 @@ fn what_a_down_member_missed_reaches_it_after_the_process_that_made_it_is_gone()
         let ha = cluster.ha_client(&conf, GROUP_LABEL).unwrap();
         let s = ha.session().unwrap();
         let doomed = note(&s, "doomed");
-        let renamed = note(&s, "before");
+        let before = note(&s, "before");
         cluster.kill(2);
         s.destroy_object(doomed).unwrap();
-        s.update_attributes(renamed, &[Attribute::Label(b"after".to_vec())])
-            .unwrap();
-        note(&s, "born");
+        more(&s, before);
     } // C_Finalize: what this "process" remembered in memory is gone.
+    (cluster, conf)
+}
+
+#[test]
+fn what_a_down_member_missed_reaches_it_after_the_process_that_made_it_is_gone() {
+    let _g = serial();
+    let (cluster, conf) = destroyed_while_m2_was_down(|s, before| {
+        s.update_attributes(before, &[Attribute::Label(b"after".to_vec())])
+            .unwrap();
+        note(s, "born");
+    });
     let text = std::fs::read_to_string(journal(&cluster)).unwrap();
     assert_eq!(text.lines().count(), 3, "destroy, change, creation: {text}");
     // Identities (labels are part of them) and attribute types, never an object's value.
@@ -591,18 +602,7 @@ fn what_a_down_member_missed_reaches_it_after_the_process_that_made_it_is_gone()
 #[test]
 fn a_member_owed_a_destroy_never_hands_the_object_back() {
     let _g = serial();
-    let cluster = Cluster::started(3);
-    let conf = cluster.write_config(&ConfigOpts {
-        ha_synchronize: Some(true),
-        ..Default::default()
-    });
-    {
-        let ha = cluster.ha_client(&conf, GROUP_LABEL).unwrap();
-        let s = ha.session().unwrap();
-        let doomed = note(&s, "doomed");
-        cluster.kill(2);
-        s.destroy_object(doomed).unwrap();
-    }
+    let (cluster, conf) = destroyed_while_m2_was_down(|_, _| {});
     cluster.restart(2);
     // `p11ha synchronize` in another process, all members up: m2 still holds "doomed" but is
     // owed its destroy, so it is caught up, not copied from.
