@@ -7,14 +7,20 @@
 //! write into memory the closure owns.
 
 use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use std::time::Duration;
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
-/// The call did not return within its deadline; it may still be running.
+/// Why a bounded call gave no value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TimedOut;
+pub enum Stalled {
+    /// No answer within the deadline; the call may still be running.
+    TimedOut,
+    /// The call panicked (caught on its thread: a panic never takes a worker or the caller down).
+    Panicked,
+}
 
 struct Pool {
     tx: Sender<Job>,
@@ -127,17 +133,22 @@ pub fn worker_count() -> usize {
     unsafe { p.as_ref() }.map_or(0, |p| p.alive.load(Ordering::Relaxed))
 }
 
-/// Runs `f` and returns its result, or `TimedOut` after `timeout` (the call then finishes, or
-/// not, on its own).
-pub fn run<T, F>(timeout: Duration, f: F) -> Result<T, TimedOut>
+/// Runs `f` and returns its result, or why there is none: it did not return within `timeout`
+/// (it then finishes, or not, on its own), or it panicked.
+pub fn run<T, F>(timeout: Duration, f: F) -> Result<T, Stalled>
 where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
 {
     if is_inline() {
-        return Ok(without_sigpipe(f));
+        return catch_unwind(AssertUnwindSafe(|| without_sigpipe(f)))
+            .map_err(|_| Stalled::Panicked);
     }
-    start(f).wait(timeout).map_err(|_| TimedOut)
+    match start(f).wait(timeout) {
+        Ok(v) => Ok(v),
+        Err(Unfinished::Running(_)) => Err(Stalled::TimedOut),
+        Err(Unfinished::Panicked) => Err(Stalled::Panicked),
+    }
 }
 
 /// A call started on the pool; wait for it as often as needed.
@@ -145,9 +156,17 @@ pub struct Pending<T> {
     rx: Receiver<T>,
 }
 
+/// A call that has no result (yet).
+pub enum Unfinished<T> {
+    /// Still running after the wait: wait again, or drop it to abandon the result.
+    Running(Pending<T>),
+    /// It panicked; there will be no result.
+    Panicked,
+}
+
 impl<T> Pending<T> {
-    /// The result, or the still-pending call back after `timeout`.
-    pub fn wait(self, timeout: Duration) -> Result<T, Pending<T>> {
+    /// The result, or what became of the call after `timeout`.
+    pub fn wait(self, timeout: Duration) -> Result<T, Unfinished<T>> {
         let start = std::time::Instant::now();
         if let Some(v) = poll(&self.rx, SPIN.min(timeout), &POLLING_CALLERS) {
             return Ok(v);
@@ -157,7 +176,9 @@ impl<T> Pending<T> {
             .recv_timeout(timeout.saturating_sub(start.elapsed()))
         {
             Ok(v) => Ok(v),
-            Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => Err(self),
+            Err(RecvTimeoutError::Timeout) => Err(Unfinished::Running(self)),
+            // The job's sender is dropped without a value only when the job panicked.
+            Err(RecvTimeoutError::Disconnected) => Err(Unfinished::Panicked),
         }
     }
 }
@@ -170,8 +191,11 @@ where
 {
     let (done_tx, done_rx) = bounded(1);
     let job = move || {
-        // The receiver is gone after a timeout; the result is dropped then.
-        let _ = done_tx.send(f());
+        // A panic drops the sender unsent, which the waiting side reads as `Panicked`. The
+        // receiver is gone after a timeout; the result is dropped then.
+        if let Ok(v) = catch_unwind(AssertUnwindSafe(f)) {
+            let _ = done_tx.send(v);
+        }
     };
     if is_inline() {
         without_sigpipe(job);
@@ -285,11 +309,18 @@ mod tests {
             let _ = release_rx.recv();
             1
         });
-        assert_eq!(r, Err(TimedOut));
+        assert_eq!(r, Err(Stalled::TimedOut));
         assert!(t0.elapsed() < Duration::from_secs(2));
         // The hung worker is busy; a new call must get another thread.
         assert_eq!(run(Duration::from_secs(5), || 7), Ok(7));
         release_tx.send(()).unwrap();
+    }
+
+    #[test]
+    fn a_panicking_call_is_reported_as_such_and_its_worker_lives_on() {
+        let r: Result<u8, Stalled> = run(Duration::from_secs(5), || panic!("hostile length"));
+        assert_eq!(r, Err(Stalled::Panicked), "a panic is not a timeout");
+        assert_eq!(run(Duration::from_secs(5), || 5), Ok(5));
     }
 
     #[test]

@@ -114,7 +114,8 @@ impl OwnedMechanism {
         let params = if m.pParameter.is_null() || len == 0 {
             Vec::new()
         } else {
-            std::slice::from_raw_parts(m.pParameter as *const u8, len).to_vec()
+            // SAFETY: the caller's promise (see `# Safety`).
+            unsafe { std::slice::from_raw_parts(m.pParameter as *const u8, len) }.to_vec()
         };
         let mut blobs = Vec::new();
         for &(ptr_at, len_at) in pointer_fields(m.mechanism) {
@@ -126,7 +127,8 @@ impl OwnedMechanism {
             let data = if ptr == 0 || n == 0 {
                 Vec::new()
             } else {
-                std::slice::from_raw_parts(ptr as *const u8, n).to_vec()
+                // SAFETY: the caller's promise (see `# Safety`).
+                unsafe { std::slice::from_raw_parts(ptr as *const u8, n) }.to_vec()
             };
             blobs.push((ptr_at, data));
         }

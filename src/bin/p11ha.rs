@@ -237,7 +237,7 @@ fn synchronize(args: &[String]) -> Result<Vec<String>, Failure> {
     })?;
     let n = lib.run(slot, user, &pin, init).map_err(|rv| Failure {
         rv,
-        message: if rv == p11ha::ha::sync::RV_CLONING_KEY_EXISTS {
+        message: if rv == p11ha::ha::sync::provision::RV_CLONING_KEY_EXISTS {
             format!("synchronize: group {label} already has a cloning key; it is never overwritten")
         } else {
             format!("synchronize: group {label} failed")

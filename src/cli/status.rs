@@ -6,7 +6,7 @@ use crate::confedit::locate;
 use crate::config::{self, GroupConfig, HaConfig, RecoveryMode};
 use crate::ffi::ca::{p11ha_group_status, P11haGroupStatus, P11HA_MAX_MEMBERS};
 use crate::ffi::table::C_GetFunctionList;
-use crate::ha::library::list_tokens;
+use crate::ha::discovery::{list_tokens, trimmed_serial};
 use crate::provider::Provider;
 use crate::rv::rv_name;
 use cryptoki_sys::*;
@@ -225,7 +225,7 @@ pub(super) fn check_member(
             inst.retire(cfg.connect_timeout);
         }
     }
-    let serial_of = |t: &CK_TOKEN_INFO| crate::ha::library::trimmed_serial(t);
+    let serial_of = |t: &CK_TOKEN_INFO| trimmed_serial(t);
     let ped = |t: &CK_TOKEN_INFO| t.flags & CKF_PROTECTED_AUTHENTICATION_PATH != 0;
     let (_, new) = tokens
         .iter()

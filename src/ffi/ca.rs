@@ -93,7 +93,8 @@ fn find_group(slot: c_ulong) -> Result<std::sync::Arc<Group>, c_ulong> {
 pub unsafe extern "C" fn CA_GetHAState(slot_id: c_ulong, p_state: *mut CK_HA_STATUS) -> c_ulong {
     guard("CA_GetHAState", || {
         let g = find_group(slot_id)?;
-        let st = out(p_state)?;
+        // SAFETY: the caller promises a writable CK_HA_STATUS (or NULL, refused).
+        let st = unsafe { out(p_state) }?;
         copy_text(&mut st.groupSerial, &g.serial, uchar);
         let members = g.members();
         let n = members.len().min(P11HA_MAX_MEMBERS);
@@ -123,7 +124,8 @@ pub unsafe extern "C" fn p11ha_group_status(
 ) -> c_ulong {
     guard("p11ha_group_status", || {
         let g = find_group(slot_id)?;
-        let st = out(p_status)?;
+        // SAFETY: the caller promises a writable P11haGroupStatus (or NULL, refused).
+        let st = unsafe { out(p_status) }?;
         st.slot_id = g.slot_id;
         copy_text(&mut st.label, &g.label, cchar);
         copy_text(&mut st.serial, &g.serial, cchar);

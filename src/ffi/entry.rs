@@ -1,14 +1,14 @@
 //! The one way into p11ha from C: the `entry!` macro wraps every function in a panic guard and
 //! maps `Result<(), CK_RV>` to the returned CK_RV; `ha()` is the initialization check.
 
-use crate::ha::Ha;
+use crate::ha::Runtime;
 use cryptoki_sys::*;
 use parking_lot::RwLock;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 /// The initialized library; `None` before C_Initialize and after C_Finalize.
-pub(crate) static LIBRARY: RwLock<Option<Arc<Ha>>> = RwLock::new(None);
+pub(crate) static LIBRARY: RwLock<Option<Arc<Runtime>>> = RwLock::new(None);
 
 /// Registers the fork handler once: a child starts uninitialized, as PKCS#11 wants, and works
 /// after its own C_Initialize.
@@ -39,7 +39,7 @@ extern "C" fn after_fork_in_child() {
 }
 
 /// The initialized library, or CKR_CRYPTOKI_NOT_INITIALIZED.
-pub(crate) fn ha() -> Result<Arc<Ha>, CK_RV> {
+pub(crate) fn ha() -> Result<Arc<Runtime>, CK_RV> {
     LIBRARY.read().clone().ok_or(CKR_CRYPTOKI_NOT_INITIALIZED)
 }
 

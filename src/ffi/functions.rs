@@ -1,29 +1,31 @@
 //! The PKCS#11 functions: unpack C arguments (`args`), call the HA core, pack results.
 //! No HA logic lives here.
+//!
+//! Every `unsafe` block below dereferences the caller's pointers through `args`, which checks
+//! them for NULL and their lengths for sanity; beyond that PKCS#11 makes the caller promise
+//! they are valid, which is the one SAFETY argument these blocks have.
 
 use super::args::*;
 use super::entry::{entry, ha, LIBRARY};
-use crate::bounded;
-use crate::ha::group::{crate_version, intersect_mechanism_info, pad};
+use crate::ha::group::{crate_version, pad};
 use crate::ha::session::Session;
-use crate::ha::Ha;
 use crate::provider::OpKind;
 use cryptoki_sys::*;
 use std::ffi::c_void;
 use std::sync::Arc;
 
+/// Most random bytes asked of a member in one call: a huge request is served in pieces, so
+/// p11ha never holds more than this at once whatever the caller asks.
+const RANDOM_PIECE: usize = 64 * 1024;
+
 fn session(h: CK_SESSION_HANDLE) -> Rv<Arc<Session>> {
-    let ha = ha()?;
-    if bounded::is_inline() {
-        // No management thread: recovery polls ride on application calls.
-        crate::ha::mgmt::poll_if_due(&ha);
-    }
-    ha.session(h)
+    ha()?.session(h)
 }
 
 entry! {
     fn C_Initialize(p_init_args: *mut c_void) {
-        let args = (p_init_args as *const CK_C_INITIALIZE_ARGS).as_ref();
+        // SAFETY: NULL or the caller's CK_C_INITIALIZE_ARGS.
+        let args = unsafe { (p_init_args as *const CK_C_INITIALIZE_ARGS).as_ref() };
         if let Some(a) = args {
             if !a.pReserved.is_null() {
                 return Err(CKR_ARGUMENTS_BAD);
@@ -43,7 +45,7 @@ entry! {
             return Err(CKR_CRYPTOKI_ALREADY_INITIALIZED);
         }
         super::entry::watch_forks();
-        bounded::set_inline(no_threads);
+        crate::bounded::set_inline(no_threads);
         *lib = Some(super::init::start()?);
         Ok(())
     }
@@ -53,13 +55,14 @@ entry! {
             return Err(CKR_ARGUMENTS_BAD);
         }
         let lib = LIBRARY.write().take().ok_or(CKR_CRYPTOKI_NOT_INITIALIZED)?;
-        super::init::stop(&lib);
+        lib.stop();
         Ok(())
     }
 
     fn C_GetInfo(p_info: *mut CK_INFO) {
         ha()?;
-        let info = out(p_info)?;
+        // SAFETY: see the module docs.
+        let info = unsafe { out(p_info) }?;
         *info = CK_INFO {
             cryptokiVersion: CK_VERSION { major: 2, minor: 40 },
             manufacturerID: pad("p11ha"),
@@ -72,40 +75,40 @@ entry! {
 
     fn C_GetSlotList(_token_present: CK_BBOOL, p_slot_list: *mut CK_SLOT_ID, pul_count: *mut CK_ULONG) {
         // Virtual slots always hold their token, so the list is the same either way.
-        deliver_list(&ha()?.slot_ids(), p_slot_list, pul_count)
+        let slots = ha()?.slot_ids();
+        // SAFETY: see the module docs.
+        unsafe { deliver_list(&slots, p_slot_list, pul_count) }
     }
 
     fn C_GetSlotInfo(slot_id: CK_SLOT_ID, p_info: *mut CK_SLOT_INFO) {
         let ha = ha()?;
-        *out(p_info)? = ha.group(slot_id)?.slot_info();
+        let info = ha.group(slot_id)?.slot_info();
+        // SAFETY: see the module docs.
+        *unsafe { out(p_info) }? = info;
         Ok(())
     }
 
     fn C_GetTokenInfo(slot_id: CK_SLOT_ID, p_info: *mut CK_TOKEN_INFO) {
         let ha = ha()?;
-        *out(p_info)? = ha.group(slot_id)?.token_info();
+        let info = ha.group(slot_id)?.token_info();
+        // SAFETY: see the module docs.
+        *unsafe { out(p_info) }? = info;
         Ok(())
     }
 
     fn C_GetMechanismList(slot_id: CK_SLOT_ID, p_list: *mut CK_MECHANISM_TYPE, pul_count: *mut CK_ULONG) {
         let ha = ha()?;
-        deliver_list(&ha.group(slot_id)?.mechanisms(), p_list, pul_count)
+        let list = ha.group(slot_id)?.mechanisms();
+        // SAFETY: see the module docs.
+        unsafe { deliver_list(&list, p_list, pul_count) }
     }
 
     fn C_GetMechanismInfo(slot_id: CK_SLOT_ID, mech: CK_MECHANISM_TYPE, p_info: *mut CK_MECHANISM_INFO) {
         let ha = ha()?;
         let group = ha.group(slot_id)?;
-        let info = out(p_info)?;
-        if !group.mechanisms().contains(&mech) {
-            return Err(if group.any_up() { CKR_MECHANISM_INVALID } else { CKR_DEVICE_ERROR });
-        }
-        let infos: Vec<_> = group
-            .members()
-            .iter()
-            .filter_map(|m| m.binding())
-            .filter_map(|b| b.instance.mechanism_info(b.slot, mech).ok())
-            .collect();
-        *info = intersect_mechanism_info(&infos).ok_or(CKR_DEVICE_ERROR)?;
+        // SAFETY: see the module docs.
+        let info = unsafe { out(p_info) }?;
+        *info = group.mechanism_info(mech)?;
         Ok(())
     }
 
@@ -117,20 +120,22 @@ entry! {
 
     fn C_InitPIN(h: CK_SESSION_HANDLE, p_pin: *mut CK_UTF8CHAR, pin_len: CK_ULONG) {
         let s = session(h)?;
-        let p = pin(p_pin, pin_len)?.ok_or(CKR_ARGUMENTS_BAD)?;
+        // SAFETY: see the module docs.
+        let p = unsafe { pin(p_pin, pin_len) }?.ok_or(CKR_ARGUMENTS_BAD)?;
         s.init_pin(p)
     }
 
     fn C_SetPIN(h: CK_SESSION_HANDLE, p_old: *mut CK_UTF8CHAR, old_len: CK_ULONG, p_new: *mut CK_UTF8CHAR, new_len: CK_ULONG) {
         let s = session(h)?;
-        let old = pin(p_old, old_len)?.ok_or(CKR_ARGUMENTS_BAD)?;
-        let new = pin(p_new, new_len)?.ok_or(CKR_ARGUMENTS_BAD)?;
-        s.set_pin(old, new)
+        // SAFETY: see the module docs.
+        let (old, new) = unsafe { (pin(p_old, old_len)?, pin(p_new, new_len)?) };
+        s.set_pin(old.ok_or(CKR_ARGUMENTS_BAD)?, new.ok_or(CKR_ARGUMENTS_BAD)?)
     }
 
     fn C_OpenSession(slot_id: CK_SLOT_ID, flags: CK_FLAGS, _app: *mut c_void, _notify: CK_NOTIFY, ph_session: *mut CK_SESSION_HANDLE) {
         let ha = ha()?;
-        let ph = out(ph_session)?;
+        // SAFETY: see the module docs.
+        let ph = unsafe { out(ph_session) }?;
         *ph = ha.open_session(slot_id, flags)?;
         Ok(())
     }
@@ -145,7 +150,9 @@ entry! {
 
     fn C_GetSessionInfo(h: CK_SESSION_HANDLE, p_info: *mut CK_SESSION_INFO) {
         let s = session(h)?;
-        *out(p_info)? = CK_SESSION_INFO { slotID: s.group.slot_id, state: s.state(), flags: s.flags, ulDeviceError: 0 };
+        let info = CK_SESSION_INFO { slotID: s.group.slot_id, state: s.state(), flags: s.flags, ulDeviceError: 0 };
+        // SAFETY: see the module docs.
+        *unsafe { out(p_info) }? = info;
         Ok(())
     }
 
@@ -165,7 +172,13 @@ entry! {
         if !matches!(user, CKU_USER | CKU_SO | CKU_CONTEXT_SPECIFIC) {
             return Err(CKR_USER_TYPE_INVALID);
         }
-        s.login(user, pin(p_pin, pin_len)?)
+        // SAFETY: see the module docs.
+        let p = match unsafe { pin(p_pin, pin_len) } {
+            // Longer than any token takes: what the member would say of it, without trying it.
+            Err(CKR_PIN_LEN_RANGE) => return Err(CKR_PIN_INCORRECT),
+            other => other?,
+        };
+        s.login(user, p)
     }
 
     fn C_Logout(h: CK_SESSION_HANDLE) {
@@ -174,16 +187,16 @@ entry! {
 
     fn C_CreateObject(h: CK_SESSION_HANDLE, p_template: *mut CK_ATTRIBUTE, count: CK_ULONG, ph_object: *mut CK_OBJECT_HANDLE) {
         let s = session(h)?;
-        let t = template(p_template, count)?;
-        let ph = out(ph_object)?;
+        // SAFETY: see the module docs.
+        let (t, ph) = unsafe { (template(p_template, count)?, out(ph_object)?) };
         *ph = s.create_object(t)?;
         Ok(())
     }
 
     fn C_CopyObject(h: CK_SESSION_HANDLE, obj: CK_OBJECT_HANDLE, p_template: *mut CK_ATTRIBUTE, count: CK_ULONG, ph_new: *mut CK_OBJECT_HANDLE) {
         let s = session(h)?;
-        let t = template(p_template, count)?;
-        let ph = out(ph_new)?;
+        // SAFETY: see the module docs.
+        let (t, ph) = unsafe { (template(p_template, count)?, out(ph_new)?) };
         *ph = s.copy_object(obj, t)?;
         Ok(())
     }
@@ -194,21 +207,22 @@ entry! {
 
     fn C_GetObjectSize(h: CK_SESSION_HANDLE, obj: CK_OBJECT_HANDLE, pul_size: *mut CK_ULONG) {
         let s = session(h)?;
-        let p = out(pul_size)?;
+        // SAFETY: see the module docs.
+        let p = unsafe { out(pul_size) }?;
         *p = s.object_size(obj)?;
         Ok(())
     }
 
     fn C_GetAttributeValue(h: CK_SESSION_HANDLE, obj: CK_OBJECT_HANDLE, p_template: *mut CK_ATTRIBUTE, count: CK_ULONG) {
         let s = session(h)?;
-        let attrs = template_mut(p_template, count)?;
+        // SAFETY: see the module docs.
+        let attrs = unsafe { template_mut(p_template, count) }?;
         let query = attrs.iter().map(|a| (a.type_, (!a.pValue.is_null()).then_some(a.ulValueLen))).collect();
         let (rv, values) = s.get_attributes(obj, query)?;
         for (a, (len, value)) in attrs.iter_mut().zip(values) {
-            if let Some(v) = value {
-                if !v.is_empty() {
-                    std::ptr::copy_nonoverlapping(v.as_ptr(), a.pValue as *mut u8, v.len());
-                }
+            if let Some(v) = value.filter(|v| !v.is_empty()) {
+                // SAFETY: the member filled at most the capacity this attribute offered.
+                unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), a.pValue as *mut u8, v.len()) };
             }
             a.ulValueLen = len;
         }
@@ -217,23 +231,29 @@ entry! {
 
     fn C_SetAttributeValue(h: CK_SESSION_HANDLE, obj: CK_OBJECT_HANDLE, p_template: *mut CK_ATTRIBUTE, count: CK_ULONG) {
         let s = session(h)?;
-        s.set_attributes(obj, template(p_template, count)?)
+        // SAFETY: see the module docs.
+        let t = unsafe { template(p_template, count) }?;
+        s.set_attributes(obj, t)
     }
 
     fn C_FindObjectsInit(h: CK_SESSION_HANDLE, p_template: *mut CK_ATTRIBUTE, count: CK_ULONG) {
         let s = session(h)?;
-        s.find_init(template(p_template, count)?)
+        // SAFETY: see the module docs.
+        let t = unsafe { template(p_template, count) }?;
+        s.find_init(t)
     }
 
     fn C_FindObjects(h: CK_SESSION_HANDLE, ph_object: *mut CK_OBJECT_HANDLE, max: CK_ULONG, pul_count: *mut CK_ULONG) {
         let s = session(h)?;
-        let count = out(pul_count)?;
+        // SAFETY: see the module docs.
+        let count = unsafe { out(pul_count) }?;
         if ph_object.is_null() && max > 0 {
             return Err(CKR_ARGUMENTS_BAD);
         }
-        let found = s.find_next(usize::try_from(max).map_err(|_| CKR_ARGUMENTS_BAD)?)?;
+        let found = s.find_next(usize::try_from(max).unwrap_or(usize::MAX))?;
         if !found.is_empty() {
-            std::ptr::copy_nonoverlapping(found.as_ptr(), ph_object, found.len());
+            // SAFETY: the caller's array holds `max` >= found.len() handles.
+            unsafe { std::ptr::copy_nonoverlapping(found.as_ptr(), ph_object, found.len()) };
         }
         *count = found.len() as CK_ULONG;
         Ok(())
@@ -244,47 +264,58 @@ entry! {
     }
 
     fn C_EncryptInit(h: CK_SESSION_HANDLE, p_mech: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE) {
-        op_init(h, OpKind::Encrypt, p_mech, key)
+        // SAFETY: see the module docs.
+        unsafe { op_init(h, OpKind::Encrypt, p_mech, key) }
     }
 
     fn C_Encrypt(h: CK_SESSION_HANDLE, p_data: *mut CK_BYTE, len: CK_ULONG, p_out: *mut CK_BYTE, pul_out: *mut CK_ULONG) {
-        single(h, OpKind::Encrypt, p_data, len, p_out, pul_out)
+        // SAFETY: see the module docs.
+        unsafe { single(h, OpKind::Encrypt, p_data, len, p_out, pul_out) }
     }
 
     fn C_EncryptUpdate(h: CK_SESSION_HANDLE, p_part: *mut CK_BYTE, len: CK_ULONG, p_out: *mut CK_BYTE, pul_out: *mut CK_ULONG) {
-        update_out(h, OpKind::Encrypt, p_part, len, p_out, pul_out)
+        // SAFETY: see the module docs.
+        unsafe { update_out(h, OpKind::Encrypt, p_part, len, p_out, pul_out) }
     }
 
     fn C_EncryptFinal(h: CK_SESSION_HANDLE, p_out: *mut CK_BYTE, pul_out: *mut CK_ULONG) {
-        finish(h, OpKind::Encrypt, p_out, pul_out)
+        // SAFETY: see the module docs.
+        unsafe { finish(h, OpKind::Encrypt, p_out, pul_out) }
     }
 
     fn C_DecryptInit(h: CK_SESSION_HANDLE, p_mech: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE) {
-        op_init(h, OpKind::Decrypt, p_mech, key)
+        // SAFETY: see the module docs.
+        unsafe { op_init(h, OpKind::Decrypt, p_mech, key) }
     }
 
     fn C_Decrypt(h: CK_SESSION_HANDLE, p_data: *mut CK_BYTE, len: CK_ULONG, p_out: *mut CK_BYTE, pul_out: *mut CK_ULONG) {
-        single(h, OpKind::Decrypt, p_data, len, p_out, pul_out)
+        // SAFETY: see the module docs.
+        unsafe { single(h, OpKind::Decrypt, p_data, len, p_out, pul_out) }
     }
 
     fn C_DecryptUpdate(h: CK_SESSION_HANDLE, p_part: *mut CK_BYTE, len: CK_ULONG, p_out: *mut CK_BYTE, pul_out: *mut CK_ULONG) {
-        update_out(h, OpKind::Decrypt, p_part, len, p_out, pul_out)
+        // SAFETY: see the module docs.
+        unsafe { update_out(h, OpKind::Decrypt, p_part, len, p_out, pul_out) }
     }
 
     fn C_DecryptFinal(h: CK_SESSION_HANDLE, p_out: *mut CK_BYTE, pul_out: *mut CK_ULONG) {
-        finish(h, OpKind::Decrypt, p_out, pul_out)
+        // SAFETY: see the module docs.
+        unsafe { finish(h, OpKind::Decrypt, p_out, pul_out) }
     }
 
     fn C_DigestInit(h: CK_SESSION_HANDLE, p_mech: *mut CK_MECHANISM) {
-        op_init(h, OpKind::Digest, p_mech, 0)
+        // SAFETY: see the module docs.
+        unsafe { op_init(h, OpKind::Digest, p_mech, 0) }
     }
 
     fn C_Digest(h: CK_SESSION_HANDLE, p_data: *mut CK_BYTE, len: CK_ULONG, p_out: *mut CK_BYTE, pul_out: *mut CK_ULONG) {
-        single(h, OpKind::Digest, p_data, len, p_out, pul_out)
+        // SAFETY: see the module docs.
+        unsafe { single(h, OpKind::Digest, p_data, len, p_out, pul_out) }
     }
 
     fn C_DigestUpdate(h: CK_SESSION_HANDLE, p_part: *mut CK_BYTE, len: CK_ULONG) {
-        update(h, OpKind::Digest, p_part, len)
+        // SAFETY: see the module docs.
+        unsafe { update(h, OpKind::Digest, p_part, len) }
     }
 
     fn C_DigestKey(h: CK_SESSION_HANDLE, key: CK_OBJECT_HANDLE) {
@@ -292,81 +323,100 @@ entry! {
     }
 
     fn C_DigestFinal(h: CK_SESSION_HANDLE, p_out: *mut CK_BYTE, pul_out: *mut CK_ULONG) {
-        finish(h, OpKind::Digest, p_out, pul_out)
+        // SAFETY: see the module docs.
+        unsafe { finish(h, OpKind::Digest, p_out, pul_out) }
     }
 
     fn C_SignInit(h: CK_SESSION_HANDLE, p_mech: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE) {
-        op_init(h, OpKind::Sign, p_mech, key)
+        // SAFETY: see the module docs.
+        unsafe { op_init(h, OpKind::Sign, p_mech, key) }
     }
 
     fn C_Sign(h: CK_SESSION_HANDLE, p_data: *mut CK_BYTE, len: CK_ULONG, p_sig: *mut CK_BYTE, pul_sig: *mut CK_ULONG) {
-        single(h, OpKind::Sign, p_data, len, p_sig, pul_sig)
+        // SAFETY: see the module docs.
+        unsafe { single(h, OpKind::Sign, p_data, len, p_sig, pul_sig) }
     }
 
     fn C_SignUpdate(h: CK_SESSION_HANDLE, p_part: *mut CK_BYTE, len: CK_ULONG) {
-        update(h, OpKind::Sign, p_part, len)
+        // SAFETY: see the module docs.
+        unsafe { update(h, OpKind::Sign, p_part, len) }
     }
 
     fn C_SignFinal(h: CK_SESSION_HANDLE, p_sig: *mut CK_BYTE, pul_sig: *mut CK_ULONG) {
-        finish(h, OpKind::Sign, p_sig, pul_sig)
+        // SAFETY: see the module docs.
+        unsafe { finish(h, OpKind::Sign, p_sig, pul_sig) }
     }
 
     fn C_SignRecoverInit(h: CK_SESSION_HANDLE, p_mech: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE) {
-        op_init(h, OpKind::SignRecover, p_mech, key)
+        // SAFETY: see the module docs.
+        unsafe { op_init(h, OpKind::SignRecover, p_mech, key) }
     }
 
     fn C_SignRecover(h: CK_SESSION_HANDLE, p_data: *mut CK_BYTE, len: CK_ULONG, p_sig: *mut CK_BYTE, pul_sig: *mut CK_ULONG) {
-        single(h, OpKind::SignRecover, p_data, len, p_sig, pul_sig)
+        // SAFETY: see the module docs.
+        unsafe { single(h, OpKind::SignRecover, p_data, len, p_sig, pul_sig) }
     }
 
     fn C_VerifyInit(h: CK_SESSION_HANDLE, p_mech: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE) {
-        op_init(h, OpKind::Verify, p_mech, key)
+        // SAFETY: see the module docs.
+        unsafe { op_init(h, OpKind::Verify, p_mech, key) }
     }
 
     fn C_Verify(h: CK_SESSION_HANDLE, p_data: *mut CK_BYTE, len: CK_ULONG, p_sig: *mut CK_BYTE, sig_len: CK_ULONG) {
         let s = session(h)?;
-        s.verify(bytes(p_data, len)?.to_vec(), bytes(p_sig, sig_len)?.to_vec())
+        // SAFETY: see the module docs.
+        let (d, sig) = unsafe { (data(p_data, len)?, data(p_sig, sig_len)?) };
+        s.verify(d, sig)
     }
 
     fn C_VerifyUpdate(h: CK_SESSION_HANDLE, p_part: *mut CK_BYTE, len: CK_ULONG) {
-        update(h, OpKind::Verify, p_part, len)
+        // SAFETY: see the module docs.
+        unsafe { update(h, OpKind::Verify, p_part, len) }
     }
 
     fn C_VerifyFinal(h: CK_SESSION_HANDLE, p_sig: *mut CK_BYTE, sig_len: CK_ULONG) {
         let s = session(h)?;
-        s.verify_final(bytes(p_sig, sig_len)?.to_vec())
+        // SAFETY: see the module docs.
+        let sig = unsafe { data(p_sig, sig_len) }?;
+        s.verify_final(sig)
     }
 
     fn C_VerifyRecoverInit(h: CK_SESSION_HANDLE, p_mech: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE) {
-        op_init(h, OpKind::VerifyRecover, p_mech, key)
+        // SAFETY: see the module docs.
+        unsafe { op_init(h, OpKind::VerifyRecover, p_mech, key) }
     }
 
     fn C_VerifyRecover(h: CK_SESSION_HANDLE, p_sig: *mut CK_BYTE, len: CK_ULONG, p_data: *mut CK_BYTE, pul_data: *mut CK_ULONG) {
-        single(h, OpKind::VerifyRecover, p_sig, len, p_data, pul_data)
+        // SAFETY: see the module docs.
+        unsafe { single(h, OpKind::VerifyRecover, p_sig, len, p_data, pul_data) }
     }
 
     // Dual-function updates are the two single updates; the output-producing half runs first
     // so that a length query or short buffer consumes nothing.
     fn C_DigestEncryptUpdate(h: CK_SESSION_HANDLE, p_part: *mut CK_BYTE, len: CK_ULONG, p_out: *mut CK_BYTE, pul_out: *mut CK_ULONG) {
-        dual(h, OpKind::Encrypt, OpKind::Digest, false, p_part, len, p_out, pul_out)
+        // SAFETY: see the module docs.
+        unsafe { dual(h, OpKind::Encrypt, OpKind::Digest, false, p_part, len, p_out, pul_out) }
     }
 
     fn C_DecryptDigestUpdate(h: CK_SESSION_HANDLE, p_part: *mut CK_BYTE, len: CK_ULONG, p_out: *mut CK_BYTE, pul_out: *mut CK_ULONG) {
-        dual(h, OpKind::Decrypt, OpKind::Digest, true, p_part, len, p_out, pul_out)
+        // SAFETY: see the module docs.
+        unsafe { dual(h, OpKind::Decrypt, OpKind::Digest, true, p_part, len, p_out, pul_out) }
     }
 
     fn C_SignEncryptUpdate(h: CK_SESSION_HANDLE, p_part: *mut CK_BYTE, len: CK_ULONG, p_out: *mut CK_BYTE, pul_out: *mut CK_ULONG) {
-        dual(h, OpKind::Encrypt, OpKind::Sign, false, p_part, len, p_out, pul_out)
+        // SAFETY: see the module docs.
+        unsafe { dual(h, OpKind::Encrypt, OpKind::Sign, false, p_part, len, p_out, pul_out) }
     }
 
     fn C_DecryptVerifyUpdate(h: CK_SESSION_HANDLE, p_part: *mut CK_BYTE, len: CK_ULONG, p_out: *mut CK_BYTE, pul_out: *mut CK_ULONG) {
-        dual(h, OpKind::Decrypt, OpKind::Verify, true, p_part, len, p_out, pul_out)
+        // SAFETY: see the module docs.
+        unsafe { dual(h, OpKind::Decrypt, OpKind::Verify, true, p_part, len, p_out, pul_out) }
     }
 
     fn C_GenerateKey(h: CK_SESSION_HANDLE, p_mech: *mut CK_MECHANISM, p_template: *mut CK_ATTRIBUTE, count: CK_ULONG, ph_key: *mut CK_OBJECT_HANDLE) {
         let s = session(h)?;
-        let (m, t) = (mechanism(p_mech)?, template(p_template, count)?);
-        let ph = out(ph_key)?;
+        // SAFETY: see the module docs.
+        let (m, t, ph) = unsafe { (mechanism(p_mech)?, template(p_template, count)?, out(ph_key)?) };
         *ph = s.generate_key(m, t)?;
         Ok(())
     }
@@ -382,9 +432,10 @@ entry! {
         ph_priv: *mut CK_OBJECT_HANDLE,
     ) {
         let s = session(h)?;
-        let m = mechanism(p_mech)?;
-        let (pu, pr) = (template(p_pub, pub_count)?, template(p_priv, priv_count)?);
-        let (oh_pub, oh_priv) = (out(ph_pub)?, out(ph_priv)?);
+        // SAFETY: see the module docs.
+        let (m, pu, pr, oh_pub, oh_priv) = unsafe {
+            (mechanism(p_mech)?, template(p_pub, pub_count)?, template(p_priv, priv_count)?, out(ph_pub)?, out(ph_priv)?)
+        };
         let (a, b) = s.generate_key_pair(m, pu, pr)?;
         *oh_pub = a;
         *oh_priv = b;
@@ -393,9 +444,11 @@ entry! {
 
     fn C_WrapKey(h: CK_SESSION_HANDLE, p_mech: *mut CK_MECHANISM, wrapping: CK_OBJECT_HANDLE, key: CK_OBJECT_HANDLE, p_out: *mut CK_BYTE, pul_out: *mut CK_ULONG) {
         let s = session(h)?;
-        let m = mechanism(p_mech)?;
-        let cap = capacity(p_out, pul_out)?;
-        deliver(s.wrap_key(m, wrapping, key, cap)?, p_out, pul_out)
+        // SAFETY: see the module docs.
+        let (m, cap) = unsafe { (mechanism(p_mech)?, capacity(p_out, pul_out)?) };
+        let o = s.wrap_key(m, wrapping, key, cap)?;
+        // SAFETY: see the module docs.
+        unsafe { deliver(o, p_out, pul_out) }
     }
 
     fn C_UnwrapKey(
@@ -409,33 +462,41 @@ entry! {
         ph_key: *mut CK_OBJECT_HANDLE,
     ) {
         let s = session(h)?;
-        let m = mechanism(p_mech)?;
-        let wrapped = bytes(p_wrapped, wrapped_len)?.to_vec();
-        let t = template(p_template, count)?;
-        let ph = out(ph_key)?;
+        // SAFETY: see the module docs.
+        let (m, wrapped, t, ph) = unsafe {
+            (mechanism(p_mech)?, data(p_wrapped, wrapped_len)?, template(p_template, count)?, out(ph_key)?)
+        };
         *ph = s.unwrap_key(m, unwrapping, wrapped, t)?;
         Ok(())
     }
 
     fn C_DeriveKey(h: CK_SESSION_HANDLE, p_mech: *mut CK_MECHANISM, base: CK_OBJECT_HANDLE, p_template: *mut CK_ATTRIBUTE, count: CK_ULONG, ph_key: *mut CK_OBJECT_HANDLE) {
         let s = session(h)?;
-        let (m, t) = (mechanism(p_mech)?, template(p_template, count)?);
-        let ph = out(ph_key)?;
+        // SAFETY: see the module docs.
+        let (m, t, ph) = unsafe { (mechanism(p_mech)?, template(p_template, count)?, out(ph_key)?) };
         *ph = s.derive_key(m, base, t)?;
         Ok(())
     }
 
     fn C_SeedRandom(h: CK_SESSION_HANDLE, p_seed: *mut CK_BYTE, len: CK_ULONG) {
         let s = session(h)?;
-        s.seed_random(bytes(p_seed, len)?.to_vec())
+        // SAFETY: see the module docs.
+        let seed = unsafe { data(p_seed, len) }?;
+        s.seed_random(seed)
     }
 
     fn C_GenerateRandom(h: CK_SESSION_HANDLE, p_out: *mut CK_BYTE, len: CK_ULONG) {
         let s = session(h)?;
-        if p_out.is_null() && len > 0 {
-            return Err(CKR_ARGUMENTS_BAD);
+        // SAFETY: see the module docs.
+        let buf = unsafe { buffer_mut(p_out, len) }?;
+        if buf.is_empty() {
+            // Nothing to fill, but the member decides what a request for nothing means.
+            s.generate_random(0, p_out.is_null())?;
         }
-        deliver_exact(&s.generate_random(len)?, p_out)
+        for piece in buf.chunks_mut(RANDOM_PIECE) {
+            piece.copy_from_slice(&s.generate_random(piece.len(), false)?);
+        }
+        Ok(())
     }
 
     fn C_GetFunctionStatus(h: CK_SESSION_HANDLE) {
@@ -450,12 +511,15 @@ entry! {
 
     fn C_WaitForSlotEvent(flags: CK_FLAGS, p_slot: *mut CK_SLOT_ID, _reserved: *mut c_void) {
         ha()?;
-        out(p_slot)?;
+        // SAFETY: see the module docs.
+        unsafe { out(p_slot) }?;
         // Virtual slots never change; a blocking wait would never return.
         if flags & CKF_DONT_BLOCK != 0 { Err(CKR_NO_EVENT) } else { Err(CKR_FUNCTION_NOT_SUPPORTED) }
     }
 }
 
+/// # Safety
+/// `p_mech` as for every entry point (module docs).
 unsafe fn op_init(
     h: CK_SESSION_HANDLE,
     kind: OpKind,
@@ -463,9 +527,13 @@ unsafe fn op_init(
     key: CK_OBJECT_HANDLE,
 ) -> Rv<()> {
     let s = session(h)?;
-    s.op_init(kind, Some(mechanism(p_mech)?), key)
+    // SAFETY: forwarded from the caller's promise.
+    let m = unsafe { mechanism(p_mech) }?;
+    s.op_init(kind, Some(m), key)
 }
 
+/// # Safety
+/// The pointers as for every entry point (module docs).
 unsafe fn single(
     h: CK_SESSION_HANDLE,
     kind: OpKind,
@@ -475,14 +543,20 @@ unsafe fn single(
     pul_out: *mut CK_ULONG,
 ) -> Rv<()> {
     let s = session(h)?;
-    let data = bytes(p_in, len)?.to_vec();
-    let cap = capacity(p_out, pul_out)?;
-    deliver(s.op_single(kind, data, cap)?, p_out, pul_out)
+    // SAFETY: forwarded from the caller's promise.
+    let (d, cap) = unsafe { (data(p_in, len)?, capacity(p_out, pul_out)?) };
+    let o = s.op_single(kind, d, cap)?;
+    // SAFETY: forwarded from the caller's promise.
+    unsafe { deliver(o, p_out, pul_out) }
 }
 
+/// # Safety
+/// The pointers as for every entry point (module docs).
 unsafe fn update(h: CK_SESSION_HANDLE, kind: OpKind, p_in: *mut u8, len: CK_ULONG) -> Rv<()> {
     let s = session(h)?;
-    let o = s.op_update(kind, bytes(p_in, len)?.to_vec(), None)?;
+    // SAFETY: forwarded from the caller's promise.
+    let d = unsafe { data(p_in, len) }?;
+    let o = s.op_update(kind, d, None)?;
     if o.rv == CKR_OK {
         Ok(())
     } else {
@@ -490,6 +564,8 @@ unsafe fn update(h: CK_SESSION_HANDLE, kind: OpKind, p_in: *mut u8, len: CK_ULON
     }
 }
 
+/// # Safety
+/// The pointers as for every entry point (module docs).
 unsafe fn update_out(
     h: CK_SESSION_HANDLE,
     kind: OpKind,
@@ -499,11 +575,15 @@ unsafe fn update_out(
     pul_out: *mut CK_ULONG,
 ) -> Rv<()> {
     let s = session(h)?;
-    let data = bytes(p_in, len)?.to_vec();
-    let cap = capacity(p_out, pul_out)?;
-    deliver(s.op_update(kind, data, cap)?, p_out, pul_out)
+    // SAFETY: forwarded from the caller's promise.
+    let (d, cap) = unsafe { (data(p_in, len)?, capacity(p_out, pul_out)?) };
+    let o = s.op_update(kind, d, cap)?;
+    // SAFETY: forwarded from the caller's promise.
+    unsafe { deliver(o, p_out, pul_out) }
 }
 
+/// # Safety
+/// The pointers as for every entry point (module docs).
 unsafe fn finish(
     h: CK_SESSION_HANDLE,
     kind: OpKind,
@@ -511,12 +591,18 @@ unsafe fn finish(
     pul_out: *mut CK_ULONG,
 ) -> Rv<()> {
     let s = session(h)?;
-    let cap = capacity(p_out, pul_out)?;
-    deliver(s.op_final(kind, cap)?, p_out, pul_out)
+    // SAFETY: forwarded from the caller's promise.
+    let cap = unsafe { capacity(p_out, pul_out) }?;
+    let o = s.op_final(kind, cap)?;
+    // SAFETY: forwarded from the caller's promise.
+    unsafe { deliver(o, p_out, pul_out) }
 }
 
 /// A dual-function update: `first` produces the output; `second` is fed the plaintext (the
 /// input, or with `feed_output` the output of a decryption).
+///
+/// # Safety
+/// The pointers as for every entry point (module docs).
 #[allow(clippy::too_many_arguments)]
 unsafe fn dual(
     h: CK_SESSION_HANDLE,
@@ -529,23 +615,20 @@ unsafe fn dual(
     pul_out: *mut CK_ULONG,
 ) -> Rv<()> {
     let s = session(h)?;
-    let data = bytes(p_in, len)?.to_vec();
-    let cap = capacity(p_out, pul_out)?;
-    let o = s.op_update(first, data.clone(), cap)?;
+    // SAFETY: forwarded from the caller's promise.
+    let (d, cap) = unsafe { (data(p_in, len)?, capacity(p_out, pul_out)?) };
+    let o = s.op_update(first, d.clone(), cap)?;
     if o.rv == CKR_OK && cap.is_some() {
         let plain = if feed_output {
-            o.data.clone().unwrap_or_default()
+            Arc::new(zeroize::Zeroizing::new(o.data.clone().unwrap_or_default()))
         } else {
-            data
+            d
         };
         let fed = s.op_update(second, plain, None)?;
         if fed.rv != CKR_OK {
             return Err(fed.rv);
         }
     }
-    deliver(o, p_out, pul_out)
+    // SAFETY: forwarded from the caller's promise.
+    unsafe { deliver(o, p_out, pul_out) }
 }
-
-/// Keeps `Ha` in scope for the docs of this module's callers.
-#[allow(dead_code)]
-fn _types(_: &Ha) {}

@@ -1,15 +1,15 @@
-//! C_Initialize and C_Finalize beyond argument checks: read the configuration, open the HA log,
-//! start the HA core and its management thread; stop them in order.
+//! C_Initialize beyond argument checks: read the configuration, open the HA log, start the HA
+//! core and its management thread (C_Finalize stops them: `Runtime::stop`).
 
 use crate::config;
-use crate::ha::Ha;
+use crate::ha::Runtime;
 use crate::halog::HaLog;
 use cryptoki_sys::*;
 use std::sync::Arc;
 
 /// Reads the configuration and starts the library. A bad configuration is CKR_GENERAL_ERROR
 /// with one message naming file, line and key, on stderr and in the HA log when one is set.
-pub(crate) fn start() -> Result<Arc<Ha>, CK_RV> {
+pub(crate) fn start() -> Result<Arc<Runtime>, CK_RV> {
     let path = config::locate();
     let cfg = match config::load(&path) {
         Ok(c) => c,
@@ -29,13 +29,5 @@ pub(crate) fn start() -> Result<Arc<Ha>, CK_RV> {
     } else {
         HaLog::open(&cfg.log)
     };
-    let ha = Ha::start(cfg, log);
-    crate::ha::mgmt::start(&ha);
-    Ok(ha)
-}
-
-pub(crate) fn stop(ha: &Arc<Ha>) {
-    crate::ha::mgmt::stop(ha);
-    ha.shutdown();
-    ha.log.flush();
+    Ok(Arc::new(Runtime::start(cfg, log)))
 }

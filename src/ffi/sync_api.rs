@@ -16,8 +16,9 @@ use std::os::raw::c_ulong;
 pub unsafe extern "C" fn p11ha_synchronize(slot_id: c_ulong, p_copied: *mut c_ulong) -> c_ulong {
     guard("p11ha_synchronize", || {
         let g = ha()?.group(slot_id)?.clone();
-        let copied = out(p_copied)?;
-        *copied = sync::synchronize(&g)?;
+        // SAFETY: the caller promises a writable CK_ULONG (or NULL, refused).
+        let copied = unsafe { out(p_copied) }?;
+        *copied = sync::synchronize::synchronize(&g)?;
         Ok(())
     })
 }
@@ -35,8 +36,9 @@ pub unsafe extern "C" fn p11ha_init_cloning_key(
 ) -> c_ulong {
     guard("p11ha_init_cloning_key", || {
         let g = ha()?.group(slot_id)?.clone();
-        let members = out(p_members)?;
-        *members = sync::init_cloning_key(&g)?;
+        // SAFETY: the caller promises a writable CK_ULONG (or NULL, refused).
+        let members = unsafe { out(p_members) }?;
+        *members = sync::provision::init_cloning_key(&g)?;
         Ok(())
     })
 }

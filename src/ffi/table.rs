@@ -186,7 +186,8 @@ static INTERFACES: Interfaces = Interfaces([
 #[no_mangle]
 pub unsafe extern "C" fn C_GetFunctionList(pp_function_list: *mut *mut CK_FUNCTION_LIST) -> CK_RV {
     guard("C_GetFunctionList", || {
-        *out(pp_function_list)? =
+        // SAFETY: the caller's promise (see `# Safety`); NULL is refused.
+        *unsafe { out(pp_function_list) }? =
             &FUNCTIONS_2_40 as *const CK_FUNCTION_LIST as *mut CK_FUNCTION_LIST;
         Ok(())
     })
@@ -202,7 +203,8 @@ pub unsafe extern "C" fn C_GetInterfaceList(
     pul_count: *mut CK_ULONG,
 ) -> CK_RV {
     guard("C_GetInterfaceList", || {
-        deliver_list(&INTERFACES.0, p_list, pul_count)
+        // SAFETY: the caller's promise (see `# Safety`).
+        unsafe { deliver_list(&INTERFACES.0, p_list, pul_count) }
     })
 }
 
@@ -218,13 +220,17 @@ pub unsafe extern "C" fn C_GetInterface(
     flags: CK_FLAGS,
 ) -> CK_RV {
     guard("C_GetInterface", || {
-        let pp = out(pp_interface)?;
-        if !p_name.is_null() && CStr::from_ptr(p_name as *const _) != INTERFACE_NAME {
+        // SAFETY: the caller's promise (see `# Safety`); NULL is refused.
+        let pp = unsafe { out(pp_interface) }?;
+        // SAFETY: a non-NULL name is a NUL-terminated string by PKCS#11 3.0.
+        if !p_name.is_null() && unsafe { CStr::from_ptr(p_name as *const _) } != INTERFACE_NAME {
             return Err(CKR_ARGUMENTS_BAD);
         }
-        let wanted = p_version.as_ref().map(|v| (v.major, v.minor));
+        // SAFETY: NULL or the caller's CK_VERSION.
+        let wanted = unsafe { p_version.as_ref() }.map(|v| (v.major, v.minor));
         let found = INTERFACES.0.iter().find(|i| {
-            let v = (i.pFunctionList as *const CK_VERSION).read();
+            // SAFETY: every table starts with its CK_VERSION (ours are statics).
+            let v = unsafe { (i.pFunctionList as *const CK_VERSION).read() };
             wanted.is_none_or(|w| w == (v.major, v.minor)) && i.flags & flags == flags
         });
         *pp = found.ok_or(CKR_ARGUMENTS_BAD)? as *const CK_INTERFACE as *mut CK_INTERFACE;

@@ -3,9 +3,10 @@
 
 use super::member::Member;
 use super::objects::ObjectTable;
+use super::sync_state::SyncState;
 use crate::config::RecoveryMode;
 use crate::halog::HaLog;
-use crate::provider::is_deactivation;
+use crate::provider::Fault;
 use cryptoki_sys::*;
 use parking_lot::{Mutex, RwLock};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -31,7 +32,7 @@ pub struct Group {
     members: RwLock<Arc<Vec<Arc<Member>>>>,
     pub objects: ObjectTable,
     /// Object synchronization (`HASynchronize.<label>`), see `ha::sync`.
-    pub sync: super::sync::SyncState,
+    pub sync: SyncState,
     pub mode: RecoveryMode,
     /// `failover_on_deactivation`: redo a call elsewhere when its member reports itself
     /// deactivated (true), or return that error to the caller (false). The member is dropped
@@ -147,6 +148,15 @@ impl Group {
         self.sessions.load(Ordering::Acquire)
     }
 
+    /// Serials of the members that are down (and not removed): those owed what changes now.
+    pub fn down_serials(&self) -> Vec<String> {
+        self.members()
+            .iter()
+            .filter(|m| !m.is_removed() && !m.is_up())
+            .map(|m| m.serial.clone())
+            .collect()
+    }
+
     pub fn any_up(&self) -> bool {
         self.members().iter().any(|m| m.is_up())
     }
@@ -174,10 +184,10 @@ impl Group {
     }
 
     /// Drops a member that failed while bound to `instance_id`, with its HA log lines.
-    pub fn drop_member(&self, idx: usize, instance_id: u64, rv: CK_RV) {
+    pub fn drop_member(&self, idx: usize, instance_id: u64, fault: Fault) {
         let m = self.member(idx);
-        if m.take_down(instance_id, rv) {
-            if is_deactivation(rv) {
+        if m.take_down(instance_id, fault.status()) {
+            if fault.is_deactivation() {
                 self.log.member_deactivated(&self.serial, &m.serial);
             } else {
                 self.log.drop_member(&self.serial, &m.serial);
@@ -245,6 +255,28 @@ impl Group {
         info.hardwareVersion = CK_VERSION { major: 1, minor: 0 };
         info.firmwareVersion = crate_version();
         info
+    }
+
+    /// What every up member can do with `mech` (so an operation can fail over to any of them).
+    /// A member that fails to answer is dropped, like on any call.
+    pub fn mechanism_info(&self, mech: CK_MECHANISM_TYPE) -> Result<CK_MECHANISM_INFO, CK_RV> {
+        if !self.mechanisms().contains(&mech) {
+            return Err(if self.any_up() {
+                CKR_MECHANISM_INVALID
+            } else {
+                CKR_DEVICE_ERROR
+            });
+        }
+        let mut infos = Vec::new();
+        for (idx, m) in self.members().iter().enumerate() {
+            let Some(b) = m.binding() else { continue };
+            match b.instance.mechanism_info(b.slot, mech) {
+                Ok(info) => infos.push(info),
+                Err(f) if f.fails_member() => self.drop_member(idx, b.instance.id, f),
+                Err(f) => return Err(f.rv()),
+            }
+        }
+        intersect_mechanism_info(&infos).ok_or(CKR_DEVICE_ERROR)
     }
 
     /// Mechanisms every up member supports (so an operation can fail over to any of them).

@@ -1,73 +1,23 @@
-//! The initialized library: providers, groups and slots, and the session registry.
-//! Built by C_Initialize, torn down by C_Finalize.
+//! The initialized library's state: providers, groups and slots, and the session registry.
+//! Built by C_Initialize (through `ha::runtime`), torn down by C_Finalize.
 
+use super::discovery::{bind, discover, trimmed_serial, ProviderSlot};
 use super::group::Group;
 use super::member::Member;
 use super::session::{CkResult, Session};
 use crate::bounded;
 use crate::config::HaConfig;
 use crate::halog::HaLog;
-use crate::provider::{Instance, LoadError, Provider};
+use crate::provider::Provider;
 use cryptoki_sys::*;
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Session handles are unique in the process and never reused.
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
-
-/// A provider and its current instance (none while unreachable).
-pub struct ProviderSlot {
-    pub provider: Provider,
-    pub instance: Mutex<Option<Arc<Instance>>>,
-    pub last_error: Mutex<Option<LoadError>>,
-    /// Instances taken out of service while a call was still inside them (a hung member).
-    retired: Mutex<Vec<Arc<Instance>>>,
-}
-
-impl ProviderSlot {
-    fn new(provider: Provider) -> Self {
-        ProviderSlot {
-            provider,
-            instance: Mutex::new(None),
-            last_error: Mutex::new(None),
-            retired: Mutex::new(Vec::new()),
-        }
-    }
-
-    /// Takes the current instance out of service and finalizes it, giving calls inside `drain`
-    /// to return; one still busy is set aside for [`ProviderSlot::sweep_retired`].
-    pub fn retire_current(&self, drain: Duration) {
-        let old = self.instance.lock().take();
-        if let Some(old) = old.filter(|old| !old.retire(drain)) {
-            self.retired.lock().push(old);
-        }
-    }
-
-    /// Finalizes set-aside instances whose calls have all returned. One the module handed out
-    /// again as the current instance (a shared module) is just forgotten: finalizing it would
-    /// take it from under the current one.
-    pub fn sweep_retired(&self) {
-        let current = self.instance.lock().clone();
-        self.retired.lock().retain(|old| {
-            if current.as_ref().is_some_and(|c| c.same_module(old)) {
-                return false;
-            }
-            !old.retire(Duration::ZERO)
-        });
-    }
-}
-
-/// A token found in a provider's slot list.
-#[derive(Clone)]
-pub struct Found {
-    pub provider: usize,
-    pub instance: Arc<Instance>,
-    pub slot: CK_SLOT_ID,
-    pub token: CK_TOKEN_INFO,
-}
 
 pub struct Ha {
     pub config: HaConfig,
@@ -76,9 +26,6 @@ pub struct Ha {
     /// In slot-list order: HA groups first, then passed-through member slots (HAOnly = 0).
     pub groups: Vec<Arc<Group>>,
     sessions: RwLock<HashMap<CK_SESSION_HANDLE, Arc<Session>>>,
-    pub(crate) mgmt: Mutex<Option<super::mgmt::Mgmt>>,
-    /// When threads are forbidden: when the next recovery poll is due.
-    pub(crate) next_poll: super::mgmt::NextPoll,
     /// The last configuration re-read error, reported once.
     pub(crate) reread_error: Mutex<Option<String>>,
 }
@@ -163,8 +110,6 @@ impl Ha {
             providers,
             groups,
             sessions: RwLock::new(HashMap::new()),
-            mgmt: Mutex::new(None),
-            next_poll: Mutex::new(None),
             reread_error: Mutex::new(None),
         })
     }
@@ -268,16 +213,6 @@ impl Ha {
     }
 }
 
-pub fn trimmed_serial(token: &CK_TOKEN_INFO) -> String {
-    super::group::unpad(&token.serialNumber)
-}
-
-/// Binds a member to a found token, reading its mechanisms.
-pub fn bind(m: &Member, f: &Found) {
-    let mechanisms = f.instance.mechanism_list(f.slot).unwrap_or_default();
-    m.bring_up(f.instance.view(), f.slot, f.token, mechanisms);
-}
-
 /// Refuses a member whose authentication kind (PED or password) is not the group's: it can
 /// never serve this group, so it is not retried.
 pub fn refuse_kind(group: &Group, m: &Member) {
@@ -319,51 +254,4 @@ fn log_auth_kind(group: &Group) {
         Some(false) => group.log.configured_as_password(&group.serial),
         None => {}
     }
-}
-
-type Tokens = Vec<(CK_SLOT_ID, CK_TOKEN_INFO)>;
-
-/// Connects the providers in parallel and lists the tokens each one shows.
-pub fn discover(providers: &[ProviderSlot], deadline: Instant) -> Vec<Found> {
-    let pending: Vec<_> = providers
-        .iter()
-        .map(|p| {
-            let provider = Provider::clone_config(&p.provider);
-            bounded::start(move || -> Result<(Arc<Instance>, Tokens), LoadError> {
-                let inst = provider.connect(deadline)?;
-                let tokens = list_tokens(&inst);
-                Ok((inst, tokens))
-            })
-        })
-        .collect();
-    let mut found = Vec::new();
-    for (i, p) in pending.into_iter().enumerate() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match p.wait(left) {
-            Ok(Ok((inst, tokens))) => {
-                *providers[i].instance.lock() = Some(inst.clone());
-                *providers[i].last_error.lock() = None;
-                found.extend(tokens.into_iter().map(|(slot, token)| Found {
-                    provider: i,
-                    instance: inst.clone(),
-                    slot,
-                    token,
-                }));
-            }
-            Ok(Err(e)) => *providers[i].last_error.lock() = Some(e),
-            Err(_) => *providers[i].last_error.lock() = Some(LoadError::TimedOut),
-        }
-    }
-    found
-}
-
-/// Tokens present in an instance's slots; a failing slot is skipped.
-pub fn list_tokens(inst: &Instance) -> Vec<(CK_SLOT_ID, CK_TOKEN_INFO)> {
-    let Ok(slots) = inst.slot_list(true) else {
-        return Vec::new();
-    };
-    slots
-        .into_iter()
-        .filter_map(|s| inst.token_info(s).ok().map(|t| (s, t)))
-        .collect()
 }

@@ -101,6 +101,23 @@ impl Identity {
         self.attrs.iter().find(|a| a.kind == kind)
     }
 
+    /// The object as a person reads it in a log line: label and CKA_ID, never a value.
+    pub fn describe(&self) -> String {
+        let label = self
+            .get(CKA_LABEL)
+            .map(|l| String::from_utf8_lossy(&l.value).escape_debug().to_string());
+        let id: Option<String> = self
+            .get(CKA_ID)
+            .filter(|a| !a.value.is_empty())
+            .map(|a| a.value.iter().map(|b| format!("{b:02x}")).collect());
+        match (label, id) {
+            (Some(l), Some(id)) => format!("object \"{l}\" (id {id})"),
+            (Some(l), None) => format!("object \"{l}\""),
+            (None, Some(id)) => format!("object with id {id}"),
+            (None, None) => "an object without label or id".to_string(),
+        }
+    }
+
     pub fn class(&self) -> Option<CK_OBJECT_CLASS> {
         self.get(CKA_CLASS).and_then(Attr::as_ulong)
     }

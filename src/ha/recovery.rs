@@ -1,0 +1,195 @@
+//! Recovery: one management round picks up configuration changes, catches up members that
+//! are owed changes, and tries to bring dropped members back, with the HA log lines of seed 003.
+//! Run by the management thread (`ha::mgmt`), or on application calls when threads are
+//! forbidden.
+
+use super::discovery::{bind, find_member, Found};
+use super::group::Group;
+use super::library::{refuse_kind, Ha};
+use super::member::Member;
+use super::sync::catchup::{catch_up, reintroduce};
+use crate::config;
+use crate::provider::Fault;
+use cryptoki_sys::*;
+use std::sync::Arc;
+
+/// Whether a member that is up is owed changes (by another process, or by an earlier run).
+pub(crate) fn owed_at_start(ha: &Ha) -> bool {
+    ha.ha_groups().any(|g| {
+        let owing = g.sync.owing();
+        g.members()
+            .iter()
+            .any(|m| m.is_up() && owing.contains(&m.serial))
+    })
+}
+
+/// Catches up, as far as possible without a login, every member that is up but owed changes.
+pub(crate) fn catch_up_all(ha: &Ha) {
+    for g in ha.ha_groups() {
+        catch_up(g);
+    }
+}
+
+/// One management round: pick up configuration changes, catch up members that are up but owed
+/// changes, then try every dropped member that auto-recovery may still try.
+pub fn poll(ha: &Ha) {
+    reread_config(ha);
+    let limit = ha.config.recovery.attempts;
+    for g in ha.ha_groups() {
+        // Without a user login most of what is owed cannot be settled: C_Login does it.
+        if g.login().is_some_and(|l| l.user == CKU_USER) {
+            catch_up(g);
+        }
+    }
+    for g in &ha.groups {
+        for m in g.members().iter() {
+            let h = m.health();
+            if h.binding.is_some() || !h.auto_recovery || limit == 0 || m.is_removed() {
+                continue;
+            }
+            recover(ha, g, m, limit);
+        }
+    }
+}
+
+/// Applies what changed in the file since the last poll: members added to or removed from a
+/// group, and `HARecovery.<label>` counters that went up (manual recovery, also what
+/// `p11ha recover` does). Other settings take effect at the next C_Initialize.
+fn reread_config(ha: &Ha) {
+    let cfg = match config::load(&ha.config.path) {
+        Ok(c) => c,
+        Err(e) => {
+            let msg = e.to_string();
+            let mut last = ha.reread_error.lock();
+            if last.as_deref() != Some(msg.as_str()) {
+                eprintln!("p11ha: configuration not re-read, keeping the running one: {msg}");
+                *last = Some(msg);
+            }
+            return;
+        }
+    };
+    *ha.reread_error.lock() = None;
+    for gc in &cfg.groups {
+        let Some(g) = ha.ha_groups().find(|g| g.label == gc.label) else {
+            continue;
+        };
+        let wanted: Vec<(&String, bool)> = gc
+            .members
+            .iter()
+            .map(|s| (s, false))
+            .chain(gc.standby.iter().map(|s| (s, true)))
+            .collect();
+        for m in g.members().iter() {
+            if !m.is_removed() && !wanted.iter().any(|(s, _)| **s == m.serial) {
+                m.remove();
+                eprintln!(
+                    "p11ha: member {} left group {} (configuration)",
+                    m.serial, g.label
+                );
+            }
+        }
+        for (serial, standby) in &wanted {
+            if g.members()
+                .iter()
+                .any(|m| !m.is_removed() && m.serial == **serial)
+            {
+                continue;
+            }
+            let m = Arc::new(Member::new((*serial).clone(), *standby));
+            g.add_member(m.clone());
+            g.log.new_member(&g.serial, serial);
+            recover(ha, g, &m, ha.config.recovery.attempts);
+        }
+        let asked = {
+            let mut last = g.manual_recovery.lock();
+            let asked = matches!((*last, gc.manual_recovery), (Some(a), Some(b)) if b > a)
+                || (last.is_none() && gc.manual_recovery.is_some());
+            *last = gc.manual_recovery;
+            asked
+        };
+        if asked {
+            for m in g.members().iter().filter(|m| !m.is_removed() && !m.is_up()) {
+                g.log.renable_member(&g.serial, &m.serial);
+                m.rearm();
+                recover(ha, g, m, ha.config.recovery.attempts);
+            }
+        }
+    }
+}
+
+/// One attempt to bring `m` back, counted and logged.
+pub fn recover(ha: &Ha, g: &Group, m: &Member, limit: i64) -> bool {
+    match find_member(&ha.providers, &m.serial, ha.config.connect_timeout, |o| {
+        ha.instance_in_use(o)
+    }) {
+        Ok(found) if !g.accepts_kind(&found.token) => {
+            refuse_kind(g, m);
+            false
+        }
+        Ok(found) if !credential_still_valid(g, m, &found) => false,
+        Ok(found) => {
+            let attempt = m.health().attempts + 1;
+            if g.sync.enabled() && !g.passthrough {
+                // Reintroduction: the member catches up before it takes work.
+                match reintroduce(g, &m.serial, &found.instance, found.slot) {
+                    Ok(count) => g.log.reintroducing(&g.serial, attempt, count, &m.serial),
+                    Err(f) => {
+                        let rv = f.status();
+                        let attempt = m.count_attempt(rv);
+                        g.log.recovery_failed(&g.serial, attempt, &m.serial, rv);
+                        if limit > 0 && attempt >= limit.unsigned_abs() {
+                            g.log.recovery_exhausted(&g.serial, &m.serial);
+                            m.set_auto_recovery(false);
+                        }
+                        return false;
+                    }
+                }
+            }
+            bind(m, &found);
+            g.log.recovered(&g.serial, attempt, &m.serial);
+            g.log.member_now_activated(&g.serial, attempt, &m.serial);
+            true
+        }
+        Err(rv) => {
+            let attempt = m.count_attempt(rv);
+            g.log.recovery_failed(&g.serial, attempt, &m.serial, rv);
+            if limit > 0 && attempt >= limit.unsigned_abs() {
+                g.log.recovery_exhausted(&g.serial, &m.serial);
+                m.set_auto_recovery(false);
+            }
+            false
+        }
+    }
+}
+
+/// When the group is logged in, a returning member must still accept the group's credential
+/// before it takes work. A token that now refuses it as locked, expired or uninitialized has been
+/// revoked (HALOG_MEMBER_REVOKED); one that calls it wrong has another PIN (HALOG_LOGINFAILED).
+/// Either way the PIN is tried once, never again: auto-recovery stops for that member.
+fn credential_still_valid(g: &Group, m: &Member, found: &Found) -> bool {
+    let Some(login) = g.login() else { return true };
+    let inst = &found.instance;
+    let Ok(probe) = inst.open_session(found.slot, CKF_SERIAL_SESSION) else {
+        return true; // the connection question is the recovery's, which goes on
+    };
+    let verdict = inst.login(probe, login.user, login.pin.clone());
+    let _ = inst.close_session(probe);
+    match verdict {
+        Ok(()) | Err(Fault::Rv(CKR_USER_ALREADY_LOGGED_IN)) => true,
+        Err(Fault::Rv(rv @ (CKR_PIN_LOCKED | CKR_PIN_EXPIRED | CKR_USER_PIN_NOT_INITIALIZED))) => {
+            g.log.member_revoked(&g.serial, &m.serial);
+            m.mark_unreachable(rv);
+            m.set_auto_recovery(false);
+            false
+        }
+        // A panic of ours, like a connection problem, says nothing about the credential.
+        Err(f) if f.fails_member() || f == Fault::Panicked => true,
+        Err(f) => {
+            let rv = f.rv();
+            g.log.login_failed(&g.serial, &m.serial, rv);
+            m.mark_unreachable(rv);
+            m.set_auto_recovery(false);
+            false
+        }
+    }
+}

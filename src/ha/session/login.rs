@@ -1,0 +1,152 @@
+//! C_Login, C_Logout and the PIN calls, fanned out to every member with the group's one
+//! credential.
+
+use super::{standbys, CkResult, Session};
+use crate::ha::group::{Login, Pin};
+use crate::provider::{Fault, Instance, MemberResult};
+use cryptoki_sys::*;
+
+impl Session {
+    /// Logs every up member in with one PIN. The first member's verdict on the PIN is final:
+    /// a wrong PIN is reported once and never tried on the others.
+    pub fn login(&self, user: CK_USER_TYPE, pin: Option<Pin>) -> CkResult<()> {
+        let group = &self.group;
+        if user == CKU_CONTEXT_SPECIFIC {
+            return self.context_login(pin);
+        }
+        if let Some(l) = group.login() {
+            return Err(if l.user == user {
+                CKR_USER_ALREADY_LOGGED_IN
+            } else {
+                CKR_USER_ANOTHER_ALREADY_LOGGED_IN
+            });
+        }
+        if user == CKU_SO && self.flags & CKF_RW_SESSION == 0 {
+            return Err(CKR_SESSION_READ_ONLY_EXISTS);
+        }
+        let mut st = self.st.lock();
+        let mut accepted = false;
+        for idx in group
+            .candidates(|_, _| true)
+            .into_iter()
+            .chain(standbys(group))
+        {
+            let Some(b) = group.member(idx).binding() else {
+                continue;
+            };
+            let session = match self.member_session(&mut st, idx, &b) {
+                Ok(h) => h,
+                Err(f) if f.fails_member() => {
+                    self.drop_member(idx, &b.instance, f);
+                    continue;
+                }
+                Err(f) => return Err(f.rv()),
+            };
+            match b.instance.login(session, user, pin.clone()) {
+                Ok(()) | Err(Fault::Rv(CKR_USER_ALREADY_LOGGED_IN)) => accepted = true,
+                Err(f) if f.fails_member() => self.drop_member(idx, &b.instance, f),
+                Err(f) if !accepted || f == Fault::Panicked => return Err(f.rv()),
+                Err(f) => {
+                    let m = group.member(idx);
+                    group.log.login_failed(&group.serial, &m.serial, f.rv());
+                    m.set_auto_recovery(false);
+                    self.drop_member(idx, &b.instance, f);
+                }
+            }
+        }
+        if !accepted {
+            return Err(CKR_DEVICE_ERROR);
+        }
+        group.set_login(Some(Login { user, pin }));
+        drop(st);
+        if user == CKU_USER {
+            // Owed changes to private objects wait for a login: settle them before the
+            // application can see those objects on a member that missed them.
+            crate::ha::sync::catchup::catch_up(group);
+        }
+        Ok(())
+    }
+
+    /// CKU_CONTEXT_SPECIFIC belongs to the operation in progress, on its member only.
+    fn context_login(&self, pin: Option<Pin>) -> CkResult<()> {
+        let st = self.st.lock();
+        let op = st.ops.last().ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
+        op.inst
+            .login(op.session, CKU_CONTEXT_SPECIFIC, pin)
+            .map_err(|f| {
+                if f.fails_member() {
+                    CKR_DEVICE_ERROR
+                } else {
+                    f.rv()
+                }
+            })
+    }
+
+    pub fn logout(&self) -> CkResult<()> {
+        let group = &self.group;
+        if group.login().is_none() {
+            return Err(CKR_USER_NOT_LOGGED_IN);
+        }
+        group.set_login(None);
+        group.objects.forget_twins(None);
+        let mut st = self.st.lock();
+        for idx in 0..group.members().len() {
+            let Some(b) = group.member(idx).binding() else {
+                continue;
+            };
+            let Ok(session) = self.member_session(&mut st, idx, &b) else {
+                continue;
+            };
+            match b.instance.logout(session) {
+                Err(f) if f.fails_member() => self.drop_member(idx, &b.instance, f),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    pub fn set_pin(&self, old: Pin, new: Pin) -> CkResult<()> {
+        self.each_member(|inst, s| inst.set_pin(s, old.clone(), new.clone()))?;
+        if let Some(mut l) = self.group.login() {
+            if l.pin.is_some() {
+                l.pin = Some(new.clone());
+                self.group.set_login(Some(l));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn init_pin(&self, pin: Pin) -> CkResult<()> {
+        self.each_member(|inst, s| inst.init_pin(s, pin.clone()))
+    }
+
+    /// Applies a change to every up member: the first member's error is the caller's; a later
+    /// member that refuses what the first accepted no longer matches the group and is dropped.
+    fn each_member(
+        &self,
+        f: impl Fn(&Instance, CK_SESSION_HANDLE) -> MemberResult<()>,
+    ) -> CkResult<()> {
+        let group = &self.group;
+        let mut st = self.st.lock();
+        let mut accepted = false;
+        for idx in 0..group.members().len() {
+            let Some(b) = group.member(idx).binding() else {
+                continue;
+            };
+            let r = self
+                .member_session(&mut st, idx, &b)
+                .and_then(|s| f(&b.instance, s));
+            match r {
+                Ok(()) => accepted = true,
+                Err(fault) if fault.fails_member() => self.drop_member(idx, &b.instance, fault),
+                Err(fault) if !accepted || fault == Fault::Panicked => return Err(fault.rv()),
+                Err(fault) => self.drop_member(idx, &b.instance, fault),
+            }
+        }
+        if accepted {
+            Ok(())
+        } else {
+            Err(CKR_DEVICE_ERROR)
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! Objects through a session: creating (and, in a synchronized group, replicating before the
+//! call returns), copying, destroying, and their attributes.
+
+use super::route::Target;
+use super::{forget, CkResult, Session, State};
+use crate::ha::objects::Identity;
+use crate::ha::sync::copy::{copy_object, hint, End, Side};
+use crate::ha::sync::policy::{is_managed, member_set_template, member_template};
+use crate::mechanism::{find, Attr};
+use crate::provider::{AttributeValues, Instance, MemberResult};
+use cryptoki_sys::*;
+use std::sync::Arc;
+
+impl Session {
+    /// Registers an object a member just made for this session and returns its virtual handle.
+    pub(super) fn adopt(
+        &self,
+        t: &Target,
+        handle: CK_OBJECT_HANDLE,
+    ) -> MemberResult<CK_OBJECT_HANDLE> {
+        let identity = Identity::read(&t.inst, t.session, handle)?;
+        let owner = (!identity.is_token()).then_some(self.handle);
+        Ok(self
+            .group
+            .objects
+            .register(t.idx, t.inst.id, handle, identity, owner))
+    }
+
+    /// Runs a creating call on one member, adopts what it made and, in a synchronized group,
+    /// replicates the token objects to every other up member before returning. A member that
+    /// fails on its connection while receiving is dropped (it gets the objects when it is
+    /// reintroduced); when the creating member fails, everything is undone and the call runs
+    /// again elsewhere; any other refusal undoes everything and is the caller's error.
+    pub(super) fn create_replicated(
+        &self,
+        objects: &[CK_OBJECT_HANDLE],
+        make: impl Fn(&Target) -> MemberResult<Vec<CK_OBJECT_HANDLE>>,
+    ) -> CkResult<Vec<CK_OBJECT_HANDLE>> {
+        let mut st = self.st.lock();
+        for _ in 0..=self.group.members().len() {
+            let (made, t) = self.attempt(&mut st, objects, None, |t| {
+                let hs = make(t)?;
+                hs.into_iter()
+                    .map(|h| Ok((h, self.adopt(t, h)?)))
+                    .collect::<MemberResult<Vec<_>>>()
+            })?;
+            let virtuals: Vec<_> = made.iter().map(|(_, v)| *v).collect();
+            let token: Vec<_> = made
+                .iter()
+                .copied()
+                .filter(|(_, v)| {
+                    self.group
+                        .objects
+                        .identity(*v)
+                        .is_some_and(|i| i.is_token())
+                })
+                .collect();
+            if !self.syncs() || token.is_empty() {
+                return Ok(virtuals);
+            }
+            match self.replicate(&mut st, &t, &token) {
+                Ok(()) => return Ok(virtuals),
+                Err(f) if f.fails_member() => {
+                    // The creating member failed: what it made stays there until it returns
+                    // and is destroyed at its reintroduction.
+                    let serial = vec![self.group.member(t.idx).serial.clone()];
+                    for (_, v) in &made {
+                        if let Some(identity) = self.group.objects.identity(*v) {
+                            self.group.sync.remember_destroy(identity, &serial);
+                        }
+                        self.group.objects.remove(*v);
+                    }
+                }
+                Err(f) => {
+                    for (h, _) in &made {
+                        let _ = t.inst.destroy_object(t.session, *h);
+                    }
+                    for (_, v) in &made {
+                        self.group.objects.remove(*v);
+                    }
+                    return Err(f.rv());
+                }
+            }
+        }
+        Err(CKR_DEVICE_ERROR)
+    }
+
+    /// Copies objects just made on `first` to every other up member and registers the twins.
+    /// On error every twin made here is destroyed again; a fault that fails a member is the
+    /// creating member's (it has been dropped).
+    fn replicate(
+        &self,
+        st: &mut State,
+        first: &Target,
+        made: &[(CK_OBJECT_HANDLE, CK_OBJECT_HANDLE)],
+    ) -> MemberResult<()> {
+        let mut twins: Vec<(Arc<Instance>, CK_SESSION_HANDLE, CK_OBJECT_HANDLE)> = Vec::new();
+        let undo = |twins: &[(Arc<Instance>, CK_SESSION_HANDLE, CK_OBJECT_HANDLE)]| {
+            for (inst, s, h) in twins {
+                let _ = inst.destroy_object(*s, *h);
+            }
+        };
+        let mut from = End::new(
+            &first.inst,
+            first.session,
+            &self.group.member(first.idx).serial,
+        );
+        let mut registered = Vec::new();
+        for idx in (0..self.group.members().len()).filter(|&i| i != first.idx) {
+            let Some(b) = self.group.member(idx).binding() else {
+                continue;
+            };
+            let session = match self.member_session(st, idx, &b) {
+                Ok(s) => s,
+                Err(f) if f.fails_member() => {
+                    self.drop_member(idx, &b.instance, f);
+                    continue;
+                }
+                Err(f) => {
+                    // Not a failure of any member: the caller's answer.
+                    undo(&twins);
+                    return Err(f);
+                }
+            };
+            let mut to = End::new(&b.instance, session, &self.group.member(idx).serial);
+            let mut here = Vec::new();
+            for &(h, v) in made {
+                match copy_object(&mut from, h, &mut to) {
+                    Ok(h2) => {
+                        twins.push((b.instance.clone(), session, h2));
+                        here.push((v, h2));
+                    }
+                    Err((Side::Target, f)) if f.fails_member() => {
+                        self.drop_member(idx, &b.instance, f);
+                        forget(st, idx);
+                        here.clear();
+                        break;
+                    }
+                    Err((side, f)) => {
+                        undo(&twins);
+                        if side == Side::Source && f.fails_member() {
+                            self.drop_member(first.idx, &first.inst, f);
+                            forget(st, first.idx);
+                            return Err(f);
+                        }
+                        eprintln!(
+                            "p11ha: group {}: object not replicated to {}, creation undone: {}{}",
+                            self.group.label,
+                            self.group.member(idx).serial,
+                            crate::rv::rv_name(f.rv()),
+                            hint(f.rv())
+                        );
+                        return Err(f);
+                    }
+                }
+            }
+            registered.extend(here.into_iter().map(|(v, h2)| (v, idx, b.instance.id, h2)));
+        }
+        for (v, idx, inst, h2) in registered {
+            self.group.objects.set_twin(v, idx, inst, h2);
+        }
+        self.group.sync.remember_created(&self.group.down_serials());
+        Ok(())
+    }
+
+    pub fn create_object(&self, template: Vec<Attr>) -> CkResult<CK_OBJECT_HANDLE> {
+        let template = if self.syncs() {
+            let class = find(&template, CKA_CLASS).and_then(Attr::as_ulong);
+            member_template(class, &template)
+        } else {
+            template
+        };
+        self.create_replicated(&[], |t| {
+            Ok(vec![t.inst.create_object(t.session, template.clone())?])
+        })
+        .map(|v| v[0])
+    }
+
+    pub fn copy_object(
+        &self,
+        obj: CK_OBJECT_HANDLE,
+        template: Vec<Attr>,
+    ) -> CkResult<CK_OBJECT_HANDLE> {
+        let template = if self.syncs() {
+            member_set_template(&template)
+        } else {
+            template
+        };
+        self.create_replicated(&[obj], |t| {
+            Ok(vec![t.inst.copy_object(
+                t.session,
+                t.objects[0],
+                template.clone(),
+            )?])
+        })
+        .map(|v| v[0])
+    }
+
+    /// Destroys the object on every member that holds a twin; members that are down have it
+    /// destroyed when they are reintroduced.
+    pub fn destroy_object(&self, obj: CK_OBJECT_HANDLE) -> CkResult<()> {
+        let mut st = self.st.lock();
+        let identity = self.group.objects.identity(obj);
+        let (_, first) = self.attempt(&mut st, &[obj], None, |t| {
+            t.inst.destroy_object(t.session, t.objects[0])
+        })?;
+        self.on_other_members(&mut st, first.idx, obj, |inst, s, h| {
+            inst.destroy_object(s, h)
+        });
+        if let (true, Some(identity)) = (self.syncs(), identity) {
+            self.group
+                .sync
+                .remember_destroy(identity, &self.group.down_serials());
+        }
+        self.group.objects.remove(obj);
+        Ok(())
+    }
+
+    /// Applies `f` to the twin of `obj` on every up member but `done`; members that fail are
+    /// dropped, other refusals are left for the member to answer later.
+    fn on_other_members(
+        &self,
+        st: &mut State,
+        done: usize,
+        obj: CK_OBJECT_HANDLE,
+        f: impl Fn(&Instance, CK_SESSION_HANDLE, CK_OBJECT_HANDLE) -> MemberResult<()>,
+    ) {
+        for idx in (0..self.group.members().len()).filter(|&i| i != done) {
+            let Some(b) = self.group.member(idx).binding() else {
+                continue;
+            };
+            let r = self.member_session(st, idx, &b).and_then(|s| {
+                match self.resolve(idx, &b.instance, s, obj)? {
+                    Some(h) => f(&b.instance, s, h),
+                    None => Ok(()),
+                }
+            });
+            if let Err(fault) = r {
+                if fault.fails_member() {
+                    self.drop_member(idx, &b.instance, fault);
+                }
+            }
+        }
+    }
+
+    pub fn object_size(&self, obj: CK_OBJECT_HANDLE) -> CkResult<CK_ULONG> {
+        let mut st = self.st.lock();
+        self.attempt(&mut st, &[obj], None, |t| {
+            t.inst.object_size(t.session, t.objects[0])
+        })
+        .map(|(v, _)| v)
+    }
+
+    pub fn get_attributes(
+        &self,
+        obj: CK_OBJECT_HANDLE,
+        query: Vec<(CK_ATTRIBUTE_TYPE, Option<CK_ULONG>)>,
+    ) -> CkResult<AttributeValues> {
+        let mut st = self.st.lock();
+        self.attempt(&mut st, &[obj], None, |t| {
+            let (rv, mut out) = t
+                .inst
+                .get_attributes(t.session, t.objects[0], query.clone())?;
+            let asked = query.iter().position(|(k, _)| *k == CKA_EXTRACTABLE);
+            if let (true, Some(i)) = (self.syncs(), asked) {
+                if is_managed(&t.inst, t.session, t.objects[0])? {
+                    // The application asked for a non-extractable key: it reads back as one.
+                    out[i] = match query[i].1 {
+                        Some(cap) if cap >= 1 => (1, Some(vec![CK_FALSE])),
+                        Some(_) => (CK_UNAVAILABLE_INFORMATION, None),
+                        None => (1, None),
+                    };
+                }
+            }
+            Ok((rv, out))
+        })
+        .map(|(v, _)| v)
+    }
+
+    /// Sets attributes on every member that holds the object, then refreshes its identity.
+    pub fn set_attributes(&self, obj: CK_OBJECT_HANDLE, template: Vec<Attr>) -> CkResult<()> {
+        let template = if self.syncs() {
+            member_set_template(&template)
+        } else {
+            template
+        };
+        let before = self.group.objects.identity(obj);
+        let mut st = self.st.lock();
+        let (_, first) = self.attempt(&mut st, &[obj], None, |t| {
+            t.inst
+                .set_attributes(t.session, t.objects[0], template.clone())
+        })?;
+        self.on_other_members(&mut st, first.idx, obj, |inst, s, h| {
+            inst.set_attributes(s, h, template.clone())
+        });
+        let after = Identity::read(&first.inst, first.session, first.objects[0]).ok();
+        if let Some(after) = &after {
+            self.group.objects.update_identity(obj, after.clone());
+        }
+        if let (true, Some(before)) = (self.syncs(), before) {
+            let kinds = template.iter().map(|a| a.kind).collect();
+            let after = after.unwrap_or_else(|| before.clone());
+            self.group
+                .sync
+                .remember_set(before, after, kinds, &self.group.down_serials());
+        }
+        Ok(())
+    }
+}

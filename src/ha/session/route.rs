@@ -1,0 +1,213 @@
+//! Which member serves a call: member choice, this session's session on each member (opened
+//! and logged in on first use), the twins of the caller's objects, and failover.
+
+use super::{forget, CkResult, Session, State};
+use crate::config::RecoveryMode;
+use crate::ha::group::Login;
+use crate::ha::member::Binding;
+use crate::ha::objects::find_twin;
+use crate::provider::{Fault, Instance, MemberResult};
+use cryptoki_sys::*;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// A member chosen for one call, with this session's session on it and the caller's objects
+/// resolved to their twins there.
+pub struct Target {
+    pub idx: usize,
+    pub inst: Arc<Instance>,
+    pub session: CK_SESSION_HANDLE,
+    pub objects: Vec<CK_OBJECT_HANDLE>,
+}
+
+impl Session {
+    pub(super) fn usable(&self, st: &State, idx: usize, b: &Binding) -> bool {
+        if self.group.mode == RecoveryMode::Enhanced || b.joined <= self.opened_seq {
+            return true;
+        }
+        // activeBasic: a member that rejoined serves only sessions it already had.
+        matches!(st.member_sessions.get(idx), Some(Some((i, _))) if *i == b.instance.id)
+    }
+
+    pub(super) fn drop_member(&self, idx: usize, inst: &Instance, fault: Fault) {
+        self.group.drop_member(idx, inst.id, fault);
+    }
+
+    /// This session's session on a member, opened (and logged in) on first use.
+    pub(super) fn member_session(
+        &self,
+        st: &mut State,
+        idx: usize,
+        b: &Binding,
+    ) -> MemberResult<CK_SESSION_HANDLE> {
+        if st.member_sessions.len() <= idx {
+            st.member_sessions.resize(idx + 1, None);
+        }
+        if let Some((i, h)) = st.member_sessions[idx] {
+            if i == b.instance.id {
+                return Ok(h);
+            }
+        }
+        let h = b
+            .instance
+            .open_session(b.slot, self.flags | CKF_SERIAL_SESSION)?;
+        st.member_sessions[idx] = Some((b.instance.id, h));
+        b.open_sessions.fetch_add(1, Ordering::AcqRel);
+        if let Some(Login { user, pin }) = self.group.login() {
+            match b.instance.login(h, user, pin) {
+                Ok(()) | Err(Fault::Rv(CKR_USER_ALREADY_LOGGED_IN)) => {}
+                Err(f) if f.fails_member() || f == Fault::Panicked => return Err(f),
+                Err(f) => {
+                    // The cached PIN no longer works here: never retry it (no lock-outs).
+                    let m = self.group.member(idx);
+                    self.group
+                        .log
+                        .login_failed(&self.group.serial, &m.serial, f.rv());
+                    m.set_auto_recovery(false);
+                    self.drop_member(idx, &b.instance, f);
+                    return Err(Fault::Rv(CKR_DEVICE_ERROR));
+                }
+            }
+        }
+        Ok(h)
+    }
+
+    /// The twin of a virtual object on a member, found and cached on first use.
+    pub(super) fn resolve(
+        &self,
+        idx: usize,
+        inst: &Instance,
+        session: CK_SESSION_HANDLE,
+        v: CK_OBJECT_HANDLE,
+    ) -> MemberResult<Option<CK_OBJECT_HANDLE>> {
+        let objects = &self.group.objects;
+        if let Some(h) = objects.twin(v, idx, inst.id) {
+            return Ok(Some(h));
+        }
+        let Some(identity) = objects.identity(v) else {
+            return Ok(None);
+        };
+        if !identity.is_token() && objects.owner(v).is_some() {
+            return Ok(None); // session objects live only where they were made
+        }
+        let twin = find_twin(inst, session, &identity)?;
+        if let Some(h) = twin {
+            objects.set_twin(v, idx, inst.id, h);
+        }
+        Ok(twin)
+    }
+
+    /// Runs `call` on the best member that holds every object in `objects`, failing over when
+    /// the member fails. `prefer` is tried first when usable.
+    pub(super) fn attempt<T>(
+        &self,
+        st: &mut State,
+        objects: &[CK_OBJECT_HANDLE],
+        prefer: Option<usize>,
+        mut call: impl FnMut(&Target) -> MemberResult<T>,
+    ) -> CkResult<(T, Target)> {
+        for &v in objects {
+            if !self.group.objects.exists(v) {
+                return Err(CKR_OBJECT_HANDLE_INVALID);
+            }
+        }
+        let mut tried: Vec<usize> = Vec::new();
+        let mut missing_object = false;
+        let mut refreshed: Vec<usize> = Vec::new();
+        loop {
+            let next = {
+                let prefer = if refreshed.last().is_some_and(|r| !tried.contains(r)) {
+                    refreshed.last().copied()
+                } else {
+                    prefer
+                };
+                let candidates = self.group.candidates(|i, m| {
+                    !tried.contains(&i) && m.binding().is_some_and(|b| self.usable(st, i, &b))
+                });
+                match prefer.filter(|p| candidates.contains(p)) {
+                    Some(p) => Some(p),
+                    None => candidates.first().copied(),
+                }
+            };
+            let Some(idx) = next else {
+                return Err(if missing_object {
+                    CKR_OBJECT_HANDLE_INVALID
+                } else {
+                    CKR_DEVICE_ERROR
+                });
+            };
+            tried.push(idx);
+            let Some(b) = self.group.member(idx).binding() else {
+                continue;
+            };
+            let session = match self.member_session(st, idx, &b) {
+                Ok(h) => h,
+                Err(f) if f.fails_member() => {
+                    self.drop_member(idx, &b.instance, f);
+                    continue;
+                }
+                Err(f) => return Err(f.rv()),
+            };
+            let mut resolved = Vec::with_capacity(objects.len());
+            let mut lost = None;
+            for &v in objects {
+                match self.resolve(idx, &b.instance, session, v) {
+                    Ok(Some(h)) => resolved.push(h),
+                    Ok(None) => break,
+                    Err(f) => {
+                        lost = Some(f);
+                        break;
+                    }
+                }
+            }
+            if let Some(f) = lost {
+                if f.fails_member() {
+                    self.drop_member(idx, &b.instance, f);
+                    continue;
+                }
+                return Err(f.rv());
+            }
+            if resolved.len() < objects.len() {
+                missing_object = true;
+                continue;
+            }
+            let target = Target {
+                idx,
+                inst: b.instance.clone(),
+                session,
+                objects: resolved,
+            };
+            match call(&target) {
+                // Modules may renumber objects (SoftHSM does after a logout): a cached twin
+                // the member no longer knows is looked up again, once, on the same member.
+                Err(Fault::Rv(
+                    CKR_OBJECT_HANDLE_INVALID
+                    | CKR_KEY_HANDLE_INVALID
+                    | CKR_WRAPPING_KEY_HANDLE_INVALID
+                    | CKR_UNWRAPPING_KEY_HANDLE_INVALID,
+                )) if !objects.is_empty() && !refreshed.contains(&idx) => {
+                    for &v in objects {
+                        self.group.objects.forget_twin(v, idx);
+                    }
+                    refreshed.push(idx);
+                    tried.retain(|&i| i != idx);
+                }
+                Ok(v) => return Ok((v, target)),
+                Err(f) if f.fails_member() => {
+                    self.drop_member(idx, &b.instance, f);
+                    forget(st, idx);
+                    if self.stops_at_deactivation(f) {
+                        return Err(f.rv());
+                    }
+                }
+                Err(f) => return Err(f.rv()),
+            }
+        }
+    }
+
+    /// With `failover_on_deactivation = 0`, a deactivation is the caller's answer, not a reason
+    /// to move the call.
+    pub(super) fn stops_at_deactivation(&self, f: Fault) -> bool {
+        f.is_deactivation() && !self.group.failover_on_deactivation
+    }
+}

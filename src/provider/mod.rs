@@ -1,0 +1,25 @@
+//! The member-module boundary: one configured module (`HAProviders.ProviderNN`), its
+//! initialized instances and the calls p11ha makes into them.
+//!
+//! - [`load`]: loading the library and its environment, [`Provider::connect`].
+//! - [`instance`]: one initialized instance, the gate that keeps C_Finalize away from calls
+//!   inside it, and the one way in (`Instance::call`: a pool thread, ReceiveTimeout).
+//! - [`calls`]: the PKCS#11 calls themselves, on owned and bounded data.
+//! - [`outcome`]: what a call can come back with ([`Fault`]) and what that means for HA: the
+//!   one place that tells a member's failure from a caller's error.
+//!
+//! A provider gives a fresh instance per connect: p11-kit-client makes a new, independent
+//! remote instance per `C_GetFunctionList`, and a dead one never reconnects, so recovery makes
+//! a new instance. Libraries are never unloaded: a hung call may still be running inside one.
+
+pub mod calls;
+pub mod instance;
+pub mod load;
+pub mod outcome;
+
+pub use calls::{buffer, AttributeValues, Data, OpKind, Output};
+pub use instance::Instance;
+pub use load::{LoadError, Provider, ENV_GRACE};
+pub use outcome::{check, is_deactivation, Fault, MemberResult, RV_TIMEOUT};
+
+pub(crate) use load::after_fork_in_child;
