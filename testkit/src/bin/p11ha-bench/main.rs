@@ -1,6 +1,6 @@
 //! `p11ha-bench`: p11ha against the member module called directly, side by side in one run
-//! (issue 6). Sets up its own SoftHSM tokens and `p11-kit server` members under /tmp, runs every
-//! contender in its own child process (p11ha and SoftHSM are one instance per process), alternates
+//! (issue 6). Sets up SoftHSM tokens and `p11-kit server` members under /tmp with the test kit
+//! (the tests' own set-up), runs every contender in its own child process (p11ha and SoftHSM are one instance per process), alternates
 //! the contenders in short fixed-time slices over several rounds and reports medians.
 //!
 //! ```text
@@ -10,6 +10,7 @@
 //! ```
 //! `P11HA_LIB` selects the libp11ha.so to measure (default: next to this executable).
 //! `P11HA_BENCH_KEEP=1` keeps the temporary directory (server and child logs).
+//! Exit status 1 when part 7 reintroduced the wrong objects (numbers are never judged).
 
 mod child;
 mod children;
@@ -113,8 +114,11 @@ fn main() {
         out.push(part6(&w, &lib));
     }
     // Part 7 runs last: it leaves its objects on every member.
+    let mut wrong = Vec::new();
     if on(7) {
-        out.push(part7(&w, &lib, p.objects));
+        let (s, problems) = part7(&w, &lib, p.objects);
+        out.push(s);
+        wrong = problems;
     }
     println!(
         "# p11ha-bench{} ({} rounds × {} ms slices; {} repetitions)\n",
@@ -127,6 +131,13 @@ fn main() {
         println!("{s}");
     }
     println!("total run time: {:.1} s", t0.elapsed().as_secs_f64());
+    // Numbers are reported, never judged; what part 7 reintroduced must be right, though.
+    if !wrong.is_empty() {
+        for w in &wrong {
+            eprintln!("p11ha-bench: part 7: {w}");
+        }
+        std::process::exit(1);
+    }
 }
 
 /// The benchmark's p11ha group over `members` (each given a provider, in that order):
@@ -642,7 +653,10 @@ fn number_after(line: &str, word: &str) -> Option<u64> {
         .ok()
 }
 
-fn part7(w: &Cluster, lib: &Path, n: usize) -> String {
+/// Part 7's report, and what went wrong in it: a failed creation, no reintroduction, M ≠ N, or
+/// m2 not holding the data objects m0 holds (the checks of the former ha_sync test
+/// `reintroduction_of_1000_objects_is_timed`, which this part replaces).
+fn part7(w: &Cluster, lib: &Path, n: usize) -> (String, Vec<String>) {
     progress(&format!(
         "part 7: reintroduction of {n} objects (HASynchronize on)"
     ));
@@ -675,8 +689,29 @@ fn part7(w: &Cluster, lib: &Path, n: usize) -> String {
     let needle = format!("token objects to recovered token {}", w.members[2].serial);
     let seen = wait_log(&log, from, &needle, T_REINTRO);
     drop(c);
-    // What m2 holds now, counted on m2 itself.
+    // What m2 holds now, counted on m2 itself, and what m0 holds.
     let on_m2 = p11kit_child(w, 2).ask("count", "count", bulk_timeout(n));
+    let on_m0 = p11kit_child(w, 0).ask("count", "count", bulk_timeout(n));
+    let mut wrong = Vec::new();
+    if ha.fails > 0 {
+        wrong.push(format!(
+            "{} of {n} creations through p11ha failed (first {})",
+            ha.fails, ha.first_rv
+        ));
+    }
+    match seen.as_ref().map(|(l, _)| number_after(l, "reintroducing")) {
+        None => wrong.push(format!("no `{needle}` within {} s", T_REINTRO.as_secs())),
+        Some(m) if m != Some(n as u64) => wrong.push(format!(
+            "reintroduced {} objects, expected N = {n}",
+            m.map_or("an unreadable number of".into(), |m| m.to_string())
+        )),
+        Some(_) => {}
+    }
+    if on_m2 != on_m0 {
+        wrong.push(format!(
+            "m2 holds {on_m2} data objects afterwards, m0 {on_m0}"
+        ));
+    }
 
     let rate = |ns: f64| format!("{:.0} objects/s", n as f64 * 1e9 / ns);
     let failed = |x: &Created| {
@@ -717,7 +752,7 @@ fn part7(w: &Cluster, lib: &Path, n: usize) -> String {
             );
             let m = number_after(line, "reintroducing");
             s += &format!(
-                "\nLog line: recovery attempt {}, M = {} reintroduced ({}); m2 holds {on_m2} data objects afterwards.\n",
+                "\nLog line: recovery attempt {}, M = {} reintroduced ({}); m2 holds {on_m2} data objects afterwards (m0: {on_m0}).\n",
                 number_after(line, "attempt").map_or("?".into(), |k| k.to_string()),
                 m.map_or("?".into(), |m| m.to_string()),
                 if m == Some(n as u64) {
@@ -730,10 +765,10 @@ fn part7(w: &Cluster, lib: &Path, n: usize) -> String {
         None => {
             s += &format!(
                 "| reintroduce them to m2 (return → log line) | — | not seen within {} s | — | — |\n\n\
-                 m2 holds {on_m2} data objects afterwards.\n",
+                 m2 holds {on_m2} data objects afterwards (m0: {on_m0}).\n",
                 T_REINTRO.as_secs()
             );
         }
     }
-    s
+    (s, wrong)
 }
