@@ -21,5 +21,5 @@ command -v cargo >/dev/null 2>&1 || {
 
 echo "==> cargo build --release"
 cargo build --release
-echo "==> cargo run --release --example demo"
-exec timeout -k 10 180 cargo run --release --example demo </dev/null
+echo "==> cargo run --release -p p11ha-testkit --example demo"
+exec timeout -k 10 180 cargo run --release -p p11ha-testkit --example demo </dev/null

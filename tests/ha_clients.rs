@@ -356,9 +356,10 @@ fn c_client_sees_no_failure_while_a_member_recovers() {
         cluster.members[0].serial.clone(),
         cluster.members[1].serial.clone(),
     );
-    let run_start = Instant::now();
+    // 10 s of signing: 3 s of sleeps below, about 1 s of recovery interval, and room for a
+    // loaded machine to be slow at every step before m0 is killed.
     let bg = run_cmd_bg(
-        ha_c_client(&exe, &conf, &["-n", "2", "-d", "8", "-i", "20", "-q"]),
+        ha_c_client(&exe, &conf, &["-n", "2", "-d", "10", "-i", "20", "-q"]),
         Duration::from_secs(60),
     );
     // Any early end of the client (e.g. SIGPIPE) is reported before the HA log is examined.
@@ -384,13 +385,20 @@ fn c_client_sees_no_failure_while_a_member_recovers() {
     };
     let recovery_time = t.elapsed();
     assert!(recovered.contains("recovery attempt"), "{recovered}");
-    // Now only the recovered member is left to serve the remaining ~3 s of signatures.
+    // Now only the recovered member is left to serve the rest of the run.
     thread::sleep(Duration::from_millis(500));
-    assert!(
-        run_start.elapsed() < Duration::from_millis(6500),
-        "recovery ({recovery_time:?} after the restart) left the 8 s client no time on the \
-         recovered member alone"
-    );
+    // Ordering, not wall time: the client must still be running when m0 dies. m0's drop
+    // (asserted below) is then logged by the client's own p11ha when one of its calls fails
+    // over to the recovered member.
+    if bg.is_finished() {
+        fail_with_client(
+            bg,
+            format!(
+                "the client ended before m0 was killed (recovery took {recovery_time:?} after \
+                 the restart): no run on the recovered member alone"
+            ),
+        );
+    }
     cluster.kill(0);
     let r = bg.join().unwrap();
     let (ok, _) = assert_c_client_clean(&cluster, &r);

@@ -15,7 +15,7 @@ use cryptoki::session::Session;
 use std::path::Path;
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::*;
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -447,56 +447,6 @@ fn synchronize_copies_objects_imported_into_one_member() {
     assert!(out.contains(" 0 objects copied"), "nothing twice: {out}");
     let out = cli(&conf, &["-init-cloning-key"], &[("P11HA_SO_PIN", SO_PIN)]);
     assert!(out.contains("never overwritten"), "{out}");
-}
-
-#[test]
-fn reintroduction_of_1000_objects_is_timed() {
-    let _g = serial();
-    let (cluster, conf) = synced(3, false);
-    let ha = cluster.ha_client(&conf, GROUP_LABEL).unwrap();
-    let s = ha.session().unwrap();
-    let lines = cluster.ha_log_lines().len();
-    cluster.kill(2);
-    let t = Instant::now();
-    for n in 0..1000u32 {
-        s.create_object(&[
-            Attribute::Class(ObjectClass::DATA),
-            Attribute::Token(true),
-            Attribute::Private(true),
-            Attribute::Label(format!("bulk-{n}").into_bytes()),
-            Attribute::Value(n.to_be_bytes().to_vec()),
-        ])
-        .unwrap();
-    }
-    eprintln!(
-        "created and replicated 1000 objects to 2 members in {:?}",
-        t.elapsed()
-    );
-    let t = Instant::now();
-    cluster.restart(2);
-    let needle = format!(
-        "token objects to recovered token {}",
-        cluster.members[2].serial
-    );
-    let mut found = None;
-    wait_until(Duration::from_secs(600), || {
-        found = cluster
-            .ha_log_lines()
-            .into_iter()
-            .skip(lines)
-            .find(|l| l.contains(&needle));
-        found.is_some()
-    });
-    let line = found.expect("reintroduction finished");
-    eprintln!(
-        "BENCH reintroduction of 1000 objects (restart to log line, incl. <= 1 s recovery interval): {:?}",
-        t.elapsed()
-    );
-    assert_eq!(reintroduced_count(&line), 1000, "{line}");
-    assert_eq!(
-        cluster.client(2).count_objects().unwrap(),
-        cluster.client(0).count_objects().unwrap()
-    );
 }
 
 /// The group's journal file in the log directory (its default place).

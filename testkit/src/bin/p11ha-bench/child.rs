@@ -3,9 +3,10 @@
 //! answers one-line commands on stdin. One contender per process: p11ha and SoftHSM keep
 //! process-wide state.
 
-use crate::ck::{self, Module};
 use crate::stats::{mono_ns, Stats};
 use cryptoki_sys::*;
+use p11ha_testkit::raw::Module;
+use p11ha_testkit::{AES_ID, EC_ID, HMAC_ID, RSA_ID};
 use std::io::{BufRead, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -30,10 +31,10 @@ impl Worker {
     fn new(m: &Arc<Module>, slot: CK_SLOT_ID, op: &str) -> Result<Box<Worker>, String> {
         let h = m.open_session(slot)?;
         let (class, id, dlen, olen) = match op {
-            "ecdsa" => (CKO_PRIVATE_KEY, ck::EC_ID, 32, 72),
-            "rsa" => (CKO_PRIVATE_KEY, ck::RSA_ID, 32, 256),
-            "hmac" => (CKO_SECRET_KEY, ck::HMAC_ID, 64, 32),
-            "aesgcm" => (CKO_SECRET_KEY, ck::AES_ID, 1024, 1024 + 16),
+            "ecdsa" => (CKO_PRIVATE_KEY, EC_ID, 32, 72),
+            "rsa" => (CKO_PRIVATE_KEY, RSA_ID, 32, 256),
+            "hmac" => (CKO_SECRET_KEY, HMAC_ID, 64, 32),
+            "aesgcm" => (CKO_SECRET_KEY, AES_ID, 1024, 1024 + 16),
             "random" => (0, 0, 0, 32),
             "sessinfo" => (0, 0, 0, 0),
             _ => return Err(format!("unknown op {op}")),
@@ -185,29 +186,20 @@ fn vm_rss_kb() -> u64 {
 /// after that, first time it had an operation in flight after that), CLOCK_MONOTONIC ns.
 fn watch_member(m: &Module, slot: CK_SLOT_ID, serial: &str, stop: &AtomicBool) -> [u64; 3] {
     let mut t = [0u64; 3];
+    let Some(status) = m.status() else {
+        return t;
+    };
     while !stop.load(Ordering::Relaxed) {
-        let Some(st) = m.group_status(slot) else {
-            break;
-        };
-        let n = (st.member_count as usize).min(st.members.len());
-        let Some(ms) = st.members[..n].iter().copied().find(|x| {
-            let b: Vec<u8> = x
-                .serial
-                .iter()
-                .take_while(|&&c| c != 0)
-                .map(|&c| c as u8)
-                .collect();
-            b == serial.as_bytes()
-        }) else {
+        let Some(ms) = status.member(slot, serial) else {
             break;
         };
         let now = mono_ns();
         if t[0] == 0 {
-            if ms.alive == 0 {
+            if !ms.alive {
                 t[0] = now;
             }
         } else if t[1] == 0 {
-            if ms.alive != 0 {
+            if ms.alive {
                 t[1] = now;
             }
         } else if ms.in_flight > 0 {

@@ -1,6 +1,6 @@
 //! `p11ha-bench`: p11ha against the member module called directly, side by side in one run
-//! (issue 6). Sets up its own SoftHSM tokens and `p11-kit server` members under /tmp, runs every
-//! contender in its own child process (p11ha and SoftHSM are one instance per process), alternates
+//! (issue 6). Sets up SoftHSM tokens and `p11-kit server` members under /tmp with the test kit
+//! (the tests' own set-up), runs every contender in its own child process (p11ha and SoftHSM are one instance per process), alternates
 //! the contenders in short fixed-time slices over several rounds and reports medians.
 //!
 //! ```text
@@ -10,19 +10,17 @@
 //! ```
 //! `P11HA_LIB` selects the libp11ha.so to measure (default: next to this executable).
 //! `P11HA_BENCH_KEEP=1` keeps the temporary directory (server and child logs).
+//! Exit status 1 when part 7 reintroduced the wrong objects (numbers are never judged).
 
-#[path = "p11ha-bench/child.rs"]
 mod child;
-#[path = "p11ha-bench/ck.rs"]
-mod ck;
-#[path = "p11ha-bench/setup.rs"]
-mod setup;
-#[path = "p11ha-bench/stats.rs"]
+mod children;
 mod stats;
 
-use setup::{ChildProc, Conf, World, GROUP_LABEL, P11KIT_CLIENT_LIB, SOFTHSM_LIB};
+use children::ChildProc;
+use p11ha_testkit::{p11ha_lib, Cluster, ConfigOpts, GROUP_LABEL, P11KIT_CLIENT_LIB, SOFTHSM_LIB};
 use stats::{fmt_ns, median, mono_ns, summarize, Stats, Summary};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(30);
@@ -43,14 +41,6 @@ struct Params {
     reps: usize,
     /// Objects created while a member is down and reintroduced to it (part 7).
     objects: usize,
-}
-
-fn p11ha_lib() -> PathBuf {
-    if let Some(p) = std::env::var_os("P11HA_LIB") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("current_exe");
-    exe.parent().expect("exe dir").join("libp11ha.so")
 }
 
 fn main() {
@@ -91,17 +81,16 @@ fn main() {
         }
     };
     let lib = p11ha_lib();
-    assert!(
-        lib.exists(),
-        "{} not found: run `cargo build --release` or set P11HA_LIB",
-        lib.display()
-    );
     let t0 = Instant::now();
     progress(&format!(
         "p11ha-bench{}: provisioning 3 SoftHSM tokens",
         if quick { " --quick" } else { "" }
     ));
-    let w = World::new(3);
+    let w = Cluster::new(3);
+    if std::env::var_os("P11HA_BENCH_KEEP").is_some() {
+        w.keep_dir();
+        progress(&format!("keeping {}", w.dir().display()));
+    }
     let mut out = Vec::new();
     if on(1) {
         out.push(part1(&w, &lib, &p));
@@ -125,8 +114,11 @@ fn main() {
         out.push(part6(&w, &lib));
     }
     // Part 7 runs last: it leaves its objects on every member.
+    let mut wrong = Vec::new();
     if on(7) {
-        out.push(part7(&w, &lib, p.objects));
+        let (s, problems) = part7(&w, &lib, p.objects);
+        out.push(s);
+        wrong = problems;
     }
     println!(
         "# p11ha-bench{} ({} rounds × {} ms slices; {} repetitions)\n",
@@ -139,6 +131,61 @@ fn main() {
         println!("{s}");
     }
     println!("total run time: {:.1} s", t0.elapsed().as_secs_f64());
+    // Numbers are reported, never judged; what part 7 reintroduced must be right, though.
+    if !wrong.is_empty() {
+        for problem in &wrong {
+            eprintln!("p11ha-bench: part 7: {problem}");
+        }
+        // exit() runs no destructors: the cluster's servers and directory go first.
+        drop(w);
+        std::process::exit(1);
+    }
+}
+
+/// The benchmark's p11ha group over `members` (each given a provider, in that order):
+/// ReceiveTimeout 1000 ms, ConnectTimeout 2000 ms, AutoReconnectInterval 1 s, serial 1234.
+fn conf(members: &[usize], direct: bool) -> ConfigOpts {
+    ConfigOpts {
+        direct,
+        group_serial: Some("1234".into()),
+        members: Some(members.to_vec()),
+        providers: Some(members.to_vec()),
+        receive_timeout_ms: 1000,
+        connect_timeout_ms: 2000,
+        auto_reconnect_interval: 1,
+        ..Default::default()
+    }
+}
+
+/// Writes `o` to a file of its own (`Chrystoki<n>.conf`): a child may still be reading the
+/// previous one.
+fn write_config(w: &Cluster, o: &ConfigOpts) -> std::path::PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed) + 1;
+    w.write_config(&ConfigOpts {
+        file_name: format!("Chrystoki{n}.conf"),
+        ..o.clone()
+    })
+}
+
+/// Starts member `i`'s server; returns the CLOCK_MONOTONIC time at which its socket accepted.
+fn start_server(w: &Cluster, i: usize) -> u64 {
+    w.start_server(i);
+    mono_ns()
+}
+
+/// SIGKILLs member `i`'s server group; returns the time of the signal.
+fn kill_server(w: &Cluster, i: usize) -> u64 {
+    let t = mono_ns();
+    w.kill(i);
+    t
+}
+
+/// SIGSTOPs (hangs) member `i`'s server group; returns the time of the signal.
+fn stop_server(w: &Cluster, i: usize) -> u64 {
+    let t = mono_ns();
+    w.stop(i);
+    t
 }
 
 fn progress(s: &str) {
@@ -146,15 +193,15 @@ fn progress(s: &str) {
 }
 
 /// Start a child and wait for it to be logged in.
-fn start(w: &World, name: &str, module: &Path, label: &str, env: &[(&str, String)]) -> ChildProc {
-    let mut c = w.child(name, module, label, env);
+fn start(w: &Cluster, name: &str, module: &Path, label: &str, env: &[(&str, String)]) -> ChildProc {
+    let mut c = children::spawn(w, name, module, label, env);
     c.expect("init", T);
     c.rss0 = c.expect("ready", T).parse().unwrap_or(0);
     c
 }
 
-fn ha_child(w: &World, lib: &Path, name: &str, conf: &Conf) -> ChildProc {
-    let path = w.write_config(conf);
+fn ha_child(w: &Cluster, lib: &Path, name: &str, conf: &ConfigOpts) -> ChildProc {
+    let path = write_config(w, conf);
     start(
         w,
         name,
@@ -164,7 +211,7 @@ fn ha_child(w: &World, lib: &Path, name: &str, conf: &Conf) -> ChildProc {
     )
 }
 
-fn softhsm_child(w: &World) -> ChildProc {
+fn softhsm_child(w: &Cluster) -> ChildProc {
     start(
         w,
         "softhsm",
@@ -175,7 +222,7 @@ fn softhsm_child(w: &World) -> ChildProc {
 }
 
 /// p11-kit-client to member `i`'s server alone.
-fn p11kit_child(w: &World, i: usize) -> ChildProc {
+fn p11kit_child(w: &Cluster, i: usize) -> ChildProc {
     start(
         w,
         "p11-kit-client",
@@ -222,12 +269,12 @@ fn ops(x: f64) -> String {
 
 // ---------------------------------------------------------------------------------------------
 
-fn part1(w: &World, lib: &Path, p: &Params) -> String {
+fn part1(w: &Cluster, lib: &Path, p: &Params) -> String {
     progress("part 1: single-thread overhead, direct SoftHSM vs p11ha over 1 and 3 members");
     let mut cs = vec![
         softhsm_child(w),
-        ha_child(w, lib, "p11ha-1", &Conf::new(&[0], true)),
-        ha_child(w, lib, "p11ha-3", &Conf::new(&[0, 1, 2], true)),
+        ha_child(w, lib, "p11ha-1", &conf(&[0], true)),
+        ha_child(w, lib, "p11ha-3", &conf(&[0, 1, 2], true)),
     ];
     let cells: Vec<(&str, usize)> = child::OPS.iter().map(|&o| (o, 1)).collect();
     let res = alternate(&mut cs, &cells, p);
@@ -272,13 +319,13 @@ fn op_name(op: &str) -> &'static str {
     }
 }
 
-fn part2(w: &World, lib: &Path, p: &Params) -> String {
+fn part2(w: &Cluster, lib: &Path, p: &Params) -> String {
     progress("part 2: remote members (p11-kit server), 1/2/4/8 threads");
     let mut cs = vec![
         p11kit_child(w, 0),
-        ha_child(w, lib, "p11ha-r1", &Conf::new(&[0], false)),
-        ha_child(w, lib, "p11ha-r2", &Conf::new(&[0, 1], false)),
-        ha_child(w, lib, "p11ha-r3", &Conf::new(&[0, 1, 2], false)),
+        ha_child(w, lib, "p11ha-r1", &conf(&[0], false)),
+        ha_child(w, lib, "p11ha-r2", &conf(&[0, 1], false)),
+        ha_child(w, lib, "p11ha-r3", &conf(&[0, 1, 2], false)),
     ];
     let threads = [1usize, 2, 4, 8];
     let cells: Vec<(&str, usize)> = threads.iter().map(|&t| ("ecdsa", t)).collect();
@@ -315,15 +362,15 @@ fn part2(w: &World, lib: &Path, p: &Params) -> String {
 /// One failover run: 4-thread ECDSA load on p11ha over 3 remote members, `fault` applied to m0
 /// after 1 s; stats of the operations overlapping the second around the fault, and the
 /// failures of the whole run.
-fn failover_once(w: &World, lib: &Path, hang: bool) -> (Stats, u64, u64) {
-    let mut c = ha_child(w, lib, "p11ha-failover", &Conf::new(&[0, 1, 2], false));
+fn failover_once(w: &Cluster, lib: &Path, hang: bool) -> (Stats, u64, u64) {
+    let mut c = ha_child(w, lib, "p11ha-failover", &conf(&[0, 1, 2], false));
     let total_ms = if hang { 3000 } else { 2000 };
     c.send(&format!("load ecdsa 4 {total_ms}"));
     std::thread::sleep(Duration::from_millis(1000));
     let t = if hang {
-        w.stop_server(0)
+        stop_server(w, 0)
     } else {
-        w.kill_server(0)
+        kill_server(w, 0)
     };
     let loaded = c.expect("loaded", T);
     let mut it = loaded
@@ -337,14 +384,14 @@ fn failover_once(w: &World, lib: &Path, hang: bool) -> (Stats, u64, u64) {
     );
     drop(c);
     if hang {
-        w.cont_server(0);
-        w.kill_server(0);
+        w.cont(0);
+        kill_server(w, 0);
     }
-    w.start_server(0);
+    start_server(w, 0);
     (Stats::decode(&r).expect("window stats"), n, fails)
 }
 
-fn part3(w: &World, lib: &Path, p: &Params) -> String {
+fn part3(w: &Cluster, lib: &Path, p: &Params) -> String {
     progress("part 3: failover under 4-thread signing load");
     let mut s = String::from(
         "## 3. Failover: 4 threads signing (ECDSA) on p11ha over 3 remote members, member m0 fails after 1 s\n\n\
@@ -384,7 +431,7 @@ fn part3(w: &World, lib: &Path, p: &Params) -> String {
     s
 }
 
-fn part4(w: &World, lib: &Path, p: &Params) -> String {
+fn part4(w: &Cluster, lib: &Path, p: &Params) -> String {
     progress("part 4: recovery (AutoReconnectInterval = 1)");
     let mut s = String::from(
         "## 4. Recovery: p11ha over 3 remote members, AutoReconnectInterval = 1 s, 4 threads signing\n\n\
@@ -396,16 +443,16 @@ fn part4(w: &World, lib: &Path, p: &Params) -> String {
     );
     let mut served = Vec::new();
     for r in 0..p.reps {
-        let mut c = ha_child(w, lib, "p11ha-recovery", &Conf::new(&[0, 1, 2], false));
+        let mut c = ha_child(w, lib, "p11ha-recovery", &conf(&[0, 1, 2], false));
         c.ask(
             &format!("recover {} 4000", w.members[0].serial),
             "loading",
             T,
         );
         std::thread::sleep(Duration::from_millis(300));
-        let t_kill = w.kill_server(0);
+        let t_kill = kill_server(w, 0);
         std::thread::sleep(Duration::from_millis(500));
-        let t_ret = w.start_server(0);
+        let t_ret = start_server(w, 0);
         let v: Vec<u64> = c
             .expect("recovered", T)
             .split_whitespace()
@@ -446,7 +493,7 @@ fn part4(w: &World, lib: &Path, p: &Params) -> String {
     s
 }
 
-fn part5(w: &World, lib: &Path, p: &Params) -> String {
+fn part5(w: &Cluster, lib: &Path, p: &Params) -> String {
     progress("part 5: C_Initialize time (all up, one dead, one hung)");
     let mut s = String::from(
         "## 5. C_Initialize time, 3 remote members (ConnectTimeout = 2000 ms)\n\n\
@@ -459,18 +506,19 @@ fn part5(w: &World, lib: &Path, p: &Params) -> String {
     for state in ["all up", "m0 dead", "m0 hung"] {
         match state {
             "m0 dead" => {
-                w.kill_server(0);
+                kill_server(w, 0);
             }
             "m0 hung" => {
-                w.start_server(0);
-                w.stop_server(0);
+                start_server(w, 0);
+                stop_server(w, 0);
             }
             _ => {}
         }
         let mut ha = Vec::new();
         for _ in 0..p.reps {
-            let path = w.write_config(&Conf::new(&[0, 1, 2], false));
-            let c = w.child(
+            let path = write_config(w, &conf(&[0, 1, 2], false));
+            let c = children::spawn(
+                w,
                 "p11ha-init",
                 lib,
                 GROUP_LABEL,
@@ -481,7 +529,8 @@ fn part5(w: &World, lib: &Path, p: &Params) -> String {
             }
             c.kill();
         }
-        let c = w.child(
+        let c = children::spawn(
+            w,
             "p11kit-init",
             Path::new(P11KIT_CLIENT_LIB),
             "m0",
@@ -501,13 +550,13 @@ fn part5(w: &World, lib: &Path, p: &Params) -> String {
             }
         );
     }
-    w.cont_server(0);
-    w.kill_server(0);
-    w.start_server(0);
+    w.cont(0);
+    kill_server(w, 0);
+    start_server(w, 0);
     s
 }
 
-fn part6(w: &World, lib: &Path) -> String {
+fn part6(w: &Cluster, lib: &Path) -> String {
     progress("part 6: resident memory");
     let mut s = String::from(
         "## 6. Resident memory (VmRSS) of the application process\n\n\
@@ -523,22 +572,12 @@ fn part6(w: &World, lib: &Path) -> String {
         ("SoftHSM directly", measure(&mut softhsm_child(w))),
         (
             "p11ha, 3 in-process SoftHSM members",
-            measure(&mut ha_child(
-                w,
-                lib,
-                "p11ha-3",
-                &Conf::new(&[0, 1, 2], true),
-            )),
+            measure(&mut ha_child(w, lib, "p11ha-3", &conf(&[0, 1, 2], true))),
         ),
         ("p11-kit-client directly", measure(&mut p11kit_child(w, 0))),
         (
             "p11ha, 3 remote members (p11-kit-client)",
-            measure(&mut ha_child(
-                w,
-                lib,
-                "p11ha-r3",
-                &Conf::new(&[0, 1, 2], false),
-            )),
+            measure(&mut ha_child(w, lib, "p11ha-r3", &conf(&[0, 1, 2], false))),
         ),
     ];
     for (i, (name, (a, b))) in rows.iter().enumerate() {
@@ -616,7 +655,10 @@ fn number_after(line: &str, word: &str) -> Option<u64> {
         .ok()
 }
 
-fn part7(w: &World, lib: &Path, n: usize) -> String {
+/// Part 7's report, and what went wrong in it: a failed creation, no reintroduction, M ≠ N, or
+/// m2 not holding the data objects m0 holds (the checks of the former ha_sync test
+/// `reintroduction_of_1000_objects_is_timed`, which this part replaces).
+fn part7(w: &Cluster, lib: &Path, n: usize) -> (String, Vec<String>) {
     progress(&format!(
         "part 7: reintroduction of {n} objects (HASynchronize on)"
     ));
@@ -636,19 +678,42 @@ fn part7(w: &World, lib: &Path, n: usize) -> String {
         "part 7: the direct objects were not all destroyed on m0"
     );
 
-    let mut conf = Conf::new(&[0, 1, 2], false);
-    conf.sync = true;
-    let mut c = ha_child(w, lib, "p11ha-sync", &conf);
-    let log = w.ha_log();
+    let synced = ConfigOpts {
+        ha_synchronize: Some(true),
+        ..conf(&[0, 1, 2], false)
+    };
+    let mut c = ha_child(w, lib, "p11ha-sync", &synced);
+    let log = w.ha_log_path();
     let from = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
-    w.kill_server(2);
+    kill_server(w, 2);
     let ha = create(&mut c, "bench-ha", n);
-    let t_ret = w.start_server(2);
+    let t_ret = start_server(w, 2);
     let needle = format!("token objects to recovered token {}", w.members[2].serial);
     let seen = wait_log(&log, from, &needle, T_REINTRO);
     drop(c);
-    // What m2 holds now, counted on m2 itself.
+    // What m2 holds now, counted on m2 itself, and what m0 holds.
     let on_m2 = p11kit_child(w, 2).ask("count", "count", bulk_timeout(n));
+    let on_m0 = p11kit_child(w, 0).ask("count", "count", bulk_timeout(n));
+    let mut wrong = Vec::new();
+    if ha.fails > 0 {
+        wrong.push(format!(
+            "{} of {n} creations through p11ha failed (first {})",
+            ha.fails, ha.first_rv
+        ));
+    }
+    match seen.as_ref().map(|(l, _)| number_after(l, "reintroducing")) {
+        None => wrong.push(format!("no `{needle}` within {} s", T_REINTRO.as_secs())),
+        Some(m) if m != Some(n as u64) => wrong.push(format!(
+            "reintroduced {} objects, expected N = {n}",
+            m.map_or("an unreadable number of".into(), |m| m.to_string())
+        )),
+        Some(_) => {}
+    }
+    if on_m2 != on_m0 {
+        wrong.push(format!(
+            "m2 holds {on_m2} data objects afterwards, m0 {on_m0}"
+        ));
+    }
 
     let rate = |ns: f64| format!("{:.0} objects/s", n as f64 * 1e9 / ns);
     let failed = |x: &Created| {
@@ -689,7 +754,7 @@ fn part7(w: &World, lib: &Path, n: usize) -> String {
             );
             let m = number_after(line, "reintroducing");
             s += &format!(
-                "\nLog line: recovery attempt {}, M = {} reintroduced ({}); m2 holds {on_m2} data objects afterwards.\n",
+                "\nLog line: recovery attempt {}, M = {} reintroduced ({}); m2 holds {on_m2} data objects afterwards (m0: {on_m0}).\n",
                 number_after(line, "attempt").map_or("?".into(), |k| k.to_string()),
                 m.map_or("?".into(), |m| m.to_string()),
                 if m == Some(n as u64) {
@@ -702,10 +767,10 @@ fn part7(w: &World, lib: &Path, n: usize) -> String {
         None => {
             s += &format!(
                 "| reintroduce them to m2 (return → log line) | — | not seen within {} s | — | — |\n\n\
-                 m2 holds {on_m2} data objects afterwards.\n",
+                 m2 holds {on_m2} data objects afterwards (m0: {on_m0}).\n",
                 T_REINTRO.as_secs()
             );
         }
     }
-    s
+    (s, wrong)
 }

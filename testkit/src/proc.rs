@@ -72,12 +72,13 @@ fn mtime(p: &Path) -> Option<SystemTime> {
     std::fs::metadata(p).ok()?.modified().ok()
 }
 
-/// The `libp11ha.so` under test.
+/// The `libp11ha.so` under test, measured or demonstrated.
 ///
-/// `P11HA_LIB` overrides. Otherwise the freshest of `<dir of test exe>/libp11ha.so` (that is
-/// `target/<profile>/deps/libp11ha.so`, which `cargo test` rebuilds, no hash in the name) and
-/// `<that dir>/../libp11ha.so` (`target/<profile>/libp11ha.so`, refreshed by `cargo build` but not
-/// always by `cargo test`).
+/// `P11HA_LIB` overrides. Otherwise the freshest of `<dir of this exe>/libp11ha.so` and
+/// `<that dir>/../libp11ha.so`. For a test exe in `target/<profile>/deps/` that is
+/// `deps/libp11ha.so` (which `cargo test` rebuilds, no hash in the name) or
+/// `target/<profile>/libp11ha.so` (refreshed by `cargo build` but not always by `cargo test`);
+/// for `target/<profile>/p11ha-bench` the latter; for `target/<profile>/examples/demo` too.
 pub fn p11ha_lib() -> PathBuf {
     if let Some(p) = std::env::var_os("P11HA_LIB") {
         return PathBuf::from(p);
@@ -95,7 +96,7 @@ pub fn p11ha_lib() -> PathBuf {
         .map(|(_, p)| p)
         .unwrap_or_else(|| {
             panic!(
-                "libp11ha.so not found next to {} or in its parent; run `cargo build` or set P11HA_LIB",
+                "libp11ha.so not found next to {} or in its parent: run `cargo build` (same profile) or set P11HA_LIB",
                 exe.display()
             )
         })

@@ -9,7 +9,8 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::proc::{kill_group_and_wait, signal_group};
+use crate::proc::{kill_group_and_wait, signal_group};
+use crate::repo_dir;
 
 /// Names accepted by [`run_client`], one script each in `tests/clients/`.
 pub const CLIENTS: &[&str] = &[
@@ -137,9 +138,9 @@ pub fn checked(cmd: Command) -> String {
     r.stdout
 }
 
-/// `tests/clients/` of this crate.
+/// `tests/clients/` of the p11ha repository.
 pub fn clients_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
+    repo_dir().join("tests/clients")
 }
 
 /// The script for a client name of [`CLIENTS`].
@@ -177,7 +178,7 @@ pub fn run_client_env(name: &str, module: &Path, label: &str, env: &[(&str, &OsS
 
 /// Compile `tests/c/ha_client.c` into `out_dir/ha_client` and return its path.
 pub fn build_c_client(out_dir: &Path) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/ha_client.c");
+    let src = repo_dir().join("tests/c/ha_client.c");
     let exe = out_dir.join("ha_client");
     let mut cmd = Command::new("cc");
     cmd.args([

@@ -1,26 +1,21 @@
-//! A minimal PKCS#11 client over the raw function table (libloading + cryptoki-sys): just what
-//! the benchmark needs, with no per-call allocation on the measured path.
+//! A minimal PKCS#11 client over the raw function table (libloading + cryptoki-sys), with no
+//! per-call allocation on the paths p11ha-bench measures. Logs in with [`crate::USER_PIN`].
+
+use std::ptr::null_mut;
 
 use cryptoki_sys::*;
 use libloading::Library;
 use p11ha::ffi::ca::P11haGroupStatus;
-use std::os::raw::c_ulong;
-use std::ptr::null_mut;
 
-pub const USER_PIN: &str = "1234";
-pub const RSA_ID: u8 = 1;
-pub const EC_ID: u8 = 2;
-pub const AES_ID: u8 = 3;
-pub const HMAC_ID: u8 = 4;
+use crate::status::StatusApi;
+use crate::USER_PIN;
 
 /// One loaded, initialized module.
 pub struct Module {
     fns: &'static CK_FUNCTION_LIST,
-    /// p11ha's `p11ha_group_status`, when the module is p11ha.
-    group_status: Option<GroupStatusFn>,
+    /// p11ha's status API, when the module is p11ha.
+    status: Option<StatusApi>,
 }
-
-type GroupStatusFn = unsafe extern "C" fn(c_ulong, *mut P11haGroupStatus) -> c_ulong;
 
 // SAFETY: the table is immutable; modules are initialized with CKF_OS_LOCKING_OK.
 unsafe impl Send for Module {}
@@ -57,10 +52,10 @@ impl Module {
         check("C_GetFunctionList", unsafe { get(&mut list) })?;
         // SAFETY: the table lives as long as the (leaked) library.
         let fns = unsafe { list.as_ref() }.ok_or("no function list")?;
-        let group_status = unsafe { lib.get::<GroupStatusFn>(b"p11ha_group_status\0") }
-            .ok()
-            .map(|s| *s);
-        Ok(Module { fns, group_status })
+        Ok(Module {
+            fns,
+            status: StatusApi::from_library(lib),
+        })
     }
 
     pub fn initialize(&self) -> Result<(), String> {
@@ -301,12 +296,14 @@ impl Module {
         call!(self, C_GetSessionInfo(h, &mut info))
     }
 
-    /// p11ha's per-member status of the group in `slot` (None for other modules).
+    /// p11ha's status API of this module (None for other modules).
+    pub fn status(&self) -> Option<&StatusApi> {
+        self.status.as_ref()
+    }
+
+    /// p11ha's per-member status of the group in `slot` (None for other modules or on error).
     pub fn group_status(&self, slot: CK_SLOT_ID) -> Option<Box<P11haGroupStatus>> {
-        let f = self.group_status?;
-        // SAFETY: plain C struct, filled by p11ha.
-        let mut st: Box<P11haGroupStatus> = Box::new(unsafe { std::mem::zeroed() });
-        (unsafe { f(slot, &mut *st) } == CKR_OK).then_some(st)
+        self.status.as_ref()?.group(slot).ok()
     }
 }
 

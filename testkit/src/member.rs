@@ -16,7 +16,7 @@ use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 
-use super::{P11KIT_CLIENT_LIB, RSA_ID, USER_PIN};
+use crate::{P11KIT_CLIENT_LIB, RSA_ID, USER_PIN};
 
 static ENV_LOCK: Mutex<()> = Mutex::new(());
 
