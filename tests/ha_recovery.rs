@@ -272,3 +272,79 @@ fn members_join_and_leave_through_the_file_while_running() {
         "a removed member must not serve"
     );
 }
+
+/// HAOnly = 0 (Luna's and p11ha's default) also lists every member's own slot, which shares its
+/// provider's module instance with the HA group's member. A p11-kit member that is killed and
+/// restarted must come back for the HA group and for its own slot, and then carry the group
+/// when the other member dies.
+#[test]
+fn with_ha_only_0_a_restarted_member_comes_back_for_the_group_and_its_own_slot() {
+    let _g = serial();
+    let cluster = Cluster::started(2);
+    let conf = cluster.write_config(&ConfigOpts {
+        ha_only: false,
+        ..ConfigOpts::default()
+    });
+    let ha = cluster.ha_client(&conf, GROUP_LABEL).unwrap();
+    let s = ha.session().unwrap();
+    let key = rsa(&ha, &s);
+    sign(&s, key).unwrap();
+    let own_slot = |label: &str| {
+        ha.pkcs11
+            .get_slots_with_token()
+            .unwrap()
+            .into_iter()
+            .find(|slot| ha.pkcs11.get_token_info(*slot).unwrap().label() == label)
+            .unwrap_or_else(|| panic!("no slot of member {label} with HAOnly = 0"))
+    };
+    let m0_slot = own_slot("m0");
+    let (m0, m1) = (
+        cluster.members[0].serial.clone(),
+        cluster.members[1].serial.clone(),
+    );
+
+    cluster.kill(0);
+    // Calls through the group find out that m0 is gone.
+    for _ in 0..4 {
+        sign(&s, key).expect("m1 serves while m0 is down");
+    }
+    assert!(log_has(
+        &cluster,
+        &format!("has dropped member: {m0}"),
+        Duration::from_secs(10)
+    ));
+    cluster.restart(0);
+    assert!(
+        log_has(
+            &cluster,
+            &format!("succeeded for member: {m0}"),
+            Duration::from_secs(15)
+        ),
+        "m0 never came back with HAOnly = 0: {:#?}",
+        cluster.ha_log_lines()
+    );
+
+    // m0 now carries the group alone.
+    cluster.kill(1);
+    for _ in 0..4 {
+        sign(&s, key).expect("the returned m0 serves the group after m1 died");
+    }
+    assert!(log_has(
+        &cluster,
+        &format!("has dropped member: {m1}"),
+        Duration::from_secs(10)
+    ));
+
+    // And m0's own slot works again (on the new connection).
+    let own = wait_until(Duration::from_secs(15), || {
+        let Ok(s0) = ha.pkcs11.open_ro_session(m0_slot) else {
+            return false;
+        };
+        s0.get_session_info().is_ok()
+            && s0
+                .find_objects(&[cryptoki::object::Attribute::Label(b"rsa".to_vec())])
+                .is_ok()
+    });
+    assert!(own, "m0's own slot never served again after its restart");
+    cluster.restart(1);
+}

@@ -119,10 +119,11 @@ impl Ha {
         self.groups.iter().filter(|g| !g.passthrough)
     }
 
-    /// Whether a member that is up is bound to this module instance.
+    /// Whether a member of an HA group that is up is bound to this module instance. Passed-through
+    /// member slots (HAOnly = 0) do not count: they follow their provider's instance
+    /// (`recovery::poll`), so they never keep a dead one from being replaced.
     pub fn instance_in_use(&self, origin: u64) -> bool {
-        self.groups
-            .iter()
+        self.ha_groups()
             .flat_map(|g| g.members().as_ref().clone())
             .any(|m| m.binding().is_some_and(|b| b.instance.origin == origin))
     }

@@ -42,7 +42,12 @@ pub fn poll(ha: &Ha) {
         }
     }
     for g in &ha.groups {
-        for m in g.members().iter() {
+        for (idx, m) in g.members().iter().enumerate() {
+            // A passed-through member slot (HAOnly = 0) shares its provider's instance, which
+            // the recovery of an HA member may have just replaced: it moves to the new one.
+            if let Some(b) = m.binding().filter(|b| b.instance.is_retired()) {
+                g.drop_member(idx, b.instance.id, Fault::Closed);
+            }
             let h = m.health();
             if h.binding.is_some() || !h.auto_recovery || limit == 0 || m.is_removed() {
                 continue;

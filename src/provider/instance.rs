@@ -1,5 +1,5 @@
 //! One initialized instance of a member module, and the gate that keeps C_Finalize away from
-//! calls still running inside it. Every call into an instance runs through `Instance::call`:
+//! calls still running inside it. Every call into an instance runs through [`Instance::call`]:
 //! on a pool thread, bounded by ReceiveTimeout, with owned data only.
 
 use super::load::{ck, Fns};
@@ -139,6 +139,11 @@ impl Instance {
             ck!(fns, C_Finalize(std::ptr::null_mut()))
         });
         true
+    }
+
+    /// Whether the instance was taken out of service ([`Instance::retire`]).
+    pub fn is_retired(&self) -> bool {
+        self.gate.closed.load(Ordering::SeqCst)
     }
 
     /// True when both are the same module instance: the module handed out one shared function
