@@ -362,6 +362,29 @@ fn parameters_p11ha_cannot_copy_are_refused_before_a_member_sees_them() {
     // Without one it goes to the member, who answers as it does directly.
     assert_eq!(init(&ha, s, aes, vendor(&mut blob, 0)), member_says);
 
+    // A known struct of the wrong size: a pointer-bearing one cannot be copied, so p11ha
+    // refuses it (SoftHSM says CKR_ARGUMENTS_BAD); a pointer-free one goes to the member.
+    let sized = |kind, p: &mut [u8; 24], len| CK_MECHANISM {
+        mechanism: kind,
+        pParameter: p.as_mut_ptr() as *mut c_void,
+        ulParameterLen: len,
+    };
+    let mut zeros = [0u8; 24];
+    assert_eq!(
+        init(&m0, s0, aes0, sized(CKM_AES_GCM, &mut zeros, 24)),
+        CKR_ARGUMENTS_BAD
+    );
+    assert_eq!(
+        init(&ha, s, aes, sized(CKM_AES_GCM, &mut zeros, 24)),
+        CKR_MECHANISM_PARAM_INVALID
+    );
+    let short_ctr = init(&m0, s0, aes0, sized(CKM_AES_CTR, &mut zeros, 16));
+    assert_ne!(short_ctr, CKR_OK);
+    assert_eq!(
+        init(&ha, s, aes, sized(CKM_AES_CTR, &mut zeros, 16)),
+        short_ctr
+    );
+
     // A parameter through which the member would return data: refused.
     let (mut client, mut server) = ([1u8; 32], [2u8; 32]);
     let mut version = CK_VERSION { major: 3, minor: 3 };
