@@ -117,8 +117,8 @@ pub unsafe fn mechanism(p: *const CK_MECHANISM) -> Rv<OwnedMechanism> {
     if m.pParameter.is_null() && m.ulParameterLen != 0 {
         return Err(CKR_ARGUMENTS_BAD);
     }
-    // SAFETY: the parameter block is valid for its length by the caller's promise.
-    unsafe { OwnedMechanism::copy_from(m) }.ok_or(CKR_ARGUMENTS_BAD)
+    // SAFETY: the parameter block (and what it points to) is valid by the caller's promise.
+    unsafe { OwnedMechanism::copy_from(m) }
 }
 
 /// A PIN, copied straight into zeroized memory; NULL with length 0 means protected
