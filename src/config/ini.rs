@@ -7,6 +7,7 @@ use std::path::Path;
 
 use ini::{Ini, ParseOption};
 
+use super::echo::plain;
 use super::{ConfigError, RawEntry, RawSection};
 
 /// Lines of keys and section headers, found by scanning the text: (section, key) -> lines in order.
@@ -72,7 +73,7 @@ pub(crate) fn parse(text: &str, file: &Path) -> Result<Vec<RawSection>, ConfigEr
         file: file.to_path_buf(),
         line: Some(e.line),
         key: None,
-        message: format!("INI syntax error: {}", e.msg),
+        message: format!("INI syntax error: {}", plain(&e.msg)),
     })?;
     let mut index = LineIndex::build(text);
     let mut sections = Vec::new();
@@ -82,7 +83,7 @@ pub(crate) fn parse(text: &str, file: &Path) -> Result<Vec<RawSection>, ConfigEr
                 return Err(ConfigError {
                     file: file.to_path_buf(),
                     line: index.take_key(None, key),
-                    key: Some(key.to_string()),
+                    key: Some(plain(key).to_string()),
                     message: "key outside a section: expected a '[Section]' line before it".into(),
                 });
             }
