@@ -100,7 +100,12 @@ fn load_for_init_gives_the_log_settings_of_a_file_it_refuses() {
     let text = format!("{GROUP}HAConfiguration = {{ haLogPath = {log}; logLen = lots; }}\n");
     std::fs::write(&path, with_provider(&text, &f)).unwrap();
     let failure = load_for_init(&path).unwrap_err();
-    assert_eq!(failure.error.key.as_deref(), Some("logLen"), "{}", failure.error);
+    assert_eq!(
+        failure.error.key.as_deref(),
+        Some("logLen"),
+        "{}",
+        failure.error
+    );
     let settings = failure.log.expect("log settings");
     assert_eq!(settings.path, Some(PathBuf::from(&log)));
     assert!(settings.enabled);

@@ -196,3 +196,45 @@ fn ini_key_outside_section() {
     assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("HAOnly")));
     assert!(e.message.contains("outside a section"), "{e}");
 }
+
+#[test]
+fn ini_lines_are_read_one_by_one() {
+    let path = Path::new("/etc/crystoki.ini");
+    let sections = ini::parse(
+        "[HAConfiguration]\r\nhaLogPath=/opt/x\\\r\nlogLen = 5 // five\r\n  ; indented comment\r\n\
+         Key=a=b\r\n[ Misc ] trailing\r\nUrl=//server/share\r\n",
+        path,
+    )
+    .unwrap();
+    let kv: Vec<(&str, &str, usize)> = sections[0]
+        .entries
+        .iter()
+        .map(|e| (e.key.as_str(), e.value.as_str(), e.line))
+        .collect();
+    // A trailing backslash is literal: it does not join the next line.
+    assert_eq!(
+        kv,
+        [
+            ("haLogPath", "/opt/x\\", 2),
+            ("logLen", "5", 3),
+            ("Key", "a=b", 5)
+        ]
+    );
+    assert_eq!((sections[1].name.as_str(), sections[1].line), ("Misc", 6));
+    assert_eq!(sections[1].entries[0].value, "//server/share");
+
+    let e = ini::parse("[A]\nno equals sign\n", path).unwrap_err();
+    assert_eq!(
+        (e.line, e.key.as_deref()),
+        (Some(2), Some("no equals sign"))
+    );
+    assert!(e.message.contains("expected 'Key=Value'"), "{e}");
+    // ':' is no separator (as for the command-line editor and Windows' profile API).
+    let e = ini::parse("[A]\nKey: value\n", path).unwrap_err();
+    assert_eq!(e.line, Some(2), "{e}");
+    let e = ini::parse("[A]\n = 1\n", path).unwrap_err();
+    assert_eq!((e.line, e.key.as_deref()), (Some(2), None));
+    let e = ini::parse("\n[Unclosed\n", path).unwrap_err();
+    assert_eq!(e.line, Some(2));
+    assert!(e.message.contains("without ']'"), "{e}");
+}
