@@ -26,7 +26,8 @@ pub fn derive_group_serial(first: &str) -> String {
     format!("1{tail}")
 }
 
-/// Splits a comma-separated serial list; empty items and serials with white space are errors.
+/// Splits a comma-separated serial list; empty items, serials with white space and serials that
+/// are not printable ASCII (no token could match them) are errors.
 fn serial_list(ctx: &Ctx, e: &RawEntry) -> Result<Vec<String>, ConfigError> {
     if e.value.trim().is_empty() {
         return Ok(Vec::new());
@@ -50,6 +51,16 @@ fn serial_list(ctx: &Ctx, e: &RawEntry) -> Result<Vec<String>, ConfigError> {
                 format!(
                     "serial {} contains white space: expected comma-separated token serial \
                      numbers (missing comma?)",
+                    quoted(item)
+                ),
+            ));
+        }
+        if !item.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ctx.entry_err(
+                e,
+                format!(
+                    "serial {} is not printable ASCII: a token serial number \
+                     (CK_TOKEN_INFO.serialNumber) is made of printable ASCII characters",
                     quoted(item)
                 ),
             ));

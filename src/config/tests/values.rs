@@ -304,6 +304,16 @@ fn error_bad_member_lists() {
     assert_err(&e, 3, "VirtualToken00Members", "empty item");
     let e = err("VirtualToken = {\nVirtualToken00Label = g;\nVirtualToken00Members = 1 2;\n}\n");
     assert_err(&e, 3, "VirtualToken00Members", "missing comma");
+    // Found by tests/config_props.rs: a member "¡" gave the group serial "1¡", which is not the
+    // printable ASCII of CK_TOKEN_INFO.serialNumber (and a longer one would be cut mid-character).
+    let e =
+        err("VirtualToken = {\nVirtualToken00Label = g;\nVirtualToken00Standby = 1, \u{a1};\n}\n");
+    assert_err(
+        &e,
+        3,
+        "VirtualToken00Standby",
+        "serial \"\u{a1}\" is not printable ASCII",
+    );
 }
 
 #[test]
