@@ -134,16 +134,20 @@ fn probe_exe() -> &'static Path {
     static EXE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     EXE.get_or_init(|| {
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/init_probe.c");
-        let exe = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("init_probe-{}", std::process::id()));
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        // Built under a name of this process, then renamed: a concurrent run never executes a
+        // half-written file, and one binary is left behind, not one per run.
+        let tmp = dir.join(format!("init_probe-{}", std::process::id()));
         let mut cc = Command::new("cc");
         cc.args(["-std=c11", "-O1", "-Wall", "-Wextra", "-Werror"])
             .arg("-I/usr/include/p11-kit-1")
             .arg(&src)
             .arg("-o")
-            .arg(&exe)
+            .arg(&tmp)
             .arg("-ldl");
         support::clients::checked(cc);
+        let exe = dir.join("init_probe");
+        std::fs::rename(&tmp, &exe).unwrap();
         exe
     })
 }
