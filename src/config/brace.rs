@@ -19,6 +19,7 @@
 
 use std::path::Path;
 
+use super::echo::plain;
 use super::{ConfigError, RawEntry, RawSection};
 
 struct Scanner {
@@ -120,11 +121,7 @@ fn error(file: &Path, line: usize, key: &str, message: String) -> ConfigError {
     ConfigError {
         file: file.to_path_buf(),
         line: Some(line),
-        key: if key.is_empty() {
-            None
-        } else {
-            Some(key.to_string())
-        },
+        key: (!key.is_empty()).then(|| plain(key).to_string()),
         message,
     }
 }
@@ -235,7 +232,7 @@ pub(crate) fn parse(text: &str, file: &Path) -> Result<Vec<RawSection>, ConfigEr
                         &key,
                         format!(
                             "missing '=' in section {}: expected 'Key = Value;'",
-                            section.name
+                            plain(&section.name)
                         ),
                     ));
                 }
@@ -246,7 +243,7 @@ pub(crate) fn parse(text: &str, file: &Path) -> Result<Vec<RawSection>, ConfigEr
                         "",
                         format!(
                             "missing key before '=' in section {}: expected 'Key = Value;'",
-                            section.name
+                            plain(&section.name)
                         ),
                     ));
                 }
@@ -269,7 +266,7 @@ pub(crate) fn parse(text: &str, file: &Path) -> Result<Vec<RawSection>, ConfigEr
             &section.name,
             format!(
                 "unclosed brace: section '{}' opened here has no closing '}}'",
-                section.name
+                plain(&section.name)
             ),
         ));
     }
@@ -284,7 +281,8 @@ fn nested(file: &Path, line: usize, section: &RawSection, key: &str) -> ConfigEr
         format!(
             "unexpected '{{' inside section '{}' (opened at line {}): nested sections are not \
              supported; is a '}}' missing before this line?",
-            section.name, section.line
+            plain(&section.name),
+            section.line
         ),
     )
 }

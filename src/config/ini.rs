@@ -1,106 +1,83 @@
-//! crystoki.ini (Windows): the same sections and keys as Chrystoki.conf in INI form, read with
-//! rust-ini with quotes and escapes disabled so `C:\Program Files\x` stays literal. rust-ini does not
-//! report line numbers, so the text is scanned separately to find the line of every key.
+//! crystoki.ini: the same sections and keys as Chrystoki.conf in INI form, read line by line as
+//! the command-line editor (`confedit`) reads it, so both agree on every line:
+//!
+//! - blank lines, and lines whose first non-blank character is `;` or `#`, are comments;
+//! - `[Name]` starts a section (text after the `]` is ignored);
+//! - `Key = Value` is split at the first `=`; key and value are trimmed, and a `//` preceded by
+//!   white space starts a comment in the value, as in the brace format;
+//! - nothing is special inside a value: backslashes and quotes are literal (`C:\dir\` stays
+//!   `C:\dir\`, and a trailing backslash does not join the next line).
+//!
+//! Any other line is an error naming its line.
 
-use std::collections::HashMap;
 use std::path::Path;
 
-use ini::{Ini, ParseOption};
-
+use super::echo::plain;
 use super::{ConfigError, RawEntry, RawSection};
 
-/// Lines of keys and section headers, found by scanning the text: (section, key) -> lines in order.
-struct LineIndex {
-    keys: HashMap<(Option<String>, String), Vec<usize>>,
-    sections: HashMap<String, Vec<usize>>,
-}
-
-impl LineIndex {
-    fn build(text: &str) -> Self {
-        let mut keys: HashMap<(Option<String>, String), Vec<usize>> = HashMap::new();
-        let mut sections: HashMap<String, Vec<usize>> = HashMap::new();
-        let mut current: Option<String> = None;
-        for (i, line) in text.lines().enumerate() {
-            let t = line.trim().trim_start_matches('\u{feff}');
-            if t.is_empty() || t.starts_with(';') || t.starts_with('#') {
-                continue;
-            }
-            if let Some(rest) = t.strip_prefix('[') {
-                let name = rest.split(']').next().unwrap_or("").trim().to_lowercase();
-                sections.entry(name.clone()).or_default().push(i + 1);
-                current = Some(name);
-                continue;
-            }
-            if let Some(pos) = t.find(['=', ':']) {
-                let key = t[..pos].trim().to_lowercase();
-                keys.entry((current.clone(), key)).or_default().push(i + 1);
-            }
-        }
-        LineIndex { keys, sections }
-    }
-
-    /// The next unused line of `key` in `section` (keys may repeat).
-    fn take_key(&mut self, section: Option<&str>, key: &str) -> Option<usize> {
-        let lines = self
-            .keys
-            .get_mut(&(section.map(str::to_lowercase), key.to_lowercase()))?;
-        if lines.is_empty() {
-            None
-        } else {
-            Some(lines.remove(0))
-        }
-    }
-
-    fn take_section(&mut self, section: &str) -> Option<usize> {
-        let lines = self.sections.get_mut(&section.to_lowercase())?;
-        if lines.is_empty() {
-            None
-        } else {
-            Some(lines.remove(0))
-        }
+fn error(file: &Path, line: usize, key: &str, message: &str) -> ConfigError {
+    ConfigError {
+        file: file.to_path_buf(),
+        line: Some(line),
+        key: (!key.is_empty()).then(|| plain(key).to_string()),
+        message: message.to_string(),
     }
 }
 
 /// Parses INI text into sections, in file order.
 pub(crate) fn parse(text: &str, file: &Path) -> Result<Vec<RawSection>, ConfigError> {
-    let opt = ParseOption {
-        enabled_quote: false,
-        enabled_escape: false,
-        ..ParseOption::default()
-    };
-    let ini = Ini::load_from_str_opt(text, opt).map_err(|e| ConfigError {
-        file: file.to_path_buf(),
-        line: Some(e.line),
-        key: None,
-        message: format!("INI syntax error: {}", e.msg),
-    })?;
-    let mut index = LineIndex::build(text);
-    let mut sections = Vec::new();
-    for (name, props) in ini.iter() {
-        let Some(name) = name else {
-            if let Some((key, _)) = props.iter().next() {
-                return Err(ConfigError {
-                    file: file.to_path_buf(),
-                    line: index.take_key(None, key),
-                    key: Some(key.to_string()),
-                    message: "key outside a section: expected a '[Section]' line before it".into(),
-                });
-            }
+    let mut sections: Vec<RawSection> = Vec::new();
+    for (i, raw) in text.split('\n').enumerate() {
+        let line = i + 1;
+        let t = raw.trim_start_matches('\u{feff}').trim();
+        if t.is_empty() || t.starts_with(';') || t.starts_with('#') {
             continue;
+        }
+        if let Some(rest) = t.strip_prefix('[') {
+            let Some((name, _)) = rest.split_once(']') else {
+                return Err(error(
+                    file,
+                    line,
+                    t,
+                    "section header without ']': expected '[Section]'",
+                ));
+            };
+            sections.push(RawSection {
+                name: name.trim().to_string(),
+                line,
+                entries: Vec::new(),
+            });
+            continue;
+        }
+        let Some((key, value)) = t.split_once('=') else {
+            return Err(error(
+                file,
+                line,
+                t,
+                "expected 'Key=Value', a '[Section]' header or a ';' comment",
+            ));
         };
-        let line = index.take_section(name).unwrap_or(0);
-        let entries = props
-            .iter()
-            .map(|(key, value)| RawEntry {
-                line: index.take_key(Some(name), key).unwrap_or(0),
-                key: key.trim().to_string(),
-                value: strip_comment(value).trim().to_string(),
-            })
-            .collect();
-        sections.push(RawSection {
-            name: name.to_string(),
+        let key = key.trim();
+        if key.is_empty() {
+            return Err(error(
+                file,
+                line,
+                "",
+                "missing key before '=': expected 'Key=Value'",
+            ));
+        }
+        let Some(section) = sections.last_mut() else {
+            return Err(error(
+                file,
+                line,
+                key,
+                "key outside a section: expected a '[Section]' line before it",
+            ));
+        };
+        section.entries.push(RawEntry {
+            key: key.to_string(),
+            value: strip_comment(value.trim()).trim().to_string(),
             line,
-            entries,
         });
     }
     Ok(sections)

@@ -1,21 +1,41 @@
-//! Configuration: where the file is, how it is parsed (Luna brace format or crystoki.ini), and the
-//! typed [`HaConfig`] the rest of p11ha uses. Every error names file, line and key.
+//! Configuration: where the file is, how it is read (a bounded regular file) and parsed (Luna
+//! brace format or crystoki.ini), and the typed [`HaConfig`] the rest of p11ha uses. Every error
+//! names file, line and key, and echoes at most [`ECHO_CHARS`] characters of the input.
 //!
-//! INTERFACE CONTRACT (used by ffi/ha/halog/cli): the types below and `locate`, `load`.
+//! INTERFACE CONTRACT (used by ffi/ha/halog/cli): the types below and `locate`, `load`,
+//! `load_for_init`, `parse_str`.
+//!
+//! Files: `read` (the file), `brace` and `ini` (syntax), `validate` (the order of the checks and
+//! the rules for every HA section), `groups`, `providers` with `module_check`,
+//! `ha_configuration` with `dirs` (one file per section family), `keys` (numbered keys,
+//! suggestions), `echo` (input in messages).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod brace;
+mod dirs;
+mod echo;
+mod groups;
+mod ha_configuration;
 mod ini;
+mod keys;
+mod module_check;
+mod providers;
+mod read;
 #[cfg(test)]
 mod tests;
-mod typed;
+mod validate;
 
-pub use typed::{
-    derive_group_serial, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_LOG_LEN, DEFAULT_RECEIVE_TIMEOUT_MS,
-    DEFAULT_RECONNECT_INTERVAL_S, DEFAULT_RECONN_ATT, MAX_LABEL_LEN, MAX_SERIAL_LEN,
+pub use echo::ECHO_CHARS;
+pub use groups::{derive_group_serial, MAX_LABEL_LEN, MAX_SERIAL_LEN};
+pub use ha_configuration::{
+    DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_LOG_LEN, DEFAULT_RECEIVE_TIMEOUT_MS,
+    DEFAULT_RECONNECT_INTERVAL_S, DEFAULT_RECONN_ATT,
 };
+pub use module_check::P11HA_SYMBOL;
+pub use read::MAX_FILE_LEN;
+pub use validate::MAX_WARNINGS;
 
 /// Everything p11ha reads from Chrystoki.conf / crystoki.ini.
 #[derive(Debug, Clone, PartialEq)]
@@ -162,61 +182,54 @@ pub fn is_ini(path: &Path) -> bool {
 
 /// Read and validate `path` (`.ini` = crystoki.ini, anything else = brace format).
 pub fn load(path: &Path) -> Result<HaConfig, ConfigError> {
-    let bytes = std::fs::read(path).map_err(|e| ConfigError {
-        file: path.to_path_buf(),
-        line: None,
-        key: None,
-        message: format!("cannot read the configuration file: {e}"),
-    })?;
-    // Lossy: a stray Latin-1 byte in a comment must not make the whole file unreadable.
+    load_for_init(path).map_err(|f| f.error)
+}
+
+/// Why [`load_for_init`] failed, and where the HA log is, when the file says so usably.
+#[derive(Debug)]
+pub struct LoadFailure {
+    pub error: ConfigError,
+    /// The HA log settings of the refused file (`None`: no usable `haLogPath`, or the file
+    /// could not be read or parsed), so the error can be written to the HA log too.
+    pub log: Option<LogSettings>,
+}
+
+/// [`load`], and on failure the HA log settings of the refused file. The file is read once.
+pub fn load_for_init(path: &Path) -> Result<HaConfig, Box<LoadFailure>> {
+    let fail = |error, log| Box::new(LoadFailure { error, log });
+    let bytes = read::read(path).map_err(|e| fail(e, None))?;
+    // Lossy: a stray Latin-1 byte in a comment must not make the whole file unreadable; in a
+    // value p11ha reads, the U+FFFD it becomes is refused (`validate::check_text`).
     let text = String::from_utf8_lossy(&bytes);
-    parse_str(&text, path)
+    let sections = parse_sections(&text, path).map_err(|e| fail(e, None))?;
+    validate::build(&sections, path).map_err(|e| fail(e, log_settings_of(&sections, path)))
+}
+
+fn parse_sections(text: &str, path: &Path) -> Result<Vec<RawSection>, ConfigError> {
+    if is_ini(path) {
+        ini::parse(text, path)
+    } else {
+        brace::parse(text, path)
+    }
 }
 
 /// Parse and validate configuration text as if read from `path` (the format follows `path`'s
-/// extension, as in [`load`]). Provider libraries are still checked on the file system.
+/// extension, as in [`load`]). Provider libraries are still checked on the file system (and
+/// loaded, see `module_check`), directories of the HA log and journal by their metadata.
 pub fn parse_str(text: &str, path: &Path) -> Result<HaConfig, ConfigError> {
-    let sections = if is_ini(path) {
-        ini::parse(text, path)?
-    } else {
-        brace::parse(text, path)?
-    };
-    typed::build(&sections, path)
+    validate::build(&parse_sections(text, path)?, path)
+}
+
+fn log_settings_of(sections: &[RawSection], path: &Path) -> Option<LogSettings> {
+    let conf = validate::section(sections, validate::SEC_CONF);
+    ha_configuration::log_settings_lenient(&mut validate::Ctx::new(path), &conf)
 }
 
 /// The HA log settings of a file that failed validation, so the error can still be logged:
-/// `None` when the file cannot be read, does not parse, or sets no usable `haLogPath`.
+/// `None` when the file cannot be read, does not parse, or sets no usable `haLogPath`. Reads the
+/// file again: [`load_for_init`] gives the same from the one read.
 pub fn log_settings_best_effort(path: &Path) -> Option<LogSettings> {
-    let text = String::from_utf8_lossy(&std::fs::read(path).ok()?).into_owned();
-    let sections = if is_ini(path) {
-        ini::parse(&text, path)
-    } else {
-        brace::parse(&text, path)
-    }
-    .ok()?;
-    let get = |key: &str| {
-        sections
-            .iter()
-            .filter(|s| s.name.eq_ignore_ascii_case("HAConfiguration"))
-            .flat_map(|s| s.entries.iter())
-            .find(|e| e.key.eq_ignore_ascii_case(key))
-            .map(|e| e.value.trim().to_string())
-    };
-    let path = get("haLogPath").filter(|p| !p.is_empty())?;
-    let on = |v: Option<String>, default: bool| {
-        v.map_or(default, |v| {
-            matches!(
-                v.to_ascii_lowercase().as_str(),
-                "enabled" | "1" | "yes" | "true"
-            )
-        })
-    };
-    Some(LogSettings {
-        path: Some(PathBuf::from(path)),
-        enabled: on(get("haLogStatus"), true),
-        max_len: get("logLen")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(typed::DEFAULT_LOG_LEN),
-        to_stdout: on(get("haLogToStdout"), false),
-    })
+    let bytes = read::read(path).ok()?;
+    let sections = parse_sections(&String::from_utf8_lossy(&bytes), path).ok()?;
+    log_settings_of(&sections, path)
 }
