@@ -11,12 +11,13 @@ use std::sync::Arc;
 /// with one message naming file, line and key, on stderr and in the HA log when one is set.
 pub(crate) fn start() -> Result<Arc<Runtime>, CK_RV> {
     let path = config::locate();
-    let cfg = match config::load(&path) {
+    // One bounded read of the file, also for the HA log settings of a file it refuses.
+    let cfg = match config::load_for_init(&path) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("p11ha: configuration error: {e}");
-            if let Some(log) = config::log_settings_best_effort(&path) {
-                HaLog::open_sync(&log).config_error("", &e.to_string());
+        Err(f) => {
+            eprintln!("p11ha: configuration error: {}", f.error);
+            if let Some(log) = &f.log {
+                HaLog::open_sync(log).config_error("", &f.error.to_string());
             }
             return Err(CKR_GENERAL_ERROR);
         }
