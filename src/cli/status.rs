@@ -7,7 +7,7 @@ use crate::config::{self, GroupConfig, HaConfig, RecoveryMode};
 use crate::ffi::ca::{p11ha_group_status, P11haGroupStatus, P11HA_MAX_MEMBERS};
 use crate::ffi::table::C_GetFunctionList;
 use crate::ha::discovery::{list_tokens, trimmed_serial};
-use crate::provider::Provider;
+use crate::provider::{Connected, Provider};
 use crate::rv::rv_name;
 use cryptoki_sys::*;
 use std::ffi::CStr;
@@ -220,7 +220,9 @@ pub(super) fn check_member(
     let deadline = Instant::now() + cfg.connect_timeout;
     let mut tokens = Vec::new();
     for p in &cfg.providers {
-        if let Ok(inst) = Provider::new(p, cfg.receive_timeout).connect(deadline) {
+        // A provider still initializing at the deadline is one the CLI cannot check.
+        if let Ok(Connected::Ready(inst)) = Provider::new(p, cfg.receive_timeout).connect(deadline)
+        {
             tokens.extend(list_tokens(&inst));
             inst.retire(cfg.connect_timeout);
         }

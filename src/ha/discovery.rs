@@ -3,7 +3,8 @@
 
 use super::member::Member;
 use crate::bounded;
-use crate::provider::{Instance, LoadError, Provider};
+use crate::provider::load::Fns;
+use crate::provider::{Connected, Initializing, Instance, LoadError, Provider};
 use cryptoki_sys::*;
 use parking_lot::Mutex;
 use std::sync::Arc;
@@ -16,7 +17,17 @@ pub struct ProviderSlot {
     pub last_error: Mutex<Option<LoadError>>,
     /// Instances taken out of service while a call was still inside them (a hung member).
     pub(crate) retired: Mutex<Vec<Arc<Instance>>>,
+    /// A connection attempt still inside C_Initialize (a stopped server): at most one per
+    /// provider, however many recovery rounds pass.
+    connecting: Mutex<Option<Initializing>>,
+    /// A function table that is not initialized (its instance was finalized, or its
+    /// C_Initialize failed), to initialize again instead of asking for a new one.
+    spare: Mutex<Option<Fns>>,
 }
+
+/// How long a recovery waits for the calls inside an instance it replaces; one still inside
+/// after that (a hung member) is set aside and finalized by a later round.
+const DRAIN: Duration = Duration::from_millis(250);
 
 impl ProviderSlot {
     pub fn new(provider: Provider) -> Self {
@@ -25,15 +36,22 @@ impl ProviderSlot {
             instance: Mutex::new(None),
             last_error: Mutex::new(None),
             retired: Mutex::new(Vec::new()),
+            connecting: Mutex::new(None),
+            spare: Mutex::new(None),
         }
     }
 
     /// Takes the current instance out of service and finalizes it, giving calls inside `drain`
-    /// to return; one still busy is set aside for [`ProviderSlot::sweep_retired`].
+    /// to return; one still busy is set aside for [`ProviderSlot::sweep_retired`]. A finalized
+    /// instance's table is kept to be initialized again.
     pub fn retire_current(&self, drain: Duration) {
         let old = self.instance.lock().take();
-        if let Some(old) = old.filter(|old| !old.retire(drain)) {
-            self.retired.lock().push(old);
+        if let Some(old) = old {
+            if old.retire(drain) {
+                *self.spare.lock() = Some(old.fns);
+            } else {
+                self.retired.lock().push(old);
+            }
         }
     }
 
@@ -48,6 +66,69 @@ impl ProviderSlot {
             }
             !old.retire(Duration::ZERO)
         });
+    }
+
+    /// A new current instance: the one a hanging C_Initialize has meanwhile made, else the
+    /// spare table initialized again, else a fresh C_GetFunctionList. While a C_Initialize is
+    /// still hanging no other is started (`LoadError::TimedOut`).
+    pub fn reconnect(&self, connect_timeout: Duration) -> Result<Arc<Instance>, LoadError> {
+        let deadline = Instant::now() + connect_timeout;
+        let hanging = self.connecting.lock().take();
+        let attempt = match hanging {
+            Some(init) => match init.wait(Duration::ZERO) {
+                Ok(Connected::Initializing(init)) => {
+                    *self.connecting.lock() = Some(init);
+                    return Err(LoadError::TimedOut);
+                }
+                Ok(ready) => {
+                    self.retire_current(DRAIN);
+                    Ok(ready)
+                }
+                // It failed on its own: its table is not initialized and can be used again.
+                Err(_) => self.fresh(deadline),
+            },
+            None => {
+                self.retire_current(DRAIN);
+                self.fresh(deadline)
+            }
+        };
+        self.take(attempt)
+    }
+
+    fn fresh(&self, deadline: Instant) -> Result<Connected, LoadError> {
+        let spare = self.spare.lock().take();
+        match spare {
+            Some(fns) => self.provider.reinitialize(fns, deadline),
+            None => self.provider.connect(deadline),
+        }
+    }
+
+    /// Makes a connection attempt's instance current, or keeps what is needed to go on.
+    fn take(&self, attempt: Result<Connected, LoadError>) -> Result<Arc<Instance>, LoadError> {
+        match attempt {
+            Ok(Connected::Ready(inst)) => {
+                *self.instance.lock() = Some(inst.clone());
+                *self.last_error.lock() = None;
+                Ok(inst)
+            }
+            Ok(Connected::Initializing(init)) => {
+                *self.connecting.lock() = Some(init);
+                *self.last_error.lock() = Some(LoadError::TimedOut);
+                Err(LoadError::TimedOut)
+            }
+            Err(e) => {
+                *self.last_error.lock() = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    /// Everything this provider holds, for C_Finalize: current, set-aside and still
+    /// initializing instances (the last ones are waited for by `Ha::shutdown` like the others).
+    pub(crate) fn take_all(&self) -> (Vec<Arc<Instance>>, Option<Initializing>) {
+        let mut all = std::mem::take(&mut *self.retired.lock());
+        all.extend(self.instance.lock().take());
+        (all, self.connecting.lock().take())
     }
 }
 
@@ -70,37 +151,27 @@ pub fn bind(m: &Member, f: &Found) {
     m.bring_up(f.instance.view(), f.slot, f.token, mechanisms);
 }
 
-type Tokens = Vec<(CK_SLOT_ID, CK_TOKEN_INFO)>;
-
 /// Connects the providers in parallel and lists the tokens each one shows.
 pub fn discover(providers: &[ProviderSlot], deadline: Instant) -> Vec<Found> {
     let pending: Vec<_> = providers
         .iter()
         .map(|p| {
             let provider = Provider::clone_config(&p.provider);
-            bounded::start(move || -> Result<(Arc<Instance>, Tokens), LoadError> {
-                let inst = provider.connect(deadline)?;
-                let tokens = list_tokens(&inst);
-                Ok((inst, tokens))
-            })
+            bounded::start(move || provider.connect(deadline))
         })
         .collect();
     let mut found = Vec::new();
     for (i, p) in pending.into_iter().enumerate() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match p.wait(left) {
-            Ok(Ok((inst, tokens))) => {
-                *providers[i].instance.lock() = Some(inst.clone());
-                *providers[i].last_error.lock() = None;
-                found.extend(tokens.into_iter().map(|(slot, token)| Found {
-                    provider: i,
-                    instance: inst.clone(),
-                    slot,
-                    token,
-                }));
-            }
-            Ok(Err(e)) => *providers[i].last_error.lock() = Some(e),
-            Err(_) => *providers[i].last_error.lock() = Some(LoadError::TimedOut),
+        // connect() gives up at the deadline itself; the margin is for it to say so.
+        let left = deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(500);
+        let attempt = p.wait(left).unwrap_or(Err(LoadError::TimedOut));
+        if let Ok(inst) = providers[i].take(attempt) {
+            found.extend(list_tokens(&inst).into_iter().map(|(slot, token)| Found {
+                provider: i,
+                instance: inst.clone(),
+                slot,
+                token,
+            }));
         }
     }
     found
@@ -137,22 +208,16 @@ pub fn find_member(
                 None => continue,
             }
         }
-        // The old instance is finalized first, and only then a new one initialized: most modules
-        // (SoftHSM among them) hand out one shared instance, which a late C_Finalize of the old
-        // one would take away from the new. Calls still inside it get the connect timeout to
-        // return; one that does not (a hung member) keeps the old instance alive, unfinalized.
-        p.retire_current(connect_timeout);
-        match p.provider.connect(Instant::now() + connect_timeout) {
+        // An instance no member uses is replaced: finalized first, and only then initialized
+        // again, since most modules (SoftHSM among them) hand out one shared instance, which a
+        // late C_Finalize of the old one would take away from the new.
+        match p.reconnect(connect_timeout) {
             Ok(inst) => {
-                *p.instance.lock() = Some(inst.clone());
                 if let Some(f) = in_instance(i, &inst, serial) {
                     return Ok(f);
                 }
             }
-            Err(e) => {
-                last = e.rv();
-                *p.last_error.lock() = Some(e);
-            }
+            Err(e) => last = e.rv(),
         }
     }
     Err(last)

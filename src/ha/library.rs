@@ -8,13 +8,13 @@ use super::session::{CkResult, Session};
 use crate::bounded;
 use crate::config::HaConfig;
 use crate::halog::HaLog;
-use crate::provider::Provider;
+use crate::provider::{Connected, Provider};
 use cryptoki_sys::*;
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Session handles are unique in the process and never reused.
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
@@ -197,17 +197,30 @@ impl Ha {
             s.close();
             s.group.session_closed();
         }
+        let deadline = Instant::now() + self.config.connect_timeout;
         let pending: Vec<_> = self
             .providers
             .iter()
             .flat_map(|p| {
-                let mut all = std::mem::take(&mut *p.retired.lock());
-                all.extend(p.instance.lock().take());
-                all
+                let (instances, initializing) = p.take_all();
+                let finish = initializing.map(move |init| {
+                    bounded::start(move || {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        // One that comes back now is finalized like the others; one that
+                        // still hangs cannot be (C_Finalize during C_Initialize): it is left.
+                        if let Ok(Connected::Ready(inst)) = init.wait(left) {
+                            inst.retire(Duration::ZERO);
+                        }
+                        true
+                    })
+                });
+                instances
+                    .into_iter()
+                    .map(|inst| bounded::start(move || inst.retire(drain)))
+                    .chain(finish)
+                    .collect::<Vec<_>>()
             })
-            .map(|inst| bounded::start(move || inst.retire(drain)))
             .collect();
-        let deadline = Instant::now() + self.config.connect_timeout;
         for p in pending {
             let _ = p.wait(deadline.saturating_duration_since(Instant::now()));
         }

@@ -19,7 +19,7 @@ pub mod outcome;
 
 pub use calls::{buffer, AttributeValues, Data, OpKind, Output};
 pub use instance::Instance;
-pub use load::{LoadError, Provider, ENV_GRACE};
+pub use load::{Connected, Initializing, LoadError, Provider, ENV_GRACE};
 pub use outcome::{check, is_deactivation, Fault, MemberResult, RV_TIMEOUT};
 
 pub(crate) use load::after_fork_in_child;
