@@ -149,6 +149,9 @@ pub enum Event<'a> {
     RecoveryNowActivated { member: &'a str },
     /// p11ha's own: a configuration error.
     ConfigError { message: &'a str },
+    /// p11ha's own: the log or journal directory lets other users interfere (see
+    /// [`crate::safe_file::check_dir`]).
+    UnsafeDirectory { message: &'a str },
 }
 
 impl Event<'_> {
@@ -179,6 +182,7 @@ impl Event<'_> {
             | Event::RecoveryNotActivated { .. }
             | Event::RecoveryNowActivated { .. } => "No ID",
             Event::ConfigError { .. } => "P11HA_CONFIG_ERROR",
+            Event::UnsafeDirectory { .. } => "P11HA_UNSAFE_DIRECTORY",
         }
     }
 }
@@ -286,6 +290,7 @@ impl fmt::Display for Event<'_> {
             Event::ConfigError { message } => {
                 write!(f, "configuration error: {}", Clean(message))
             }
+            Event::UnsafeDirectory { message } => write!(f, "warning: {}", Clean(message)),
         }
     }
 }
@@ -319,12 +324,14 @@ where
     line
 }
 
-/// The line the writer adds after records were dropped because the queue was full.
-fn dropped_line(count: u64) -> String {
+/// The line the writer adds after records were dropped: `why` is `queue full`, or why they
+/// could not be written (the lock held by another process for too long, a refused file).
+fn dropped_line(count: u64, why: &str) -> String {
     format!(
-        "{} : [{}] HA log: {count} records dropped (queue full)\n",
+        "{} : [{}] HA log: {count} records dropped ({})\n",
         Local::now().format("%a %b %e %H:%M:%S %Y"),
-        std::process::id()
+        std::process::id(),
+        Clean(why)
     )
 }
 
@@ -340,6 +347,10 @@ struct Sink {
     to_stdout: bool,
     /// A write error was reported on stderr already (report the first one only).
     error_reported: bool,
+    /// Records that could not be written since the last write that succeeded, and why: the next
+    /// write that succeeds starts with one line saying so.
+    lost: u64,
+    lost_why: String,
 }
 
 impl Sink {
@@ -347,13 +358,26 @@ impl Sink {
         if batch.is_empty() {
             return;
         }
-        if let Err(e) = self.file.append(batch) {
-            if !self.error_reported {
-                self.error_reported = true;
-                eprintln!(
-                    "p11ha: HA log write failed: {}: {e}",
-                    self.file.dir().display()
-                );
+        let result = if self.lost > 0 {
+            let mut all = Vec::with_capacity(batch.len() + 1);
+            all.push(dropped_line(self.lost, &self.lost_why));
+            all.extend_from_slice(batch);
+            self.file.append(&all)
+        } else {
+            self.file.append(batch)
+        };
+        match result {
+            Ok(()) => self.lost = 0,
+            Err(e) => {
+                self.lost += batch.len() as u64;
+                self.lost_why = e.to_string();
+                if !self.error_reported {
+                    self.error_reported = true;
+                    eprintln!(
+                        "p11ha: HA log write failed: {}: {e}; records are dropped and counted",
+                        self.file.dir().display()
+                    );
+                }
             }
         }
         if self.to_stdout {
@@ -367,6 +391,20 @@ impl Sink {
         let _ = self.file.sync();
         if self.to_stdout {
             let _ = std::io::stdout().lock().flush();
+        }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        // The file never got the count: say it where it can still be seen.
+        if self.lost > 0 {
+            eprintln!(
+                "p11ha: HA log {}: {} records dropped ({})",
+                self.file.dir().display(),
+                self.lost,
+                self.lost_why
+            );
         }
     }
 }
@@ -420,7 +458,7 @@ fn writer_thread(rx: Receiver<Msg>, sink: Arc<Mutex<Sink>>, dropped: Arc<AtomicU
         }
         let lost = dropped.swap(0, Ordering::Relaxed);
         if lost > 0 {
-            batch.push(dropped_line(lost));
+            batch.push(dropped_line(lost, "queue full"));
         }
         let mut sink = sink.lock();
         sink.write(&batch);
@@ -472,10 +510,16 @@ impl HaLog {
                 return HaLog::disabled();
             }
         };
+        let warning = file
+            .warning()
+            .filter(|w| crate::safe_file::is_new(w))
+            .map(|w| format!("HA log directory {w}"));
         let sink = Arc::new(Mutex::new(Sink {
             file,
             to_stdout: settings.to_stdout,
             error_reported: false,
+            lost: 0,
+            lost_why: String::new(),
         }));
         let queue = (!sync).then(|| {
             let (tx, rx) = crossbeam_channel::bounded(QUEUE_CAPACITY);
@@ -488,9 +532,14 @@ impl HaLog {
                 no_thread: AtomicBool::new(false),
             }
         });
-        HaLog {
+        let log = HaLog {
             inner: Some(Arc::new(Inner { sink, queue })),
+        };
+        if let Some(w) = warning {
+            eprintln!("p11ha: warning: {w}");
+            log.event("", Event::UnsafeDirectory { message: &w });
         }
+        log
     }
 
     pub fn is_enabled(&self) -> bool {
@@ -653,7 +702,7 @@ fn drain_sync(q: &Queue, sink: &mut Sink) {
     }
     let lost = q.dropped.swap(0, Ordering::Relaxed);
     if lost > 0 {
-        batch.push(dropped_line(lost));
+        batch.push(dropped_line(lost, "queue full"));
     }
     sink.write(&batch);
 }
