@@ -3,8 +3,9 @@
 //! wait for a lock. Every writer opens, checks and locks through here, so the rules live in one
 //! place.
 //!
-//! - **Files** are opened with `O_NOFOLLOW` (a symbolic link as the last component fails with
-//!   `ELOOP`, dangling or not, so `O_CREAT` never creates a link's target), `O_NONBLOCK` (a FIFO
+//! - **Files** are opened with `O_NOFOLLOW` (a symbolic link as the last component fails, dangling
+//!   or not: `ELOOP`, or `EACCES` with `O_CREAT` in a sticky directory; so `O_CREAT` never
+//!   creates a link's target), `O_NONBLOCK` (a FIFO
 //!   or device never blocks the open) and `O_CLOEXEC`; created with mode 0600. The descriptor is
 //!   then checked with `fstat`: a regular file, owned by the effective user, with exactly one
 //!   link (a second name could be a planted hard link to a file p11ha must not write). A file
@@ -15,7 +16,7 @@
 //!   who is neither this process's user nor root gives a warning ([`is_new`] makes it once per
 //!   directory and process).
 //! - **Locks** (`flock`) are tried with `LOCK_NB` and polled until [`LOCK_WAIT`]; after a wait ran
-//!   out, the next attempts on that lock file try once without waiting, until one succeeds. So a
+//!   out, the next attempts on that lock file wait [`STUCK_WAIT`] only, until one succeeds. So a
 //!   holder that never lets go costs one bounded wait per lock file, not one per record.
 
 use std::ffi::{CStr, CString};
@@ -36,7 +37,12 @@ use std::time::{Duration, Instant};
 /// hang.
 pub const LOCK_WAIT: Duration = Duration::from_secs(2);
 
-/// Longest sleep between two lock attempts (they start at 0.2 ms and double).
+/// The wait for a lock that was held too long last time: enough for another p11ha process's
+/// write, not enough to add up when every record of a C_Finalize tries.
+pub const STUCK_WAIT: Duration = Duration::from_millis(20);
+
+/// Longest sleep between two lock attempts (after a few yields, they start at 50 µs and
+/// double).
 const MAX_POLL_SLEEP: Duration = Duration::from_millis(20);
 
 /// How a file is opened. Every mode creates the file (mode 0600) when it does not exist.
@@ -299,7 +305,7 @@ pub enum LockKind {
 pub struct Locker {
     /// The lock file's name, for messages.
     name: String,
-    /// The last wait ran out: try once, do not wait, until an attempt succeeds.
+    /// The last wait ran out: wait [`STUCK_WAIT`] only, until an attempt succeeds.
     stuck: AtomicBool,
 }
 
@@ -321,11 +327,11 @@ impl Locker {
         }
     }
 
-    /// Locks `file` within [`LOCK_WAIT`] (at once, or not at all, while stuck). Running out is
-    /// an error of kind `TimedOut`.
+    /// Locks `file` within [`LOCK_WAIT`] ([`STUCK_WAIT`] while stuck). Running out is an error
+    /// of kind `TimedOut`.
     pub fn lock<'a>(&self, file: &'a File, kind: LockKind) -> io::Result<Held<'a>> {
         let stuck = self.stuck.load(Ordering::Relaxed);
-        let wait = if stuck { Duration::ZERO } else { LOCK_WAIT };
+        let wait = if stuck { STUCK_WAIT } else { LOCK_WAIT };
         match lock_within(file, kind, wait) {
             Ok(true) => {
                 self.stuck.store(false, Ordering::Relaxed);
@@ -333,20 +339,16 @@ impl Locker {
             }
             Ok(false) => {
                 self.stuck.store(true, Ordering::Relaxed);
-                let how = if stuck {
-                    "is still held by another process"
+                let message = if stuck {
+                    format!("the lock on {} is still held by another process", self.name)
                 } else {
-                    "was held by another process for longer than"
+                    format!(
+                        "the lock on {} was held by another process for longer than {} s",
+                        self.name,
+                        LOCK_WAIT.as_secs()
+                    )
                 };
-                let limit = if stuck {
-                    String::new()
-                } else {
-                    format!(" {} s", LOCK_WAIT.as_secs())
-                };
-                Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("the lock on {} {how}{limit}", self.name),
-                ))
+                Err(io::Error::new(io::ErrorKind::TimedOut, message))
             }
             Err(e) => Err(io::Error::new(
                 e.kind(),
@@ -364,7 +366,8 @@ fn lock_within(file: &File, kind: LockKind, wait: Duration) -> io::Result<bool> 
         LockKind::Exclusive => libc::LOCK_EX,
     } | libc::LOCK_NB;
     let deadline = Instant::now() + wait;
-    let mut pause = Duration::from_micros(200);
+    let mut pause = Duration::from_micros(50);
+    let mut spins = 0;
     loop {
         // SAFETY: flock on a descriptor the caller keeps open.
         if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
@@ -379,6 +382,13 @@ fn lock_within(file: &File, kind: LockKind, wait: Duration) -> io::Result<bool> 
         let now = Instant::now();
         if now >= deadline {
             return Ok(false);
+        }
+        // A holder that is another p11ha writer lets go within microseconds: yield a few
+        // times before sleeping.
+        if spins < 8 {
+            spins += 1;
+            std::thread::yield_now();
+            continue;
         }
         std::thread::sleep(pause.min(deadline - now));
         pause = (pause * 2).min(MAX_POLL_SLEEP);
@@ -684,7 +694,7 @@ mod tests {
     }
 
     #[test]
-    fn a_held_lock_is_waited_for_once_then_tried_once() {
+    fn a_held_lock_is_waited_for_once_then_only_briefly() {
         let d = dir();
         let p = d.path().join("lock");
         // flock belongs to the open file: a second open conflicts even in this process.

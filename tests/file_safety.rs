@@ -183,8 +183,8 @@ impl Victims {
             assert!(meta.is_file(), "{} replaced", p.display());
             assert_eq!(meta.nlink(), 1, "{} gained a link", p.display());
             assert_eq!(
-                &std::fs::read(p).unwrap(),
-                content,
+                String::from_utf8_lossy(&std::fs::read(p).unwrap()),
+                String::from_utf8_lossy(content),
                 "{} was written",
                 p.display()
             );
@@ -342,6 +342,7 @@ fn links_another_user_planted_are_never_followed() {
     // As C_Initialize opens them: refused, and said so on stderr.
     let run = run_cmd(child_cmd("open", d), WITHIN);
     run.assert_ok();
+    victims.assert_untouched();
     let lines = p11ha_lines(&run);
     let shown = d.display();
     assert!(
@@ -423,13 +424,18 @@ fn files_another_user_created_are_not_reused() {
             ],
         );
     }
-    let before: Vec<Vec<u8>> = theirs
+    let before: Vec<String> = theirs
         .iter()
-        .map(|n| std::fs::read(d.join(n)).unwrap())
+        .map(|n| std::fs::read_to_string(d.join(n)).unwrap())
         .collect();
 
     let run = run_cmd(child_cmd("open", d), WITHIN);
     run.assert_ok();
+    let now: Vec<String> = theirs
+        .iter()
+        .map(|n| std::fs::read_to_string(d.join(n)).unwrap())
+        .collect();
+    assert_eq!(now, before, "their files were written or truncated");
     let lines = p11ha_lines(&run);
     let not_ours = |name: &str| {
         format!(
@@ -457,9 +463,9 @@ fn files_another_user_created_are_not_reused() {
     let err = LogFile::open(d, 100).err().expect("their log refused");
     assert!(err.starts_with(&not_ours("haErrorLog.txt")), "{err}");
 
-    let after: Vec<Vec<u8>> = theirs
+    let after: Vec<String> = theirs
         .iter()
-        .map(|n| std::fs::read(d.join(n)).unwrap_or_default())
+        .map(|n| std::fs::read_to_string(d.join(n)).unwrap_or_default())
         .collect();
     assert_eq!(after[0], before[0], "their log was written");
     assert_eq!(after[2], before[2], "their journal was written");

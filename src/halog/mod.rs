@@ -20,7 +20,12 @@
 //! See [`writer`]: records are appended to `<haLogPath>/haErrorLog.txt` under an exclusive lock on
 //! `<haLogPath>/.haErrorLog.lock`, one `write(2)` per batch on an `O_APPEND` descriptor; a record
 //! that takes the file to `max_len` bytes or more is completed and the file is then renamed to
-//! `haErrorLog.<UTC yyyymmddTHHMMSS>.<nanoseconds>Z.txt`.
+//! `haErrorLog.<UTC yyyymmddTHHMMSS>.<nanoseconds>Z.txt`. The files are opened and the lock is
+//! taken through [`crate::safe_file`]: no link followed, no other user's file reused, the lock
+//! waited for at most [`crate::safe_file::LOCK_WAIT`]. Records that could not be written (the
+//! lock held too long by another process, a refused file) are dropped and counted, and the next
+//! batch written starts with `... HA log: N records dropped (<why>)`. A warning about the
+//! directory (writable by others) is the first record.
 //!
 //! By default ([`HaLog::open`]) the caller's thread only formats the line and puts it on a bounded
 //! in-memory queue ([`QUEUE_CAPACITY`] records); one background writer thread per log (started on the
@@ -484,8 +489,9 @@ impl HaLog {
         HaLog { inner: None }
     }
 
-    /// Opens the log per settings; a missing/unwritable directory prints one line on stderr and
-    /// returns a disabled log. Records are written by a background thread (see the module docs).
+    /// Opens the log per settings; a missing, unwritable or refused directory or file (see
+    /// [`crate::safe_file`]) prints one line on stderr and returns a disabled log. Never waits
+    /// for the lock. Records are written by a background thread (see the module docs).
     pub fn open(settings: &LogSettings) -> HaLog {
         Self::open_mode(settings, false)
     }
