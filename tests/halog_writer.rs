@@ -246,8 +246,11 @@ fn stderr_child() {
     log.flush();
     let log = HaLog::open(&settings(&dir.join("file"), 0));
     assert!(!log.is_enabled());
+    let log = HaLog::open(&settings(Path::new("/proc"), 0));
+    assert!(!log.is_enabled());
 }
 
+/// A missing directory, a file, and /proc (which exists, but where nothing can be created).
 #[test]
 fn missing_directory_one_stderr_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -266,6 +269,9 @@ fn missing_directory_one_stderr_line() {
         vec![
             format!("p11ha: HA log disabled: {d}/missing: directory does not exist"),
             format!("p11ha: HA log disabled: {d}/file: not a directory"),
+            "p11ha: HA log disabled: /proc: cannot open or create .haErrorLog.lock: /proc is on a \
+             proc file system, where files cannot be created (ENOENT)"
+                .to_string(),
         ]
     );
 }

@@ -23,16 +23,20 @@
 //!
 //! `<identity>` is `type=value,...` in hex (`-` when empty), `<types>` is `type,...` in hex.
 //! When every record is settled the file is truncated.
+//!
+//! The file is opened (for every operation) and locked through [`crate::safe_file`]: never
+//! through a link, never another user's file, a lock waited for at most
+//! [`crate::safe_file::LOCK_WAIT`]. An operation that fails is an error to [`Ledger`], which keeps
+//! new records in this process's memory then.
 
 use super::objects::Identity;
 use crate::mechanism::Attr;
+use crate::safe_file::{self, Access, LockKind, Locker};
 use cryptoki_sys::CK_ATTRIBUTE_TYPE;
 use parking_lot::Mutex;
 use std::collections::HashSet;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -185,25 +189,32 @@ fn new_id() -> String {
 /// The journal file of one group.
 pub struct Journal {
     path: PathBuf,
+    locker: Locker,
+    /// What is risky about the directory, to be said once (see [`safe_file::check_dir`]).
+    warning: Option<String>,
 }
 
 impl Journal {
     /// Opens (creating it with mode 0600) the journal of the group with serial `group` in `dir`.
+    /// Refused, with the reason, for a directory or a file [`safe_file`] refuses; takes no lock,
+    /// so it never waits. A warning about the directory is printed on stderr, once per process
+    /// (not at all when the HA log in the same directory gave it).
     pub fn open(dir: &Path, group: &str) -> io::Result<Journal> {
-        if !dir.is_dir() {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("{} is not a directory", dir.display()),
-            ));
-        }
+        let warning = safe_file::check_dir(dir)?;
         let name: String = group
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
             .collect();
+        let file_name = format!("p11ha-{name}.journal");
         let j = Journal {
-            path: dir.join(format!("p11ha-{name}.journal")),
+            path: dir.join(&file_name),
+            locker: Locker::new(file_name),
+            warning,
         };
-        j.locked(libc::LOCK_SH, |_| Ok(()))?;
+        safe_file::open(&j.path, Access::ReadAppend)?;
+        if let Some(w) = j.warning.as_deref().filter(|w| safe_file::is_new(w)) {
+            eprintln!("p11ha: warning: journal directory {w}");
+        }
         Ok(j)
     }
 
@@ -211,27 +222,23 @@ impl Journal {
         &self.path
     }
 
-    fn locked<T>(
-        &self,
-        how: libc::c_int,
-        f: impl FnOnce(&mut File) -> io::Result<T>,
-    ) -> io::Result<T> {
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(&self.path)?;
-        // SAFETY: flock on a descriptor we own; the lock goes with the descriptor on close.
-        if unsafe { libc::flock(file.as_raw_fd(), how) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        f(&mut file)
+    /// What is risky about the directory, if anything (see [`safe_file::check_dir`]); printed on
+    /// stderr by [`Journal::open`] unless already given.
+    pub fn warning(&self) -> Option<&str> {
+        self.warning.as_deref()
+    }
+
+    fn locked<T>(&self, how: LockKind, f: impl FnOnce(&File) -> io::Result<T>) -> io::Result<T> {
+        // Opened again each time, so the name is checked again (someone may have removed the
+        // file, and a name we did not create is refused).
+        let file = safe_file::open(&self.path, Access::ReadAppend)?;
+        let _held = self.locker.lock(&file, how)?;
+        f(&file)
     }
 
     fn append(&self, owed: &[Owed]) -> io::Result<()> {
         let text: String = owed.iter().map(|o| format!("{}\n", encode(o))).collect();
-        self.locked(libc::LOCK_EX, |f| f.write_all(text.as_bytes()))
+        self.locked(LockKind::Exclusive, |mut f| f.write_all(text.as_bytes()))
     }
 
     fn settle(&self, done: &[Owed]) -> io::Result<()> {
@@ -239,7 +246,7 @@ impl Journal {
             .iter()
             .map(|o| format!("- {} {}\n", o.id, hex(o.serial.as_bytes())))
             .collect();
-        self.locked(libc::LOCK_EX, |f| {
+        self.locked(LockKind::Exclusive, |mut f| {
             f.write_all(text.as_bytes())?;
             if live_records(&read_text(f)?).is_empty() {
                 f.set_len(0)?;
@@ -249,11 +256,11 @@ impl Journal {
     }
 
     fn live(&self) -> io::Result<Vec<Owed>> {
-        self.locked(libc::LOCK_SH, |f| Ok(live_records(&read_text(f)?)))
+        self.locked(LockKind::Shared, |f| Ok(live_records(&read_text(f)?)))
     }
 }
 
-fn read_text(f: &mut File) -> io::Result<String> {
+fn read_text(mut f: &File) -> io::Result<String> {
     let mut text = String::new();
     f.seek(SeekFrom::Start(0))?;
     f.read_to_string(&mut text)?;
@@ -375,6 +382,7 @@ fn unhex_str(s: &str) -> Option<String> {
 mod tests {
     use super::*;
     use cryptoki_sys::*;
+    use std::fs::OpenOptions;
 
     fn key(label: &str) -> Identity {
         Identity::from_attrs(vec![

@@ -20,7 +20,12 @@
 //! See [`writer`]: records are appended to `<haLogPath>/haErrorLog.txt` under an exclusive lock on
 //! `<haLogPath>/.haErrorLog.lock`, one `write(2)` per batch on an `O_APPEND` descriptor; a record
 //! that takes the file to `max_len` bytes or more is completed and the file is then renamed to
-//! `haErrorLog.<UTC yyyymmddTHHMMSS>.<nanoseconds>Z.txt`.
+//! `haErrorLog.<UTC yyyymmddTHHMMSS>.<nanoseconds>Z.txt`. The files are opened and the lock is
+//! taken through [`crate::safe_file`]: no link followed, no other user's file reused, the lock
+//! waited for at most [`crate::safe_file::LOCK_WAIT`]. Records that could not be written (the
+//! lock held too long by another process, a refused file) are dropped and counted, and the next
+//! batch written starts with `... HA log: N records dropped (<why>)`. A warning about the
+//! directory (writable by others) is the first record.
 //!
 //! By default ([`HaLog::open`]) the caller's thread only formats the line and puts it on a bounded
 //! in-memory queue ([`QUEUE_CAPACITY`] records); one background writer thread per log (started on the
@@ -149,6 +154,9 @@ pub enum Event<'a> {
     RecoveryNowActivated { member: &'a str },
     /// p11ha's own: a configuration error.
     ConfigError { message: &'a str },
+    /// p11ha's own: the log or journal directory lets other users interfere (see
+    /// [`crate::safe_file::check_dir`]).
+    UnsafeDirectory { message: &'a str },
 }
 
 impl Event<'_> {
@@ -179,6 +187,7 @@ impl Event<'_> {
             | Event::RecoveryNotActivated { .. }
             | Event::RecoveryNowActivated { .. } => "No ID",
             Event::ConfigError { .. } => "P11HA_CONFIG_ERROR",
+            Event::UnsafeDirectory { .. } => "P11HA_UNSAFE_DIRECTORY",
         }
     }
 }
@@ -286,6 +295,7 @@ impl fmt::Display for Event<'_> {
             Event::ConfigError { message } => {
                 write!(f, "configuration error: {}", Clean(message))
             }
+            Event::UnsafeDirectory { message } => write!(f, "warning: {}", Clean(message)),
         }
     }
 }
@@ -319,12 +329,14 @@ where
     line
 }
 
-/// The line the writer adds after records were dropped because the queue was full.
-fn dropped_line(count: u64) -> String {
+/// The line the writer adds after records were dropped: `why` is `queue full`, or why they
+/// could not be written (the lock held by another process for too long, a refused file).
+fn dropped_line(count: u64, why: &str) -> String {
     format!(
-        "{} : [{}] HA log: {count} records dropped (queue full)\n",
+        "{} : [{}] HA log: {count} records dropped ({})\n",
         Local::now().format("%a %b %e %H:%M:%S %Y"),
-        std::process::id()
+        std::process::id(),
+        Clean(why)
     )
 }
 
@@ -340,6 +352,10 @@ struct Sink {
     to_stdout: bool,
     /// A write error was reported on stderr already (report the first one only).
     error_reported: bool,
+    /// Records that could not be written since the last write that succeeded, and why: the next
+    /// write that succeeds starts with one line saying so.
+    lost: u64,
+    lost_why: String,
 }
 
 impl Sink {
@@ -347,13 +363,26 @@ impl Sink {
         if batch.is_empty() {
             return;
         }
-        if let Err(e) = self.file.append(batch) {
-            if !self.error_reported {
-                self.error_reported = true;
-                eprintln!(
-                    "p11ha: HA log write failed: {}: {e}",
-                    self.file.dir().display()
-                );
+        let result = if self.lost > 0 {
+            let mut all = Vec::with_capacity(batch.len() + 1);
+            all.push(dropped_line(self.lost, &self.lost_why));
+            all.extend_from_slice(batch);
+            self.file.append(&all)
+        } else {
+            self.file.append(batch)
+        };
+        match result {
+            Ok(()) => self.lost = 0,
+            Err(e) => {
+                self.lost += batch.len() as u64;
+                self.lost_why = e.to_string();
+                if !self.error_reported {
+                    self.error_reported = true;
+                    eprintln!(
+                        "p11ha: HA log write failed: {}: {e}; records are dropped and counted",
+                        self.file.dir().display()
+                    );
+                }
             }
         }
         if self.to_stdout {
@@ -367,6 +396,20 @@ impl Sink {
         let _ = self.file.sync();
         if self.to_stdout {
             let _ = std::io::stdout().lock().flush();
+        }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        // The file never got the count: say it where it can still be seen.
+        if self.lost > 0 {
+            eprintln!(
+                "p11ha: HA log {}: {} records dropped ({})",
+                self.file.dir().display(),
+                self.lost,
+                self.lost_why
+            );
         }
     }
 }
@@ -420,7 +463,7 @@ fn writer_thread(rx: Receiver<Msg>, sink: Arc<Mutex<Sink>>, dropped: Arc<AtomicU
         }
         let lost = dropped.swap(0, Ordering::Relaxed);
         if lost > 0 {
-            batch.push(dropped_line(lost));
+            batch.push(dropped_line(lost, "queue full"));
         }
         let mut sink = sink.lock();
         sink.write(&batch);
@@ -446,8 +489,9 @@ impl HaLog {
         HaLog { inner: None }
     }
 
-    /// Opens the log per settings; a missing/unwritable directory prints one line on stderr and
-    /// returns a disabled log. Records are written by a background thread (see the module docs).
+    /// Opens the log per settings; a missing, unwritable or refused directory or file (see
+    /// [`crate::safe_file`]) prints one line on stderr and returns a disabled log. Never waits
+    /// for the lock. Records are written by a background thread (see the module docs).
     pub fn open(settings: &LogSettings) -> HaLog {
         Self::open_mode(settings, false)
     }
@@ -472,10 +516,16 @@ impl HaLog {
                 return HaLog::disabled();
             }
         };
+        let warning = file
+            .warning()
+            .filter(|w| crate::safe_file::is_new(w))
+            .map(|w| format!("HA log directory {w}"));
         let sink = Arc::new(Mutex::new(Sink {
             file,
             to_stdout: settings.to_stdout,
             error_reported: false,
+            lost: 0,
+            lost_why: String::new(),
         }));
         let queue = (!sync).then(|| {
             let (tx, rx) = crossbeam_channel::bounded(QUEUE_CAPACITY);
@@ -488,9 +538,14 @@ impl HaLog {
                 no_thread: AtomicBool::new(false),
             }
         });
-        HaLog {
+        let log = HaLog {
             inner: Some(Arc::new(Inner { sink, queue })),
+        };
+        if let Some(w) = warning {
+            eprintln!("p11ha: warning: {w}");
+            log.event("", Event::UnsafeDirectory { message: &w });
         }
+        log
     }
 
     pub fn is_enabled(&self) -> bool {
@@ -653,7 +708,7 @@ fn drain_sync(q: &Queue, sink: &mut Sink) {
     }
     let lost = q.dropped.swap(0, Ordering::Relaxed);
     if lost > 0 {
-        batch.push(dropped_line(lost));
+        batch.push(dropped_line(lost, "queue full"));
     }
     sink.write(&batch);
 }

@@ -1,9 +1,12 @@
 //! The rotating `haErrorLog.txt` writer, safe across threads and processes.
 //!
-//! Every append happens with an exclusive `flock(2)` held on `<dir>/.haErrorLog.lock`; under it:
+//! Every append happens with an exclusive `flock(2)` held on `<dir>/.haErrorLog.lock`, waited for
+//! at most [`safe_file::LOCK_WAIT`] (then the append fails with `TimedOut` and the caller drops
+//! and counts its records); under it:
 //!
 //! 1. if `<dir>/haErrorLog.txt` is not the file our descriptor points at (another process rotated
-//!    it, or it was removed), open it again (`O_APPEND | O_CREAT`, mode 0600);
+//!    it, or it was removed), open it again through [`safe_file::open`] (no link followed, mode
+//!    0600 when created, refused unless a regular file of ours);
 //! 2. append the records with one `write(2)` per batch; a record that takes the file to
 //!    `max_len` bytes or more ends its batch;
 //! 3. when the file reached `max_len`, rename it to
@@ -13,100 +16,61 @@
 //! and every rotation uses `max(now, last + 1ns)`, so two rotations in the same second (or a clock
 //! stepping back) still give increasing names. The rename never replaces an existing file
 //! (`renameat2(RENAME_NOREPLACE)`, or `link` + `unlink` where that is not supported); should the name
-//! exist anyway, `_001`, `_002`, ... is appended (these sort after the plain name).
+//! exist anyway (a link someone planted included: neither call follows links), `_001`, `_002`, ...
+//! is appended (these sort after the plain name). It renames only the file our descriptor refers
+//! to: when `haErrorLog.txt` is something else by then, it is left alone.
 //!
 //! `max_len == 0` means no rotation.
 
 use chrono::{DateTime, Utc};
 use std::ffi::CString;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::{LOCK_FILE_NAME, LOG_FILE_NAME};
+use crate::safe_file::{self, Access, LockKind, Locker};
 
 /// The log file of one directory, as one process sees it.
 pub struct LogFile {
     dir: PathBuf,
     path: PathBuf,
     lock: File,
+    locker: Locker,
     max_len: u64,
     /// Open descriptor and the (dev, ino) it refers to.
     file: Option<(File, (u64, u64))>,
-}
-
-/// Exclusive `flock` on the lock file, released on drop.
-struct Locked<'a>(&'a File);
-
-impl<'a> Locked<'a> {
-    fn new(file: &'a File) -> io::Result<Self> {
-        loop {
-            // SAFETY: flock on a descriptor we own.
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
-                return Ok(Locked(file));
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(err);
-            }
-        }
-    }
-}
-
-impl Drop for Locked<'_> {
-    fn drop(&mut self) {
-        // SAFETY: flock on a descriptor we own.
-        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
-    }
-}
-
-fn open_mode_0600(path: &Path, append: bool) -> io::Result<File> {
-    let mut options = OpenOptions::new();
-    if append {
-        options.append(true);
-    } else {
-        options.read(true).write(true);
-    }
-    options.create(true).mode(0o600).open(path)
-}
-
-fn reason(e: &io::Error) -> String {
-    match e.kind() {
-        io::ErrorKind::NotFound => "directory does not exist".into(),
-        io::ErrorKind::PermissionDenied => "permission denied".into(),
-        _ => e.to_string(),
-    }
+    /// What is risky about the directory, to be said once (see [`safe_file::check_dir`]).
+    warning: Option<String>,
 }
 
 impl LogFile {
-    /// Checks that `dir` is an existing directory where the lock file and the log file can be
-    /// opened for writing. The error is a short reason for the one stderr line.
+    /// Checks that `dir` is a directory p11ha may write in and opens (creating them) the lock
+    /// file and the log file there, both checked by [`safe_file::open`]. It takes no lock, so it
+    /// never waits. The error is a short reason for the one stderr line.
     pub fn open(dir: &Path, max_len: u64) -> Result<LogFile, String> {
-        let meta = std::fs::metadata(dir).map_err(|e| reason(&e))?;
-        if !meta.is_dir() {
-            return Err("not a directory".into());
-        }
-        let lock_path = dir.join(LOCK_FILE_NAME);
-        let lock = open_mode_0600(&lock_path, false)
-            .map_err(|e| format!("{LOCK_FILE_NAME}: {}", reason(&e)))?;
+        let warning = safe_file::check_dir(dir).map_err(|e| e.to_string())?;
+        let lock = safe_file::open(&dir.join(LOCK_FILE_NAME), Access::ReadWrite)
+            .map_err(|e| e.to_string())?;
         let mut log = LogFile {
             dir: dir.to_path_buf(),
             path: dir.join(LOG_FILE_NAME),
             lock,
+            locker: Locker::new(LOCK_FILE_NAME),
             max_len,
             file: None,
+            warning,
         };
-        {
-            let lock = log.lock.try_clone().map_err(|e| e.to_string())?;
-            let _guard = Locked::new(&lock).map_err(|e| format!("{LOCK_FILE_NAME}: {e}"))?;
-            log.current()
-                .map_err(|e| format!("{LOG_FILE_NAME}: {}", reason(&e)))?;
-        }
+        // Without the lock another process may be rotating; `append` checks again under it.
+        log.current().map_err(|e| e.to_string())?;
         Ok(log)
+    }
+
+    /// What is risky about the directory, if anything (see [`safe_file::check_dir`]).
+    pub fn warning(&self) -> Option<&str> {
+        self.warning.as_deref()
     }
 
     pub fn dir(&self) -> &Path {
@@ -119,9 +83,10 @@ impl LogFile {
     }
 
     /// Appends the records (each one complete line) and rotates as described in the module docs.
+    /// Waits for the lock at most [`safe_file::LOCK_WAIT`] (an error of kind `TimedOut`).
     pub fn append(&mut self, records: &[String]) -> io::Result<()> {
         let lock = self.lock.try_clone()?;
-        let _guard = Locked::new(&lock)?;
+        let _guard = self.locker.lock(&lock, LockKind::Exclusive)?;
         let mut size = self.current()?.metadata()?.len();
         let mut buf: Vec<u8> = Vec::with_capacity(records.iter().map(String::len).sum());
         for record in records {
@@ -148,27 +113,33 @@ impl LogFile {
         }
     }
 
-    /// The descriptor of `haErrorLog.txt` as it is now on disk (call with the lock held).
+    /// The descriptor of `haErrorLog.txt` as it is now on disk (call with the lock held): opened
+    /// again, and checked again, when the name no longer refers to our file (another process
+    /// rotated or removed it, or something else took the name).
     fn current(&mut self) -> io::Result<&mut File> {
-        let on_disk = match std::fs::metadata(&self.path) {
-            Ok(m) => Some((m.dev(), m.ino())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(e),
-        };
+        let on_disk = safe_file::id_at(&self.path)?;
         let stale = match (&self.file, on_disk) {
             (Some((_, id)), Some(disk)) => *id != disk,
             _ => true,
         };
         if stale {
-            let file = open_mode_0600(&self.path, true)?;
-            let m = file.metadata()?;
-            self.file = Some((file, (m.dev(), m.ino())));
+            self.file = None;
+            let file = safe_file::open(&self.path, Access::Append)?;
+            let id = safe_file::id_of(&file)?;
+            self.file = Some((file, id));
         }
         Ok(&mut self.file.as_mut().unwrap().0)
     }
 
     /// Renames the full file to its rotated name (call with the lock held).
     fn rotate(&mut self) -> io::Result<()> {
+        // The rename moves whatever the name refers to: only ever our file. (Under the lock no
+        // p11ha process changes it; someone else did, so leave it and open afresh.)
+        let ours = self.file.as_ref().map(|(_, id)| *id);
+        if ours.is_none() || safe_file::id_at(&self.path)? != ours {
+            self.file = None;
+            return Ok(());
+        }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
