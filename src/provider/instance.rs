@@ -1,5 +1,5 @@
 //! One initialized instance of a member module, and the gate that keeps C_Finalize away from
-//! calls still running inside it. Every call into an instance runs through [`Instance::call`]:
+//! calls still running inside it. Every call into an instance runs through `Instance::call`:
 //! on a pool thread, bounded by ReceiveTimeout, with owned data only.
 
 use super::load::{ck, Fns};
