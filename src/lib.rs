@@ -10,6 +10,7 @@ pub mod bounded;
 pub mod cli;
 pub mod confedit;
 pub mod config;
+pub mod diag;
 pub mod ffi;
 pub mod ha;
 pub mod halog;

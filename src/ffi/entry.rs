@@ -1,6 +1,7 @@
 //! The one way into p11ha from C: the `entry!` macro wraps every function in a panic guard and
 //! maps `Result<(), CK_RV>` to the returned CK_RV; `ha()` is the initialization check.
 
+use crate::diag::diag;
 use crate::ha::Runtime;
 use cryptoki_sys::*;
 use parking_lot::RwLock;
@@ -54,7 +55,7 @@ pub(crate) fn guard(name: &str, body: impl FnOnce() -> Result<(), CK_RV>) -> CK_
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
-            eprintln!("p11ha: internal error in {name}: {what}");
+            diag!(Error, "internal error in {name}: {what}");
             CKR_GENERAL_ERROR
         }
     }

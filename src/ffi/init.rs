@@ -2,6 +2,7 @@
 //! core and its management thread (C_Finalize stops them: `Runtime::stop`).
 
 use crate::config;
+use crate::diag::diag;
 use crate::ha::Runtime;
 use crate::halog::HaLog;
 use cryptoki_sys::*;
@@ -15,7 +16,7 @@ pub(crate) fn start() -> Result<Arc<Runtime>, CK_RV> {
     let cfg = match config::load_for_init(&path) {
         Ok(c) => c,
         Err(f) => {
-            eprintln!("p11ha: configuration error: {}", f.error);
+            diag!(Error, "configuration error: {}", f.error);
             if let Some(log) = &f.log {
                 HaLog::open_sync(log).config_error("", &f.error.to_string());
             }
@@ -23,7 +24,7 @@ pub(crate) fn start() -> Result<Arc<Runtime>, CK_RV> {
         }
     };
     for w in &cfg.warnings {
-        eprintln!("p11ha: warning: {w}");
+        diag!(Warn, "{w}");
     }
     let log = if crate::bounded::is_inline() {
         HaLog::open_sync(&cfg.log)

@@ -30,6 +30,7 @@
 //! new records in this process's memory then.
 
 use super::objects::Identity;
+use crate::diag::diag;
 use crate::mechanism::Attr;
 use crate::safe_file::{self, Access, LockKind, Locker};
 use cryptoki_sys::CK_ATTRIBUTE_TYPE;
@@ -113,8 +114,9 @@ impl Ledger {
         if let Some(j) = &self.file {
             match j.append(&owed) {
                 Ok(()) => return,
-                Err(e) => eprintln!(
-                    "p11ha: journal {}: {e}; changes owed to down members are kept in this \
+                Err(e) => diag!(
+                    Warn,
+                    "journal {}: {e}; changes owed to down members are kept in this \
                      process only",
                     j.path.display()
                 ),
@@ -154,7 +156,7 @@ impl Ledger {
             .retain(|o| !keys.contains(&(o.id.as_str(), o.serial.as_str())));
         if let Some(j) = &self.file {
             if let Err(e) = j.settle(done) {
-                eprintln!("p11ha: journal {}: {e}", j.path.display());
+                diag!(Warn, "journal {}: {e}", j.path.display());
             }
         }
     }
@@ -162,7 +164,7 @@ impl Ledger {
     fn read_all(&self) -> Vec<Owed> {
         let mut out = match &self.file {
             Some(j) => j.live().unwrap_or_else(|e| {
-                eprintln!("p11ha: journal {}: {e}", j.path.display());
+                diag!(Warn, "journal {}: {e}", j.path.display());
                 Vec::new()
             }),
             None => Vec::new(),
@@ -213,7 +215,7 @@ impl Journal {
         };
         safe_file::open(&j.path, Access::ReadAppend)?;
         if let Some(w) = j.warning.as_deref().filter(|w| safe_file::is_new(w)) {
-            eprintln!("p11ha: warning: journal directory {w}");
+            diag!(Warn, "journal directory {w}");
         }
         Ok(j)
     }

@@ -7,6 +7,7 @@ use super::member::Member;
 use super::session::{CkResult, Session};
 use crate::bounded;
 use crate::config::HaConfig;
+use crate::diag::diag;
 use crate::halog::HaLog;
 use crate::provider::{Connected, Provider};
 use cryptoki_sys::*;
@@ -243,8 +244,9 @@ pub fn refuse_kind(group: &Group, m: &Member) {
 /// Keeps the group's owed changes in its journal file, or says why they stay in this process.
 fn open_journal(group: &mut Group, dir: Option<&std::path::Path>) {
     let Some(dir) = dir else {
-        eprintln!(
-            "p11ha: group {}: no haJournalPath (or haLogPath): changes owed to members that are \
+        diag!(
+            Info,
+            "group {}: no haJournalPath (or haLogPath): changes owed to members that are \
              down are kept in this process only and lost when it exits",
             group.label
         );
@@ -252,8 +254,9 @@ fn open_journal(group: &mut Group, dir: Option<&std::path::Path>) {
     };
     match super::journal::Journal::open(dir, &group.serial) {
         Ok(j) => group.sync.use_journal(j),
-        Err(e) => eprintln!(
-            "p11ha: group {}: journal in {}: {e}; changes owed to members that are down are \
+        Err(e) => diag!(
+            Warn,
+            "group {}: journal in {}: {e}; changes owed to members that are down are \
              kept in this process only",
             group.label,
             dir.display()

@@ -4,6 +4,7 @@
 
 use super::library::Ha;
 use super::recovery::{catch_up_all, owed_at_start, poll};
+use crate::diag::diag;
 use crossbeam_channel::{bounded as channel, select, Sender};
 use parking_lot::Mutex;
 use std::sync::{Arc, Weak};
@@ -50,7 +51,7 @@ pub fn start(ha: &Arc<Ha>) -> Option<Mgmt> {
     match spawned {
         Ok(thread) => Some(Mgmt { stop, thread }),
         Err(e) => {
-            eprintln!("p11ha: cannot start the management thread: {e}");
+            diag!(Error, "cannot start the management thread: {e}");
             None
         }
     }
@@ -76,7 +77,7 @@ pub struct Inline {
 impl Inline {
     /// Arms the rounds, catching up at once what members that are up are owed.
     pub fn start(ha: &Ha) -> Inline {
-        eprintln!("p11ha: the application forbids threads (CKF_LIBRARY_CANT_CREATE_OS_THREADS): members are recovered during application calls");
+        diag!(Info, "the application forbids threads (CKF_LIBRARY_CANT_CREATE_OS_THREADS): members are recovered during application calls");
         if owed_at_start(ha) {
             catch_up_all(ha);
         }

@@ -9,6 +9,7 @@ use super::library::{refuse_kind, Ha};
 use super::member::Member;
 use super::sync::catchup::{catch_up, reintroduce};
 use crate::config;
+use crate::diag::diag;
 use crate::provider::Fault;
 use cryptoki_sys::*;
 use std::sync::Arc;
@@ -67,7 +68,10 @@ fn reread_config(ha: &Ha) {
             let msg = e.to_string();
             let mut last = ha.reread_error.lock();
             if last.as_deref() != Some(msg.as_str()) {
-                eprintln!("p11ha: configuration not re-read, keeping the running one: {msg}");
+                diag!(
+                    Warn,
+                    "configuration not re-read, keeping the running one: {msg}"
+                );
                 *last = Some(msg);
             }
             return;
@@ -87,9 +91,11 @@ fn reread_config(ha: &Ha) {
         for m in g.members().iter() {
             if !m.is_removed() && !wanted.iter().any(|(s, _)| **s == m.serial) {
                 m.remove();
-                eprintln!(
-                    "p11ha: member {} left group {} (configuration)",
-                    m.serial, g.label
+                diag!(
+                    Info,
+                    "member {} left group {} (configuration)",
+                    m.serial,
+                    g.label
                 );
             }
         }

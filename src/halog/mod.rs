@@ -37,6 +37,7 @@
 pub mod writer;
 
 use crate::config::LogSettings;
+use crate::diag::diag;
 use crate::rv::rv_code;
 use chrono::{DateTime, Local, TimeZone};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -378,8 +379,9 @@ impl Sink {
                 self.lost_why = e.to_string();
                 if !self.error_reported {
                     self.error_reported = true;
-                    eprintln!(
-                        "p11ha: HA log write failed: {}: {e}; records are dropped and counted",
+                    diag!(
+                        Error,
+                        "HA log write failed: {}: {e}; records are dropped and counted",
                         self.file.dir().display()
                     );
                 }
@@ -404,8 +406,9 @@ impl Drop for Sink {
     fn drop(&mut self) {
         // The file never got the count: say it where it can still be seen.
         if self.lost > 0 {
-            eprintln!(
-                "p11ha: HA log {}: {} records dropped ({})",
+            diag!(
+                Warn,
+                "HA log {}: {} records dropped ({})",
                 self.file.dir().display(),
                 self.lost,
                 self.lost_why
@@ -512,7 +515,7 @@ impl HaLog {
         let file = match LogFile::open(dir, settings.max_len) {
             Ok(file) => file,
             Err(reason) => {
-                eprintln!("p11ha: HA log disabled: {}: {reason}", dir.display());
+                diag!(Error, "HA log disabled: {}: {reason}", dir.display());
                 return HaLog::disabled();
             }
         };
@@ -542,7 +545,7 @@ impl HaLog {
             inner: Some(Arc::new(Inner { sink, queue })),
         };
         if let Some(w) = warning {
-            eprintln!("p11ha: warning: {w}");
+            diag!(Warn, "{w}");
             log.event("", Event::UnsafeDirectory { message: &w });
         }
         log

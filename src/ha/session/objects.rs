@@ -3,6 +3,7 @@
 
 use super::route::Target;
 use super::{forget, CkResult, Session, State};
+use crate::diag::diag;
 use crate::ha::objects::Identity;
 use crate::ha::sync::copy::{copy_object, hint, End, Side};
 use crate::ha::sync::policy::{is_managed, member_set_template, member_template};
@@ -143,8 +144,9 @@ impl Session {
                             forget(st, first.idx);
                             return Err(f);
                         }
-                        eprintln!(
-                            "p11ha: group {}: object not replicated to {}, creation undone: {}{}",
+                        diag!(
+                            Warn,
+                            "group {}: object not replicated to {}, creation undone: {}{}",
                             self.group.label,
                             self.group.member(idx).serial,
                             crate::rv::rv_name(f.rv()),

@@ -4,6 +4,7 @@
 
 use super::copy::{copy_missing, dst, src, CopyResult, End, Side};
 use super::opened::Opened;
+use crate::diag::diag;
 use crate::ha::group::Group;
 use crate::ha::journal::{Change, Owed};
 use crate::ha::objects::find_twin;
@@ -28,8 +29,9 @@ fn apply_owed(
                 Some(h) => {
                     match to.inst.destroy_object(to.session, h) {
                         Err(f) if f.fails_member() => return Err((Side::Target, f)),
-                        Err(f) => eprintln!(
-                            "p11ha: {what}: a destroy made while it was down was refused: {}",
+                        Err(f) => diag!(
+                            Warn,
+                            "{what}: a destroy made while it was down was refused: {}",
                             crate::rv::rv_name(f.rv())
                         ),
                         Ok(()) => {}
@@ -57,8 +59,9 @@ fn apply_owed(
                             .collect();
                         match to.inst.set_attributes(to.session, m, template) {
                             Err(f) if f.fails_member() => return Err((Side::Target, f)),
-                            Err(f) => eprintln!(
-                                "p11ha: {what}: an attribute change made while it was down was \
+                            Err(f) => diag!(
+                                Warn,
+                                "{what}: an attribute change made while it was down was \
                                  refused: {}",
                                 crate::rv::rv_name(f.rv())
                             ),
@@ -174,8 +177,9 @@ pub fn catch_up(g: &Group) -> u64 {
         match bring_up_to_date(g, &m.serial, &b.instance, b.slot, true) {
             Ok(n) => copied += n,
             Err((Side::Target, f)) if f.fails_member() => g.drop_member(i, b.instance.id, f),
-            Err((_, f)) => eprintln!(
-                "p11ha: group {}: {} could not catch up yet: {}",
+            Err((_, f)) => diag!(
+                Warn,
+                "group {}: {} could not catch up yet: {}",
                 g.label,
                 m.serial,
                 crate::rv::rv_name(f.rv())

@@ -2,6 +2,7 @@
 //! private keys only wrapped, under the group's cloning keys (`Carrier`).
 
 use super::policy::{is_cloning_object, is_key_class, CLONING_LABEL};
+use crate::diag::diag;
 use crate::ha::objects::Identity;
 use crate::mechanism::{Attr, OwnedMechanism};
 use crate::provider::{Fault, Instance, MemberResult};
@@ -370,8 +371,9 @@ pub fn copy_missing(from: &mut End, to: &mut End, what: &str) -> CopyResult<u64>
         match copy_object(from, h, to) {
             Ok(_) => copied += 1,
             Err((side, f)) if f.fails_member() => return Err((side, f)),
-            Err((_, f)) => eprintln!(
-                "p11ha: {what}: {} not copied: {}{}",
+            Err((_, f)) => diag!(
+                Warn,
+                "{what}: {} not copied: {}{}",
                 identity.describe(),
                 crate::rv::rv_name(f.rv()),
                 hint(f.rv())

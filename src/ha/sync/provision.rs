@@ -3,6 +3,7 @@
 use super::copy::cloning_search;
 use super::opened::Opened;
 use super::policy::CLONING_LABEL;
+use crate::diag::diag;
 use crate::ha::group::Group;
 use crate::mechanism::{Attr, OwnedMechanism};
 use crate::provider::{Fault, Instance, MemberResult};
@@ -30,8 +31,9 @@ pub fn init_cloning_key(g: &Group) -> MemberResult<u64> {
     let login = g.login();
     let members = g.members();
     if members.iter().any(|m| !m.is_removed() && !m.is_up()) {
-        eprintln!(
-            "p11ha: every member of {} must be up to create the cloning key",
+        diag!(
+            Warn,
+            "every member of {} must be up to create the cloning key",
             g.label
         );
         return Err(Fault::Rv(CKR_DEVICE_ERROR));
