@@ -40,7 +40,9 @@ struct ActiveOp {
     session: CK_SESSION_HANDLE,
     /// Data went to the member (update calls): the operation cannot move to another member.
     fed: bool,
-    _busy: InFlight,
+    /// Counts against the member while the operation is live; `None` once the member answered
+    /// it with an error (it may have ended it: the record stays, for the member to say).
+    busy: Option<InFlight>,
 }
 
 #[derive(Default)]
@@ -90,6 +92,10 @@ impl Session {
             (None, true) => CKS_RW_PUBLIC_SESSION,
             (None, false) => CKS_RO_PUBLIC_SESSION,
         }
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.flags & CKF_RW_SESSION == 0
     }
 
     /// Whether objects are replicated to every member (`HASynchronize`).

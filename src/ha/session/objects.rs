@@ -39,12 +39,17 @@ impl Session {
     ) -> CkResult<Vec<CK_OBJECT_HANDLE>> {
         let mut st = self.st.lock();
         for _ in 0..=self.group.members().len() {
-            let (made, t) = self.attempt(&mut st, objects, None, |t| {
+            let home = self.home(&st);
+            let (made, t) = self.attempt(&mut st, objects, home, |t| {
                 let hs = make(t)?;
                 hs.into_iter()
                     .map(|h| Ok((h, self.adopt(t, h)?)))
                     .collect::<MemberResult<Vec<_>>>()
             })?;
+            if home != Some(t.idx) {
+                // The home failed, or the objects named live elsewhere: that is the home now.
+                self.group.set_home(t.idx);
+            }
             let virtuals: Vec<_> = made.iter().map(|(_, v)| *v).collect();
             let token: Vec<_> = made
                 .iter()

@@ -1,6 +1,11 @@
 //! Cryptographic operations between their Init and their final call. An operation lives on
 //! one member; when that member fails before the operation was fed data, it is initialized
 //! again on another member and the call goes on there.
+//!
+//! p11ha never decides alone that an operation ended: after an error the record stays, and the
+//! next call for it, a new Init included, goes to the member that holds it, which answers as it
+//! would to the application directly (SoftHSM, for one, keeps a digest active after a failed
+//! C_DigestKey).
 
 use super::{forget, keeps_active, ActiveOp, CkResult, Session, State};
 use crate::mechanism::OwnedMechanism;
@@ -15,12 +20,32 @@ impl Session {
         key: CK_OBJECT_HANDLE,
     ) -> CkResult<()> {
         let mut st = self.st.lock();
-        if st.ops.iter().any(|o| o.kind == kind) {
-            return Err(CKR_OPERATION_ACTIVE);
+        if let Some(pos) = st.ops.iter().position(|o| o.kind == kind) {
+            let old = st.ops.swap_remove(pos);
+            match self.init_again(&mut st, &old, &mech, key) {
+                Ok(()) => {
+                    let busy = Some(self.group.member(old.idx).busy());
+                    st.ops.push(ActiveOp {
+                        mech,
+                        key,
+                        fed: false,
+                        busy,
+                        ..old
+                    });
+                    return Ok(());
+                }
+                Err(Some(rv)) => {
+                    st.ops.push(old);
+                    return Err(rv);
+                }
+                Err(None) => {} // its member is gone, or lacks the key: start afresh
+            }
         }
         let keys: Vec<_> = if key == 0 { vec![] } else { vec![key] };
+        // A digest names no key, but C_DigestKey may name a session key: those live on the home.
+        let prefer = if key == 0 { self.home(&st) } else { None };
         let (_, t) = self
-            .attempt(&mut st, &keys, None, |t| {
+            .attempt(&mut st, &keys, prefer, |t| {
                 t.inst.op_init(
                     kind,
                     t.session,
@@ -29,13 +54,16 @@ impl Session {
                 )
             })
             .map_err(|rv| {
-                if rv == CKR_OBJECT_HANDLE_INVALID && key != 0 {
+                // p11ha's answer, not a member's: a key it knows that no member up holds, or
+                // one it does not know with no member up to ask.
+                let ours = self.group.objects.exists(key) || !self.group.any_up();
+                if rv == CKR_OBJECT_HANDLE_INVALID && key != 0 && ours {
                     CKR_KEY_HANDLE_INVALID
                 } else {
                     rv
                 }
             })?;
-        let busy = self.group.member(t.idx).busy();
+        let busy = Some(self.group.member(t.idx).busy());
         st.ops.push(ActiveOp {
             kind,
             mech,
@@ -44,9 +72,53 @@ impl Session {
             inst: t.inst,
             session: t.session,
             fed: false,
-            _busy: busy,
+            busy,
         });
         Ok(())
+    }
+
+    /// A new Init of an operation kind that has a record: on the member session that holds it.
+    /// `Err(Some(rv))` is that member's answer (CKR_OPERATION_ACTIVE while it is active);
+    /// `Err(None)`: that member cannot take it (gone, or without the key).
+    fn init_again(
+        &self,
+        st: &mut State,
+        old: &ActiveOp,
+        mech: &Option<OwnedMechanism>,
+        key: CK_OBJECT_HANDLE,
+    ) -> Result<(), Option<CK_RV>> {
+        let member_key = if key == 0 {
+            0
+        } else {
+            match self.resolve(old.idx, &old.inst, old.session, key) {
+                Ok(Some(h)) => h,
+                Ok(None) => return Err(None),
+                Err(f) if f.fails_member() => {
+                    self.drop_member(old.idx, &old.inst, f);
+                    forget(st, old.idx);
+                    return Err(None);
+                }
+                Err(f) => return Err(Some(f.rv())),
+            }
+        };
+        match old
+            .inst
+            .op_init(old.kind, old.session, mech.clone(), member_key)
+        {
+            Ok(()) => Ok(()),
+            Err(f) if f.fails_member() => {
+                self.drop_member(old.idx, &old.inst, f);
+                forget(st, old.idx);
+                Err(None)
+            }
+            Err(f) => Err(Some(f.rv())),
+        }
+    }
+
+    /// Keeps the record of an operation its member answered with an error.
+    fn keep(st: &mut State, mut op: ActiveOp) {
+        op.busy = None;
+        st.ops.push(op);
     }
 
     fn take_op(st: &mut State, kind: OpKind) -> CkResult<ActiveOp> {
@@ -79,7 +151,7 @@ impl Session {
                 t.objects.first().copied().unwrap_or(0),
             )
         })?;
-        op._busy = self.group.member(t.idx).busy();
+        op.busy = Some(self.group.member(t.idx).busy());
         op.idx = t.idx;
         op.inst = t.inst;
         op.session = t.session;
@@ -100,7 +172,10 @@ impl Session {
                     return Ok(out);
                 }
                 Err(f) if f.fails_member() => self.restart_elsewhere(&mut st, &mut op, f)?,
-                Err(f) => return Err(f.rv()),
+                Err(f) => {
+                    Self::keep(&mut st, op);
+                    return Err(f.rv());
+                }
             }
         }
     }
@@ -113,7 +188,10 @@ impl Session {
             match op.inst.verify(op.session, data.clone(), signature.clone()) {
                 Ok(()) => return Ok(()),
                 Err(f) if f.fails_member() => self.restart_elsewhere(&mut st, &mut op, f)?,
-                Err(f) => return Err(f.rv()),
+                Err(f) => {
+                    Self::keep(&mut st, op);
+                    return Err(f.rv());
+                }
             }
         }
     }
@@ -133,7 +211,11 @@ impl Session {
                 self.restart_elsewhere(&mut st, &mut op, f)
                     .and(Err(CKR_DEVICE_ERROR))
             }
-            Err(f) => Err(f.rv()),
+            Err(f) => {
+                op.fed = true;
+                Self::keep(&mut st, op);
+                Err(f.rv())
+            }
         }
     }
 
@@ -149,7 +231,10 @@ impl Session {
                     return Ok(out);
                 }
                 Err(f) if f.fails_member() => self.restart_elsewhere(&mut st, &mut op, f)?,
-                Err(f) => return Err(f.rv()),
+                Err(f) => {
+                    Self::keep(&mut st, op);
+                    return Err(f.rv());
+                }
             }
         }
     }
@@ -161,7 +246,10 @@ impl Session {
             match op.inst.verify_final(op.session, signature.clone()) {
                 Ok(()) => return Ok(()),
                 Err(f) if f.fails_member() => self.restart_elsewhere(&mut st, &mut op, f)?,
-                Err(f) => return Err(f.rv()),
+                Err(f) => {
+                    Self::keep(&mut st, op);
+                    return Err(f.rv());
+                }
             }
         }
     }
@@ -169,8 +257,18 @@ impl Session {
     pub fn digest_key(&self, key: CK_OBJECT_HANDLE) -> CkResult<()> {
         let mut st = self.st.lock();
         let mut op = Self::take_op(&mut st, OpKind::Digest)?;
+        let known = self.group.objects.exists(key);
         let h = match self.resolve(op.idx, &op.inst, op.session, key) {
             Ok(Some(h)) => h,
+            // Never given out: the member says what it says to a bad handle.
+            Ok(None) if !known => CK_INVALID_HANDLE,
+            Ok(None) if !op.fed => match self.move_digest_to(&mut st, &mut op, key) {
+                Ok(h) => h,
+                Err(rv) => {
+                    st.ops.push(op);
+                    return Err(rv);
+                }
+            },
             Ok(None) => {
                 st.ops.push(op);
                 return Err(CKR_KEY_HANDLE_INVALID);
@@ -194,7 +292,39 @@ impl Session {
                 op.fed = true;
                 self.restart_elsewhere(&mut st, &mut op, f)
             }
-            Err(f) => Err(f.rv()),
+            Err(f) => {
+                Self::keep(&mut st, op);
+                Err(f.rv())
+            }
         }
+    }
+
+    /// A digest that has not been fed yet, whose key is on another member: it starts again
+    /// there (the one on the old member is ended). Returns the key's handle there.
+    fn move_digest_to(
+        &self,
+        st: &mut State,
+        op: &mut ActiveOp,
+        key: CK_OBJECT_HANDLE,
+    ) -> CkResult<CK_OBJECT_HANDLE> {
+        let mech = op.mech.clone();
+        let (_, t) = self
+            .attempt(st, &[key], None, |t| {
+                t.inst.op_init(OpKind::Digest, t.session, mech.clone(), 0)
+            })
+            .map_err(|rv| {
+                if rv == CKR_OBJECT_HANDLE_INVALID {
+                    CKR_KEY_HANDLE_INVALID
+                } else {
+                    rv
+                }
+            })?;
+        // A final call with room for any digest ends the operation left on the old member.
+        let _ = op.inst.op_final(OpKind::Digest, op.session, Some(1024));
+        op.busy = Some(self.group.member(t.idx).busy());
+        op.idx = t.idx;
+        op.inst = t.inst;
+        op.session = t.session;
+        Ok(t.objects[0])
     }
 }

@@ -99,6 +99,10 @@ impl Session {
 
     /// Runs `call` on the best member that holds every object in `objects`, failing over when
     /// the member fails. `prefer` is tried first when usable.
+    ///
+    /// A handle p11ha never gave out reaches the member as CK_INVALID_HANDLE, so that the
+    /// caller gets the member's own answer to a bad handle (which differs between modules:
+    /// CKR_OBJECT_HANDLE_INVALID, CKR_KEY_HANDLE_INVALID, ...).
     pub(super) fn attempt<T>(
         &self,
         st: &mut State,
@@ -106,11 +110,11 @@ impl Session {
         prefer: Option<usize>,
         mut call: impl FnMut(&Target) -> MemberResult<T>,
     ) -> CkResult<(T, Target)> {
-        for &v in objects {
-            if !self.group.objects.exists(v) {
-                return Err(CKR_OBJECT_HANDLE_INVALID);
-            }
-        }
+        let unknown: Vec<bool> = objects
+            .iter()
+            .map(|&v| !self.group.objects.exists(v))
+            .collect();
+        let asking = unknown.contains(&true);
         let mut tried: Vec<usize> = Vec::new();
         let mut missing_object = false;
         let mut refreshed: Vec<usize> = Vec::new();
@@ -124,13 +128,25 @@ impl Session {
                 let candidates = self.group.candidates(|i, m| {
                     !tried.contains(&i) && m.binding().is_some_and(|b| self.usable(st, i, &b))
                 });
+                // A member known to hold every object named (least busy first) saves searching
+                // the others for objects that live on one member only.
+                let holder = || {
+                    candidates.iter().copied().find(|&i| {
+                        let inst = self.group.member(i).binding().map(|b| b.instance.id);
+                        !objects.is_empty()
+                            && objects.iter().all(|&v| {
+                                inst.is_some_and(|id| self.group.objects.twin(v, i, id).is_some())
+                            })
+                    })
+                };
                 match prefer.filter(|p| candidates.contains(p)) {
                     Some(p) => Some(p),
-                    None => candidates.first().copied(),
+                    None => holder().or(candidates.first().copied()),
                 }
             };
             let Some(idx) = next else {
-                return Err(if missing_object {
+                // No member to ask: p11ha's own answer to a handle it does not know.
+                return Err(if missing_object || asking {
                     CKR_OBJECT_HANDLE_INVALID
                 } else {
                     CKR_DEVICE_ERROR
@@ -150,7 +166,11 @@ impl Session {
             };
             let mut resolved = Vec::with_capacity(objects.len());
             let mut lost = None;
-            for &v in objects {
+            for (n, &v) in objects.iter().enumerate() {
+                if unknown[n] {
+                    resolved.push(CK_INVALID_HANDLE);
+                    continue;
+                }
                 match self.resolve(idx, &b.instance, session, v) {
                     Ok(Some(h)) => resolved.push(h),
                     Ok(None) => break,
@@ -185,7 +205,7 @@ impl Session {
                     | CKR_KEY_HANDLE_INVALID
                     | CKR_WRAPPING_KEY_HANDLE_INVALID
                     | CKR_UNWRAPPING_KEY_HANDLE_INVALID,
-                )) if !objects.is_empty() && !refreshed.contains(&idx) => {
+                )) if !objects.is_empty() && !asking && !refreshed.contains(&idx) => {
                     for &v in objects {
                         self.group.objects.forget_twin(v, idx);
                     }
@@ -203,6 +223,12 @@ impl Session {
                 Err(f) => return Err(f.rv()),
             }
         }
+    }
+
+    /// The group's home member for this session (see `Group::home`).
+    pub(super) fn home(&self, st: &State) -> Option<usize> {
+        self.group
+            .home(|i, m| m.binding().is_some_and(|b| self.usable(st, i, &b)))
     }
 
     /// With `failover_on_deactivation = 0`, a deactivation is the caller's answer, not a reason
