@@ -128,12 +128,15 @@ impl Session {
                 let candidates = self.group.candidates(|i, m| {
                     !tried.contains(&i) && m.binding().is_some_and(|b| self.usable(st, i, &b))
                 });
-                // A member known to hold every object named (least busy first) saves searching
-                // the others for objects that live on one member only.
+                // A session object lives on one member only: go there first rather than past
+                // members that cannot have it. Token objects spread the load as any call does.
                 let holder = || {
+                    let pinned = objects
+                        .iter()
+                        .any(|&v| self.group.objects.owner(v).is_some());
                     candidates.iter().copied().find(|&i| {
                         let inst = self.group.member(i).binding().map(|b| b.instance.id);
-                        !objects.is_empty()
+                        pinned
                             && objects.iter().all(|&v| {
                                 inst.is_some_and(|id| self.group.objects.twin(v, i, id).is_some())
                             })
