@@ -8,7 +8,7 @@
 //! and counts a member reports are bounded.
 
 use super::instance::Instance;
-use super::load::{ck, Fns};
+use super::table::{ck, Fns};
 use super::outcome::{check, Fault, MemberResult};
 use crate::mechanism::{raw_template, Attr, OwnedMechanism};
 use cryptoki_sys::*;

@@ -2,7 +2,7 @@
 //! calls still running inside it. Every call into an instance runs through `Instance::call`:
 //! on a pool thread, bounded by ReceiveTimeout, with owned data only.
 
-use super::load::{ck, Fns};
+use super::table::{ck, Fns};
 use super::outcome::{Fault, MemberResult};
 use crate::bounded;
 use cryptoki_sys::*;

@@ -3,6 +3,7 @@
 //! one initialized [`Instance`] per [`Provider::connect`].
 
 use super::instance::Instance;
+use super::table::{ck, Fns};
 use super::outcome::check;
 use crate::bounded::{self, Pending, Unfinished};
 use crate::config::ProviderConfig;
@@ -13,26 +14,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// The function table of one initialized instance.
-#[derive(Clone, Copy)]
-pub(crate) struct Fns(pub(crate) &'static CK_FUNCTION_LIST);
-// SAFETY: the table is immutable and lives as long as the (never unloaded) library; modules
-// initialized with CKF_OS_LOCKING_OK accept calls from any thread.
-unsafe impl Send for Fns {}
-unsafe impl Sync for Fns {}
-
-/// Calls `$f` of the table with the given arguments; a missing function is CKR_FUNCTION_NOT_SUPPORTED.
-macro_rules! ck {
-    ($fns:expr, $f:ident ( $($a:expr),* )) => {
-        match $fns.0.$f {
-            // SAFETY: arguments are built by the caller from owned, live buffers.
-            Some(f) => unsafe { f($($a),*) },
-            None => CKR_FUNCTION_NOT_SUPPORTED,
-        }
-    };
-}
-pub(crate) use ck;
 
 /// Libraries by path, loaded once and kept for the life of the process.
 static LIBS: Mutex<Option<HashMap<PathBuf, &'static Library>>> = Mutex::new(None);

@@ -13,7 +13,7 @@ mod keys;
 mod login;
 mod objects;
 mod ops;
-mod route;
+pub(crate) mod route;
 mod search;
 
 use super::group::Group;
@@ -25,7 +25,6 @@ use parking_lot::Mutex;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-pub use route::Target;
 
 pub type CkResult<T> = Result<T, CK_RV>;
 
