@@ -163,7 +163,7 @@ impl Options {
         };
         let shrink = match var("P11HA_DIFF_SHRINK_SECS") {
             Some(v) => num("P11HA_DIFF_SHRINK_SECS", v)?,
-            None => 60,
+            None => 30,
         };
         let seeds = match var("P11HA_DIFF_SEEDS") {
             Some(v) => num("P11HA_DIFF_SEEDS", v)?.max(1),
