@@ -1335,7 +1335,7 @@ impl Gen {
         }
     }
 
-    /// A signature: returns (final step, verification key, mechanism, data parts, det).
+    /// A signature (with `key`, or a key and mechanism of a random family), often verified.
     fn sign_ep(&mut self, key: Option<Obj>) {
         let s = self.some_session(false);
         self.maybe_user(s, 85);
