@@ -11,6 +11,7 @@
 //! - [`member`]: direct (non-HA) cryptoki sessions to one member, for cross-checks.
 //! - [`raw`]: a PKCS#11 client over the raw function table, without per-call allocation.
 //! - [`status`]: p11ha's status API (`p11ha_group_status`) read into Rust values.
+//! - [`diff`]: the differential tester (a seeded call sequence run on SoftHSM and on p11ha).
 //! - [`clients`]: bounded commands: the real-client scripts of `tests/clients/`, the C client.
 //! - [`proc`]: bounded waits, process-group helpers, locating `libp11ha.so`.
 //!
@@ -21,6 +22,7 @@ use std::path::{Path, PathBuf};
 
 pub mod clients;
 pub mod cluster;
+pub mod diff;
 pub mod member;
 pub mod proc;
 pub mod provision;
