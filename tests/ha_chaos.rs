@@ -1,4 +1,5 @@
-//! Chaos: nothing takes the group down. Three members behind p11-kit servers; three C client
+//! Chaos: nothing takes the group down. Three members behind p11-kit servers (HAOnly = 0, the
+//! default configuration); three C client
 //! processes (tests/c/ha_client.c, default SIGPIPE action) of four signing threads each, one of
 //! them pausing between signatures (idle connections are where SIGPIPE strikes); a seeded random
 //! schedule of kills, restarts, SIGSTOP hangs and SIGCONTs, never of every member at once; then
@@ -491,7 +492,10 @@ fn nothing_takes_the_group_down() {
     eprintln!("chaos: seed {seed}, {seconds} s of faults");
 
     let cluster = Cluster::started(3);
+    // HAOnly = 0: Luna's and p11ha's default, where every member's own slot shares its
+    // module instance with the group's member.
     let conf = cluster.write_config(&ConfigOpts {
+        ha_only: false,
         auto_reconnect_interval: INTERVAL,
         reconn_att: -1,
         ..Default::default()
