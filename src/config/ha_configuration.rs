@@ -37,6 +37,7 @@ pub(crate) struct Settings {
     pub attempts: Set<i64>,
     pub interval: Set<u64>,
     pub receive_timeout: Set<u64>,
+    pub multipart_replay_limit: Set<u64>,
     pub connect_timeout: Set<u64>,
 }
 
@@ -175,6 +176,19 @@ pub(crate) const KEYS: &[Key] = &[
             field: |s| &mut s.receive_timeout,
         },
         doc: "A member silent this long (ms) is declared failed and its work moves on.",
+    },
+    Key {
+        name: "MultipartReplayLimit",
+        lunasa: false,
+        kind: Kind::Unsigned {
+            what: "a byte count",
+            min: 0,
+            max: 1 << 30,
+            default: crate::ha::session::DEFAULT_REPLAY_LIMIT,
+            field: |s| &mut s.multipart_replay_limit,
+        },
+        doc: "Input bytes kept per multi-part operation to replay it on another member when \
+              its member fails (0: none; the operation then fails with CKR_DEVICE_ERROR).",
     },
     Key {
         name: "ConnectTimeout",

@@ -57,6 +57,8 @@ pub struct HaConfig {
     pub receive_timeout: Duration,
     /// `ConnectTimeout` (ms in the file): bound on loading/initializing one member module.
     pub connect_timeout: Duration,
+    /// `MultipartReplayLimit`: input bytes kept per multi-part operation for a replay.
+    pub multipart_replay_limit: u64,
     /// Non-fatal findings (misspelled keys, ...), already formatted with file:line.
     pub warnings: Vec<String>,
 }

@@ -70,6 +70,8 @@ impl Ha {
                 log.clone(),
             );
             group.failover_on_deactivation = config.failover_on_deactivation;
+            group.replay_limit =
+                usize::try_from(config.multipart_replay_limit).unwrap_or(usize::MAX);
             for m in group.members().iter() {
                 match found.iter().find(|f| trimmed_serial(&f.token) == m.serial) {
                     Some(f) if !group.accepts_kind(&f.token) => refuse_kind(&group, m),

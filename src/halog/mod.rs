@@ -158,6 +158,8 @@ pub enum Event<'a> {
     /// p11ha's own: the log or journal directory lets other users interfere (see
     /// [`crate::safe_file::check_dir`]).
     UnsafeDirectory { message: &'a str },
+    /// p11ha's own: a multi-part operation of a failed member could not be replayed on another.
+    MultipartNotReplayed { member: &'a str, why: &'a str },
 }
 
 impl Event<'_> {
@@ -189,6 +191,7 @@ impl Event<'_> {
             | Event::RecoveryNowActivated { .. } => "No ID",
             Event::ConfigError { .. } => "P11HA_CONFIG_ERROR",
             Event::UnsafeDirectory { .. } => "P11HA_UNSAFE_DIRECTORY",
+            Event::MultipartNotReplayed { .. } => "P11HA_MULTIPART_NOT_REPLAYED",
         }
     }
 }
@@ -297,6 +300,12 @@ impl fmt::Display for Event<'_> {
                 write!(f, "configuration error: {}", Clean(message))
             }
             Event::UnsafeDirectory { message } => write!(f, "warning: {}", Clean(message)),
+            Event::MultipartNotReplayed { member, why } => write!(
+                f,
+                "multi-part operation of failed member: {} not replayed ({}); the application gets CKR_DEVICE_ERROR",
+                Clean(member),
+                Clean(why)
+            ),
         }
     }
 }
@@ -698,6 +707,10 @@ impl HaLog {
     /// Not a seed message: a configuration error (already formatted with file:line: key).
     pub fn config_error(&self, group: &str, message: &str) {
         self.event(group, Event::ConfigError { message })
+    }
+    /// Not a seed message: see [`Event::MultipartNotReplayed`].
+    pub fn multipart_not_replayed(&self, group: &str, member: &str, why: &str) {
+        self.event(group, Event::MultipartNotReplayed { member, why })
     }
 }
 
