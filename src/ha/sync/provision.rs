@@ -8,9 +8,8 @@ use super::records::{self, Change, Record};
 use crate::diag::diag;
 use crate::ha::group::Group;
 use crate::mechanism::{Attr, OwnedMechanism};
-use crate::provider::{Fault, Instance, MemberResult};
+use crate::provider::{Fault, Input, Instance, MemberResult};
 use cryptoki_sys::*;
-use std::sync::Arc;
 use zeroize::{Zeroize, Zeroizing};
 
 /// Bound on generating one receiving key pair at provisioning, whatever ReceiveTimeout says:
@@ -307,7 +306,7 @@ fn extend<'a>(
             }
         };
         let wrapped = match (out.rv, out.data) {
-            (CKR_OK, Some(d)) => Arc::new(Zeroizing::new(d)),
+            (CKR_OK, Some(d)) => Input::new(d),
             (rv, _) => return Err(Fault::Rv(if rv == CKR_OK { CKR_GENERAL_ERROR } else { rv })),
         };
         let n = &new[i];
