@@ -310,9 +310,17 @@ fn extend<'a>(
             (rv, _) => return Err(Fault::Rv(if rv == CKR_OK { CKR_GENERAL_ERROR } else { rv })),
         };
         let n = &new[i];
+        // SoftHSM applies an unwrap template in attribute-type order and refuses every
+        // attribute after CKA_MODIFIABLE = false (CKA_WRAP_WITH_TRUSTED among them) with
+        // CKR_ATTRIBUTE_READ_ONLY: the unwrapped copy stays modifiable (CKA_TRUSTED,
+        // CKA_WRAP_WITH_TRUSTED and CKA_EXTRACTABLE can only move the safe way anyway).
+        let template: Vec<Attr> = aes_key()
+            .into_iter()
+            .filter(|a| a.kind != CKA_MODIFIABLE)
+            .collect();
         let h = n
             .inst
-            .unwrap_key(n.o.session, mech, pr, wrapped, aes_key())?;
+            .unwrap_key(n.o.session, mech, pr, wrapped, template)?;
         made.push((n.inst, n.o.session, h));
     }
     // The receiving keys of the members that had them, trusted on the new ones.
