@@ -225,12 +225,10 @@ fn finish(
         return;
     }
     let mut privacy = std::collections::HashMap::new();
-    let mut destroy_on = |o: &Opened, held: &[Held]| {
+    let mut destroy_on = |o: &Opened, held: &[Held]| -> MemberResult<()> {
         for h in held.iter().filter(|h| done.contains(&h.rec.id)) {
             privacy.insert(h.rec.id.clone(), h.rec.private);
-            if let Err(f) = records::destroy(&o.inst, o.session, h.handle) {
-                return Err(f);
-            }
+            records::destroy(&o.inst, o.session, h.handle)?;
         }
         Ok(())
     };

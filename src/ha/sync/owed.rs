@@ -1,6 +1,6 @@
 //! What the members that are down are owed: written as records on every live member when the
 //! change happens ([`remember_destroy`], [`remember_set`], [`remember_created`]), and read back
-//! from every up member by any process ([`Survey`], [`View`]).
+//! from every up member by any process (`Survey`, [`View`]).
 
 use super::opened::Opened;
 use super::records::{self, Change, Held, Record};
