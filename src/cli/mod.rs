@@ -4,6 +4,7 @@
 //! writes a file that would make the next C_Initialize fail.
 
 mod status;
+pub mod synchronize;
 
 pub use status::listgroups;
 

@@ -206,10 +206,10 @@ pub(crate) const KEYS: &[Key] = &[
         name: "haJournalPath",
         lunasa: false,
         kind: Kind::Dir {
-            if_missing: "changes owed to down members stay in each process",
+            if_missing: "records no member could take stay in each process",
             field: |s| &mut s.journal_path,
         },
-        doc: "Directory of the synchronized groups' journals (default: the haLogPath directory).",
+        doc: "Directory of the synchronized groups' fallback journals: records of what down members are owed that no live member could take (default: none, kept in each process).",
     },
 ];
 
@@ -321,12 +321,9 @@ impl Settings {
         }
     }
 
-    /// `haJournalPath`, else the `haLogPath` directory.
+    /// `haJournalPath` (never the log directory: an operator cleaning it must lose nothing).
     pub fn journal_dir(&self) -> Option<PathBuf> {
-        self.journal_path
-            .value
-            .clone()
-            .or_else(|| self.log_path.value.clone())
+        self.journal_path.value.clone()
     }
 }
 
