@@ -29,8 +29,8 @@ use support::diff::rig::{Rig, Setup};
 static RIG: Mutex<Option<Rig>> = Mutex::new(None);
 
 extern "C" fn drop_rig() {
-    if let Ok(mut g) = RIG.lock() {
-        g.take();
+    if let Some(rig) = RIG.lock().ok().and_then(|mut g| g.take()) {
+        rig.drop_at_exit();
     }
 }
 

@@ -302,8 +302,9 @@ impl Group {
         };
         info.slotDescription = pad(&desc);
         info.manufacturerID = pad("p11ha");
-        // The virtual token is always present, even with every member down.
-        info.flags = CKF_TOKEN_PRESENT | CKF_HW_SLOT;
+        // The virtual token is always present, even with every member down. Not CKF_HW_SLOT:
+        // the slot is p11ha's, whatever its members are.
+        info.flags = CKF_TOKEN_PRESENT;
         info.hardwareVersion = CK_VERSION { major: 1, minor: 0 };
         info.firmwareVersion = crate_version();
         info

@@ -67,7 +67,7 @@ pub fn start(ha: &Arc<Ha>) -> Option<Mgmt> {
 }
 
 impl Mgmt {
-    /// Stops the thread, waiting for it at most [`STOP_WAIT`] (`Ha::shutdown` has already set
+    /// Stops the thread, waiting for it at most `STOP_WAIT` (`Ha::shutdown` has already set
     /// the stop flag a running round looks at).
     pub fn stop(self, ha: &Ha) {
         let _ = self.stop.try_send(());

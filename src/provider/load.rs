@@ -3,8 +3,8 @@
 //! one initialized [`Instance`] per [`Provider::connect`].
 
 use super::instance::Instance;
-use super::table::{ck, Fns};
 use super::outcome::check;
+use super::table::{ck, Fns};
 use crate::bounded::{self, Pending, Unfinished};
 use crate::config::ProviderConfig;
 use cryptoki_sys::*;
@@ -54,11 +54,16 @@ impl<T> ForceUnlock for Mutex<T> {
     }
 }
 
-/// Sets variables and restores the previous values on drop.
-struct EnvScope(Vec<(String, Option<std::ffi::OsString>)>);
+/// `ProviderNNEnv` set under [`ENV_LOCK`]: the previous values are restored before the lock
+/// is released (fields drop after `drop` runs), so the next provider's values are never
+/// overwritten by this one's restore.
+struct EnvScope {
+    saved: Vec<(String, Option<std::ffi::OsString>)>,
+    _lock: parking_lot::MutexGuard<'static, ()>,
+}
 
 impl EnvScope {
-    fn set(vars: &[(String, String)]) -> Self {
+    fn set(lock: parking_lot::MutexGuard<'static, ()>, vars: &[(String, String)]) -> Self {
         let saved = vars
             .iter()
             .map(|(k, v)| {
@@ -67,13 +72,13 @@ impl EnvScope {
                 (k.clone(), old)
             })
             .collect();
-        EnvScope(saved)
+        EnvScope { saved, _lock: lock }
     }
 }
 
 impl Drop for EnvScope {
     fn drop(&mut self) {
-        for (k, old) in self.0.drain(..).rev() {
+        for (k, old) in self.saved.drain(..).rev() {
             match old {
                 Some(v) => std::env::set_var(&k, v),
                 None => std::env::remove_var(&k),
@@ -159,10 +164,10 @@ impl Provider {
         let lib = library(&self.library).map_err(LoadError::Library)?;
         let left = || deadline.saturating_duration_since(Instant::now());
         let env_lock = ENV_LOCK.try_lock_for(left()).ok_or(LoadError::TimedOut)?;
-        let env = EnvScope::set(&self.env);
+        let env = EnvScope::set(env_lock, &self.env);
         let fns = bounded::run(left(), move || get_function_list(lib))
             .map_err(|_| LoadError::TimedOut)??;
-        self.initialize(fns, deadline, (env_lock, env))
+        self.initialize(fns, deadline, env)
     }
 
     /// Initializes again a function table whose instance was finalized (or never initialized).
@@ -171,8 +176,8 @@ impl Provider {
     pub(crate) fn reinitialize(&self, fns: Fns, deadline: Instant) -> Result<Connected, LoadError> {
         let left = deadline.saturating_duration_since(Instant::now());
         let env_lock = ENV_LOCK.try_lock_for(left).ok_or(LoadError::TimedOut)?;
-        let env = EnvScope::set(&self.env);
-        self.initialize(fns, deadline, (env_lock, env))
+        let env = EnvScope::set(env_lock, &self.env);
+        self.initialize(fns, deadline, env)
     }
 
     /// C_Initialize with `ProviderNNEnv` set for its first [`ENV_GRACE`]. One still running at
@@ -182,7 +187,7 @@ impl Provider {
         &self,
         fns: Fns,
         deadline: Instant,
-        env: (parking_lot::MutexGuard<'static, ()>, EnvScope),
+        env: EnvScope,
     ) -> Result<Connected, LoadError> {
         let left = || deadline.saturating_duration_since(Instant::now());
         let pending = bounded::start(move || initialize(fns));

@@ -19,7 +19,7 @@ pub mod load;
 pub mod outcome;
 pub mod table;
 
-pub use calls::{buffer, AttributeValues, Data, OpKind, Output};
+pub use calls::{buffer, AttributeValues, Data, Input, OpKind, Output};
 pub use instance::Instance;
 pub use load::{Connected, Initializing, LoadError, Provider, ENV_GRACE};
 pub use outcome::{check, is_deactivation, Fault, MemberResult, RV_TIMEOUT};

@@ -21,4 +21,3 @@ macro_rules! ck {
     };
 }
 pub(crate) use ck;
-

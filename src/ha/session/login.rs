@@ -14,17 +14,17 @@ impl Session {
         if user == CKU_CONTEXT_SPECIFIC {
             return self.context_login(pin);
         }
+        // Any read-only session of the application, not only this one: members only see the
+        // sessions p11ha opened on them, so they cannot tell. Checked first, as SoftHSM does.
+        if user == CKU_SO && group.has_read_only_session() {
+            return Err(CKR_SESSION_READ_ONLY_EXISTS);
+        }
         if let Some(l) = group.login() {
             return Err(if l.user == user {
                 CKR_USER_ALREADY_LOGGED_IN
             } else {
                 CKR_USER_ANOTHER_ALREADY_LOGGED_IN
             });
-        }
-        // Any read-only session of the application, not only this one: members only see the
-        // sessions p11ha opened on them, so they cannot tell.
-        if user == CKU_SO && group.has_read_only_session() {
-            return Err(CKR_SESSION_READ_ONLY_EXISTS);
         }
         let mut st = self.st.lock();
         let mut accepted = false;
@@ -100,7 +100,9 @@ impl Session {
                 .map(|_| ());
         }
         group.set_login(None);
-        group.objects.forget_twins(None);
+        // Private objects' handles end with the login; the others stay valid (members keep
+        // their handles: SoftHSM renumbers only private objects).
+        group.objects.remove_private();
         let mut st = self.st.lock();
         for idx in 0..group.members().len() {
             let Some(b) = group.member(idx).binding() else {

@@ -25,7 +25,6 @@ use parking_lot::Mutex;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-
 pub type CkResult<T> = Result<T, CK_RV>;
 
 /// An operation between its Init and its final call.
@@ -49,6 +48,10 @@ struct State {
     /// Per member index: (instance id, member session handle).
     member_sessions: Vec<Option<(u64, CK_SESSION_HANDLE)>>,
     ops: Vec<ActiveOp>,
+    /// The member the session's last operation ran on: the next one starts there too, so an
+    /// operation a member kept after an error (SoftHSM keeps some) meets the next Init as it
+    /// would directly.
+    last_op: Option<usize>,
     found: Option<std::vec::IntoIter<CK_OBJECT_HANDLE>>,
 }
 

@@ -9,7 +9,7 @@
 
 use super::{forget, keeps_active, ActiveOp, CkResult, Session, State};
 use crate::mechanism::OwnedMechanism;
-use crate::provider::{Data, Fault, OpKind, Output};
+use crate::provider::{Data, Fault, Input, OpKind, Output};
 use cryptoki_sys::*;
 
 impl Session {
@@ -20,32 +20,55 @@ impl Session {
         key: CK_OBJECT_HANDLE,
     ) -> CkResult<()> {
         let mut st = self.st.lock();
+        let mut old = None;
         if let Some(pos) = st.ops.iter().position(|o| o.kind == kind) {
-            let old = st.ops.swap_remove(pos);
-            match self.init_again(&mut st, &old, &mech, key) {
+            let was = st.ops.swap_remove(pos);
+            match self.init_again(&mut st, &was, &mech, key) {
                 Ok(()) => {
-                    let busy = Some(self.group.member(old.idx).busy());
+                    let busy = Some(self.group.member(was.idx).busy());
                     st.ops.push(ActiveOp {
                         mech,
                         key,
                         fed: false,
                         busy,
-                        ..old
+                        ..was
                     });
                     return Ok(());
                 }
                 Err(Some(rv)) => {
-                    st.ops.push(old);
+                    st.ops.push(was);
                     return Err(rv);
                 }
-                Err(None) => {} // its member is gone, or lacks the key: start afresh
+                // Its member is gone, or lacks the key: start afresh; the record stays unless
+                // that succeeds.
+                Err(None) => old = Some(was),
             }
         }
+        let fresh = self.init_fresh(&mut st, kind, &mech, key);
+        if let (Err(_), Some(old)) = (&fresh, old) {
+            st.ops.push(old);
+        }
+        fresh
+    }
+
+    /// A new operation on the best member for it.
+    fn init_fresh(
+        &self,
+        st: &mut State,
+        kind: OpKind,
+        mech: &Option<OwnedMechanism>,
+        key: CK_OBJECT_HANDLE,
+    ) -> CkResult<()> {
+        let mech = mech.clone();
         let keys: Vec<_> = if key == 0 { vec![] } else { vec![key] };
-        // A digest names no key, but C_DigestKey may name a session key: those live on the home.
-        let prefer = if key == 0 { self.home(&st) } else { None };
+        // Where the session's other operations are, else its home member (where its session
+        // objects are): a session's operations then meet on one member session, and a member
+        // that allows one operation per session (SoftHSM) answers as it would directly. A
+        // session object held elsewhere still takes the call to its holder (`attempt`).
+        let busy_on = st.ops.first().map(|o| o.idx).or(st.last_op);
+        let prefer = busy_on.or(self.home(st));
         let (_, t) = self
-            .attempt(&mut st, &keys, prefer, |t| {
+            .attempt(st, &keys, prefer, |t| {
                 t.inst.op_init(
                     kind,
                     t.session,
@@ -64,6 +87,7 @@ impl Session {
                 }
             })?;
         let busy = Some(self.group.member(t.idx).busy());
+        st.last_op = Some(t.idx);
         st.ops.push(ActiveOp {
             kind,
             mech,
@@ -87,12 +111,22 @@ impl Session {
         mech: &Option<OwnedMechanism>,
         key: CK_OBJECT_HANDLE,
     ) -> Result<(), Option<CK_RV>> {
+        let mut probing = false;
         let member_key = if key == 0 {
             0
+        } else if !self.group.objects.exists(key) {
+            CK_INVALID_HANDLE // never given out: the member answers what it answers to that
         } else {
             match self.resolve(old.idx, &old.inst, old.session, key) {
                 Ok(Some(h)) => h,
-                Ok(None) => return Err(None),
+                // The key is elsewhere. Whether the old operation still holds this member
+                // session only the member can say: asked with a handle that names nothing, it
+                // says CKR_OPERATION_ACTIVE (the answer the application gets) or refuses the
+                // handle (the old operation is over: start afresh where the key is).
+                Ok(None) => {
+                    probing = true;
+                    CK_INVALID_HANDLE
+                }
                 Err(f) if f.fails_member() => {
                     self.drop_member(old.idx, &old.inst, f);
                     forget(st, old.idx);
@@ -105,14 +139,30 @@ impl Session {
             .inst
             .op_init(old.kind, old.session, mech.clone(), member_key)
         {
-            Ok(()) => Ok(()),
+            Ok(()) if !probing => Ok(()),
             Err(f) if f.fails_member() => {
                 self.drop_member(old.idx, &old.inst, f);
                 forget(st, old.idx);
                 Err(None)
             }
-            Err(f) => Err(Some(f.rv())),
+            Err(Fault::Rv(CKR_OPERATION_ACTIVE)) => Err(Some(CKR_OPERATION_ACTIVE)),
+            Err(f) if !probing => Err(Some(f.rv())),
+            _ => Err(None),
         }
+    }
+
+    /// A call for an operation p11ha holds no record of: a member answers it, as it would
+    /// directly (SoftHSM checks a NULL argument before it says CKR_OPERATION_NOT_INITIALIZED).
+    fn unrecorded<T>(
+        &self,
+        st: &mut State,
+        objects: &[CK_OBJECT_HANDLE],
+        call: impl FnMut(&super::route::Target) -> crate::provider::MemberResult<T>,
+    ) -> CkResult<T> {
+        if !self.group.any_up() {
+            return Err(CKR_OPERATION_NOT_INITIALIZED);
+        }
+        self.attempt(st, objects, None, call).map(|(v, _)| v)
     }
 
     /// Keeps the record of an operation its member answered with an error.
@@ -162,7 +212,11 @@ impl Session {
     /// redone on another member if its member fails.
     pub fn op_single(&self, kind: OpKind, data: Data, cap: Option<CK_ULONG>) -> CkResult<Output> {
         let mut st = self.st.lock();
-        let mut op = Self::take_op(&mut st, kind)?;
+        let Ok(mut op) = Self::take_op(&mut st, kind) else {
+            return self.unrecorded(&mut st, &[], |t| {
+                t.inst.op_single(kind, t.session, data.clone(), cap)
+            });
+        };
         loop {
             match op.inst.op_single(kind, op.session, data.clone(), cap) {
                 Ok(out) => {
@@ -183,7 +237,11 @@ impl Session {
     /// C_Verify: the verdict is the return value.
     pub fn verify(&self, data: Data, signature: Data) -> CkResult<()> {
         let mut st = self.st.lock();
-        let mut op = Self::take_op(&mut st, OpKind::Verify)?;
+        let Ok(mut op) = Self::take_op(&mut st, OpKind::Verify) else {
+            return self.unrecorded(&mut st, &[], |t| {
+                t.inst.verify(t.session, data.clone(), signature.clone())
+            });
+        };
         loop {
             match op.inst.verify(op.session, data.clone(), signature.clone()) {
                 Ok(()) => return Ok(()),
@@ -198,7 +256,11 @@ impl Session {
 
     pub fn op_update(&self, kind: OpKind, data: Data, cap: Option<CK_ULONG>) -> CkResult<Output> {
         let mut st = self.st.lock();
-        let mut op = Self::take_op(&mut st, kind)?;
+        let Ok(mut op) = Self::take_op(&mut st, kind) else {
+            return self.unrecorded(&mut st, &[], |t| {
+                t.inst.op_update(kind, t.session, data.clone(), cap)
+            });
+        };
         match op.inst.op_update(kind, op.session, data, cap) {
             Ok(out) => {
                 op.fed = true;
@@ -221,7 +283,9 @@ impl Session {
 
     pub fn op_final(&self, kind: OpKind, cap: Option<CK_ULONG>) -> CkResult<Output> {
         let mut st = self.st.lock();
-        let mut op = Self::take_op(&mut st, kind)?;
+        let Ok(mut op) = Self::take_op(&mut st, kind) else {
+            return self.unrecorded(&mut st, &[], |t| t.inst.op_final(kind, t.session, cap));
+        };
         loop {
             match op.inst.op_final(kind, op.session, cap) {
                 Ok(out) => {
@@ -241,7 +305,11 @@ impl Session {
 
     pub fn verify_final(&self, signature: Data) -> CkResult<()> {
         let mut st = self.st.lock();
-        let mut op = Self::take_op(&mut st, OpKind::Verify)?;
+        let Ok(mut op) = Self::take_op(&mut st, OpKind::Verify) else {
+            return self.unrecorded(&mut st, &[], |t| {
+                t.inst.verify_final(t.session, signature.clone())
+            });
+        };
         loop {
             match op.inst.verify_final(op.session, signature.clone()) {
                 Ok(()) => return Ok(()),
@@ -254,9 +322,33 @@ impl Session {
         }
     }
 
+    /// Ends an operation whose call failed before any member saw it (a NULL length pointer, a
+    /// NULL buffer with a length): PKCS#11 ends an operation on such an error, so it is ended
+    /// on its member too, which would otherwise refuse the next Init as still active.
+    pub fn end_op(&self, kind: OpKind) {
+        let mut st = self.st.lock();
+        let Ok(op) = Self::take_op(&mut st, kind) else {
+            return;
+        };
+        drop(st);
+        let room = Some(64 * 1024);
+        let _ = match kind {
+            OpKind::Verify => op.inst.verify_final(op.session, Input::new(Vec::new())),
+            OpKind::SignRecover | OpKind::VerifyRecover => op
+                .inst
+                .op_single(kind, op.session, Input::new(Vec::new()), room)
+                .map(|_| ()),
+            _ => op.inst.op_final(kind, op.session, room).map(|_| ()),
+        };
+    }
+
     pub fn digest_key(&self, key: CK_OBJECT_HANDLE) -> CkResult<()> {
         let mut st = self.st.lock();
-        let mut op = Self::take_op(&mut st, OpKind::Digest)?;
+        let Ok(mut op) = Self::take_op(&mut st, OpKind::Digest) else {
+            return self.unrecorded(&mut st, &[key], |t| {
+                t.inst.digest_key(t.session, t.objects[0])
+            });
+        };
         let known = self.group.objects.exists(key);
         let h = match self.resolve(op.idx, &op.inst, op.session, key) {
             Ok(Some(h)) => h,

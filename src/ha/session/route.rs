@@ -11,6 +11,31 @@ use cryptoki_sys::*;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+/// A member session of p11ha's own beside the application's, closed when dropped: for work
+/// that must not run in a member session that may be in the middle of an operation (searches,
+/// wrapping and unwrapping for replication; SoftHSM refuses those in such a session). Object
+/// handles and the login are the same in every session of the application on a token.
+pub(super) struct Apart {
+    pub inst: Arc<Instance>,
+    pub session: CK_SESSION_HANDLE,
+}
+
+impl Apart {
+    pub fn open(inst: &Arc<Instance>, slot: CK_SLOT_ID) -> MemberResult<Apart> {
+        let session = inst.open_session(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION)?;
+        Ok(Apart {
+            inst: inst.clone(),
+            session,
+        })
+    }
+}
+
+impl Drop for Apart {
+    fn drop(&mut self) {
+        let _ = self.inst.close_session(self.session);
+    }
+}
+
 /// A member chosen for one call, with this session's session on it and the caller's objects
 /// resolved to their twins there.
 pub struct Target {
@@ -18,6 +43,13 @@ pub struct Target {
     pub inst: Arc<Instance>,
     pub session: CK_SESSION_HANDLE,
     pub objects: Vec<CK_OBJECT_HANDLE>,
+}
+
+impl Target {
+    /// Whether the member still answers on this session (a probe after CKR_DEVICE_ERROR).
+    fn still_answers(&self) -> bool {
+        self.inst.session_info(self.session).is_ok()
+    }
 }
 
 impl Session {
@@ -90,11 +122,34 @@ impl Session {
         if !identity.is_token() && objects.owner(v).is_some() {
             return Ok(None); // session objects live only where they were made
         }
-        let twin = find_twin(inst, session, &identity)?;
+        let twin = self.find_twin_apart(idx, inst, session, &identity)?;
         if let Some(h) = twin {
             objects.set_twin(v, idx, inst.id, h);
         }
         Ok(twin)
+    }
+
+    /// Looks for a twin in a session of its own: the caller's member session may be in the
+    /// middle of an operation, and SoftHSM (for one) refuses a search in a session that is
+    /// (C_DigestKey looking up its key answered CKR_OPERATION_ACTIVE). Object handles are the
+    /// same in every session of the application.
+    fn find_twin_apart(
+        &self,
+        idx: usize,
+        inst: &Instance,
+        session: CK_SESSION_HANDLE,
+        identity: &crate::ha::objects::Identity,
+    ) -> MemberResult<Option<CK_OBJECT_HANDLE>> {
+        let binding = self
+            .group
+            .member(idx)
+            .binding()
+            .filter(|b| b.instance.id == inst.id);
+        let Some(b) = binding else {
+            return find_twin(inst, session, identity);
+        };
+        let apart = Apart::open(&b.instance, b.slot)?;
+        find_twin(inst, apart.session, identity)
     }
 
     /// Runs `call` on the best member that holds every object in `objects`, failing over when
@@ -216,6 +271,12 @@ impl Session {
                     tried.retain(|&i| i != idx);
                 }
                 Ok(v) => return Ok((v, target)),
+                // p11-kit-client answers CKR_DEVICE_ERROR to arguments its protocol cannot
+                // carry (an attribute of the wrong length): a member that still answers on the
+                // same session is not gone, and that was the caller's answer.
+                Err(Fault::Rv(CKR_DEVICE_ERROR)) if target.still_answers() => {
+                    return Err(CKR_DEVICE_ERROR)
+                }
                 Err(f) if f.fails_member() => {
                     self.drop_member(idx, &b.instance, f);
                     forget(st, idx);

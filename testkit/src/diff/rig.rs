@@ -63,6 +63,8 @@ pub struct Rig {
     pristine: PathBuf,
     ha: Loaded,
     reference: Loaded,
+    /// False once the process is exiting: see [`Rig::drop_at_exit`].
+    finalize_on_drop: bool,
 }
 
 /// One side's module, with the environment it reads in C_GetFunctionList / C_Initialize and
@@ -167,6 +169,7 @@ impl Rig {
             pristine,
             ha,
             reference,
+            finalize_on_drop: true,
         })
     }
 
@@ -228,11 +231,23 @@ impl Rig {
     }
 }
 
+impl Rig {
+    /// Drops the rig from an exit handler: servers stopped, files removed, no C_Finalize.
+    /// Member modules p11ha loaded in its first C_Initialize registered their own exit
+    /// handlers after the caller's, so by now SoftHSM's globals are destroyed and its
+    /// C_Finalize would crash.
+    pub fn drop_at_exit(mut self) {
+        self.finalize_on_drop = false;
+    }
+}
+
 impl Drop for Rig {
     fn drop(&mut self) {
-        // Before the cluster goes: p11ha's threads and connections stop with C_Finalize.
-        self.ha.module.finalize();
-        self.reference.module.finalize();
+        if self.finalize_on_drop {
+            // Before the cluster goes: p11ha's threads and connections stop with C_Finalize.
+            self.ha.module.finalize();
+            self.reference.module.finalize();
+        }
     }
 }
 
