@@ -559,10 +559,7 @@ fn a_shared_sticky_directory_is_warned_about_once_in_the_log_and_on_stderr() {
     let text = log_text(d);
     let records: Vec<&str> = text.lines().collect();
     assert_eq!(records.len(), 2, "{text}");
-    assert!(
-        records[0].ends_with(&format!("] HA {warning}")),
-        "{text}"
-    );
+    assert!(records[0].ends_with(&format!("] HA {warning}")), "{text}");
     assert!(
         records[1].ends_with("configuration error: a record"),
         "{text}"
