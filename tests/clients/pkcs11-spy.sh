@@ -3,7 +3,10 @@
 # over the module, driven by pkcs11-tool: list slots, sign with the RSA key (id 01); the spy's
 # log must show the calls. The spy asks for the PKCS#11 3.0 interface and writes into it.
 . "$(dirname "$0")/common.sh"
-SPY=$(ls /usr/lib/*/pkcs11/pkcs11-spy.so /usr/lib/pkcs11/pkcs11-spy.so 2>/dev/null | head -1)
+SPY=
+for f in /usr/lib/*/pkcs11/pkcs11-spy.so /usr/lib/pkcs11/pkcs11-spy.so; do
+    if [ -e "$f" ]; then SPY=$f; break; fi
+done
 [ -n "$SPY" ] || fail "pkcs11-spy.so not installed (Debian package opensc-pkcs11)"
 export PKCS11SPY="$MODULE" PKCS11SPY_OUTPUT="$WORK/spy.log"
 P=(pkcs11-tool --module "$SPY")
