@@ -65,7 +65,32 @@ pub fn bring_up_to_date(
     slot: CK_SLOT_ID,
     only_if_owed: bool,
 ) -> CopyResult<Outcome> {
-    let _one = g.sync.comparing.lock();
+    bring_up_to_date_within(g, serial, target, slot, only_if_owed, None)
+}
+
+/// [`bring_up_to_date`] that waits at most `wait` for another comparison in this process (the
+/// management thread's reintroduction) to end; if it does not, nothing is done (`busy`): an
+/// application's thread is never held for a whole reintroduction.
+fn bring_up_to_date_within(
+    g: &Group,
+    serial: &str,
+    target: &Arc<Instance>,
+    slot: CK_SLOT_ID,
+    only_if_owed: bool,
+    wait: Option<std::time::Duration>,
+) -> CopyResult<Outcome> {
+    let _one = match wait {
+        None => g.sync.comparing.lock(),
+        Some(d) => match g.sync.comparing.try_lock_for(d) {
+            Some(held) => held,
+            None => {
+                return Ok(Outcome {
+                    busy: true,
+                    ..Default::default()
+                })
+            }
+        },
+    };
     let login = g.login();
     let mine = dst(Opened::open(target, slot, &login, None))?;
     let Some(claim) = dst(claim_for_copy(&mine, serial))? else {
@@ -378,6 +403,16 @@ fn apply_owed(
 /// this group now has) and drops settled records. A member that fails on its connection is
 /// dropped. Returns what was copied.
 pub fn catch_up(g: &Group) -> Copied {
+    catch_up_within(g, None)
+}
+
+/// How long C_Login waits for a comparison another thread of this process runs.
+pub const LOGIN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// [`catch_up`] from an application's thread (C_Login): each member's settling waits at most
+/// `wait` for a comparison another thread runs; what is skipped is settled by the management
+/// thread's next round.
+pub fn catch_up_within(g: &Group, wait: Option<std::time::Duration>) -> Copied {
     let mut copied = Copied::default();
     if !g.sync.enabled() || g.passthrough {
         return copied;
@@ -405,7 +440,7 @@ pub fn catch_up(g: &Group) -> Copied {
         let Some(b) = m.binding().filter(|_| owing.contains(&m.serial)) else {
             continue;
         };
-        match bring_up_to_date(g, &m.serial, &b.instance, b.slot, true) {
+        match bring_up_to_date_within(g, &m.serial, &b.instance, b.slot, true, wait) {
             Ok(o) => copied.add(o.copied),
             Err((Side::Target, f)) if f.fails_member() => g.drop_member(i, b.instance.id, f),
             Err((_, f)) => diag!(
