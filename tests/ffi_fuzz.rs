@@ -228,8 +228,8 @@ fn each_case_alone(setup: Setup, class: &str, check: impl Fn(&str, u64, u64)) {
 }
 
 /// p11ha's length and NULL promises for mechanism parameters and the buffers they point to
-/// (the fuzzer's class "mech"): a length no buffer can have must be CKR_ARGUMENTS_BAD, not a
-/// panic; a NULL buffer with a length must not reach the member (SoftHSM reads it: the direct
+/// (the fuzzer's class "mech"): a length no buffer can have must be CKR_MECHANISM_PARAM_INVALID,
+/// not a panic; a NULL buffer with a length inside a parameter must not reach the member (SoftHSM reads it: the direct
 /// application crashes, a p11-kit member's server child dies and the call fails over to the
 /// next member, which dies the same way).
 fn absurd_mechanism_parameters_are_refused_unread(setup: Setup) {

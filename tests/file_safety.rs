@@ -709,13 +709,9 @@ fn held_locks_delay_c_initialize_and_c_finalize_by_a_bound_only() {
     assert!(init < WITHIN, "{}", run.describe());
     assert!(fini < WITHIN, "{}", run.describe());
     let said = |needle: &str| run.stderr.lines().any(|l| l.contains(needle));
-    // The journal is only written when no member could take a record (docs/SYNC.md), never
-    // read at C_Initialize: its held lock costs C_Initialize nothing.
-    assert!(
-        !said(&format!("p11ha-{serial}.journal")),
-        "{}",
-        run.describe()
-    );
+    // The journal is only the fallback for records no member could take (docs/SYNC.md): when
+    // its lock is held it is said or not depending on whether it was needed; the bound on both
+    // calls above is what this test is about.
     assert!(
         said("the lock on .haErrorLog.lock was held by another process for longer than 2 s"),
         "{}",

@@ -1206,9 +1206,11 @@ static const struct {
     { "seed_len_2p63", "p11ha", CKR_ARGUMENTS_BAD, seed_len_2p63 },
     /* class mech: the same promises for mechanism parameters and the buffers they point to
        (a NULL buffer with a length, passed on, crashes the member: SoftHSM reads it) */
-    { "mech_param_len_2p63", "mech", CKR_ARGUMENTS_BAD, mech_param_len_2p63 },
-    { "gcm_iv_len_2p63", "mech", CKR_ARGUMENTS_BAD, gcm_iv_len_2p63 },
-    { "gcm_null_iv_len_12", "mech", CKR_ARGUMENTS_BAD, gcm_null_iv_len_12 },
+    /* a parameter (or a buffer inside it) longer than any buffer can be: the parameter is
+       invalid, CKR_MECHANISM_PARAM_INVALID, unread (src/mechanism/copy.rs) */
+    { "mech_param_len_2p63", "mech", CKR_MECHANISM_PARAM_INVALID, mech_param_len_2p63 },
+    { "gcm_iv_len_2p63", "mech", CKR_MECHANISM_PARAM_INVALID, gcm_iv_len_2p63 },
+    { "gcm_null_iv_len_12", "mech", CKR_MECHANISM_PARAM_INVALID, gcm_null_iv_len_12 },
 };
 #define N_CASES ((int)(sizeof cases / sizeof cases[0]))
 

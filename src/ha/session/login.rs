@@ -44,9 +44,12 @@ impl Session {
                 }
                 Err(f) => return Err(f.rv()),
             };
-            match b.instance.login(session, user, pin.clone()) {
+            match login_retrying(&b.instance, session, user, &pin) {
                 Ok(()) | Err(Fault::Rv(CKR_USER_ALREADY_LOGGED_IN)) => accepted = true,
                 Err(f) if f.fails_member() => self.drop_member(idx, &b.instance, f),
+                // Not a verdict on the PIN: the member is dropped (recovery logs it in again)
+                // and the next member judges the PIN.
+                Err(f @ Fault::Rv(CKR_GENERAL_ERROR)) => self.drop_member(idx, &b.instance, f),
                 Err(f) if !accepted || f == Fault::Panicked => {
                     // The verdict on the PIN is this member's: say which one gave it, so that a
                     // member whose PIN was changed on its own shows up in the HA log.
@@ -168,4 +171,24 @@ impl Session {
             Err(CKR_DEVICE_ERROR)
         }
     }
+}
+
+/// C_Login on one member session. SoftHSM answers CKR_GENERAL_ERROR now and then when several
+/// processes log in to one token at the same instant (its token files are being rewritten): a
+/// few short retries, then the answer stands.
+fn login_retrying(
+    inst: &Instance,
+    session: CK_SESSION_HANDLE,
+    user: CK_USER_TYPE,
+    pin: &Option<Pin>,
+) -> MemberResult<()> {
+    let mut r = inst.login(session, user, pin.clone());
+    for wait_ms in [5, 20, 50] {
+        if r != Err(Fault::Rv(CKR_GENERAL_ERROR)) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(wait_ms));
+        r = inst.login(session, user, pin.clone());
+    }
+    r
 }

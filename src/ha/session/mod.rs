@@ -53,10 +53,6 @@ struct State {
     /// Per member index: (instance id, member session handle).
     member_sessions: Vec<Option<(u64, CK_SESSION_HANDLE)>>,
     ops: Vec<ActiveOp>,
-    /// The member the session's last operation ran on: the next one starts there too, so an
-    /// operation a member kept after an error (SoftHSM keeps some) meets the next Init as it
-    /// would directly.
-    last_op: Option<usize>,
     found: Option<std::vec::IntoIter<CK_OBJECT_HANDLE>>,
 }
 

@@ -66,12 +66,13 @@ impl Session {
     ) -> CkResult<()> {
         let mech = mech.clone();
         let keys: Vec<_> = if key == 0 { vec![] } else { vec![key] };
-        // Where the session's other operations are, else its home member (where its session
-        // objects are): a session's operations then meet on one member session, and a member
-        // that allows one operation per session (SoftHSM) answers as it would directly. A
-        // session object held elsewhere still takes the call to its holder (`attempt`).
-        let busy_on = st.ops.first().map(|o| o.idx).or(st.last_op);
-        let prefer = busy_on.or(self.home(st));
+        // Where the session's other operations are, so that a member that allows one
+        // operation per session answers as it would directly; else, for a digest (it names no
+        // key, but C_DigestKey may name a session key), the home member. Otherwise the
+        // balancer chooses: sessions are not pinned to a member, so load spreads and a member
+        // that returns is used again.
+        let busy_on = st.ops.first().map(|o| o.idx);
+        let prefer = busy_on.or(if key == 0 { self.home(st) } else { None });
         let (_, t) = self
             .attempt(st, &keys, prefer, |t| {
                 t.inst.op_init(
@@ -92,7 +93,6 @@ impl Session {
                 }
             })?;
         let busy = Some(self.group.member(t.idx).busy());
-        st.last_op = Some(t.idx);
         st.ops.push(ActiveOp {
             kind,
             mech,
@@ -216,7 +216,6 @@ impl Session {
             op.idx = t.idx;
             op.inst = t.inst;
             op.session = t.session;
-            st.last_op = Some(t.idx);
             if !op.fed {
                 return Ok(());
             }

@@ -302,6 +302,14 @@ impl Session {
         }
     }
 
+    /// Whether member `idx` still answers on this session's member session there.
+    pub(super) fn still_answers(&self, st: &State, idx: usize, inst: &Instance) -> bool {
+        match st.member_sessions.get(idx).copied().flatten() {
+            Some((id, h)) if id == inst.id => inst.session_info(h).is_ok(),
+            _ => false,
+        }
+    }
+
     fn drop_suspects(&self, st: &mut State, suspects: &[(usize, Arc<Instance>)]) {
         for (idx, inst) in suspects {
             self.drop_member(*idx, inst, Fault::Rv(CKR_DEVICE_ERROR));

@@ -9,7 +9,7 @@ use super::route::Target;
 use super::{CkResult, Session, State};
 use crate::ha::sync::policy::is_cloning_object;
 use crate::mechanism::Attr;
-use crate::provider::MemberResult;
+use crate::provider::{Fault, MemberResult};
 use cryptoki_sys::*;
 use std::collections::HashSet;
 
@@ -56,6 +56,7 @@ impl Session {
     ) -> CkResult<Vec<CK_OBJECT_HANDLE>> {
         let mut all = Vec::new();
         let mut answered = false;
+        let mut suspects = Vec::new();
         // In the configured member order, not the load-balancing rotation: the same search
         // then lists the same objects in the same order every time (the first member's
         // order, as that member would list them), which applications that take the first
@@ -82,11 +83,19 @@ impl Session {
                     answered = true;
                     all.extend(v);
                 }
+                // As in `attempt`: a member that still answers is only suspect (p11-kit-client
+                // answers CKR_DEVICE_ERROR to a template attribute of the wrong length).
+                Err(Fault::Rv(CKR_DEVICE_ERROR)) if self.still_answers(st, idx, &b.instance) => {
+                    suspects.push((idx, b.instance.clone()));
+                }
                 Err(f) if f.fails_member() => self.drop_member(idx, &b.instance, f),
                 Err(f) => return Err(f.rv()),
             }
         }
         if answered {
+            for (idx, inst) in suspects {
+                self.drop_member(idx, &inst, Fault::Rv(CKR_DEVICE_ERROR));
+            }
             Ok(all)
         } else {
             Err(CKR_DEVICE_ERROR)
