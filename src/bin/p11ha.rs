@@ -101,6 +101,7 @@ const VERBS: &[(&str, Verb, &str)] = &[
         |a| lib(cli::haonly(a)),
         "haonly -enable | -disable | -show",
     ),
+    ("audit", |a| lib(cli::audit::run(a)), "audit show|follow|clear|verify|init-key ... (p11ha audit for details)"),
     (
         "synchronize",
         synchronize,
@@ -339,6 +340,9 @@ const KEY_LEN: &str = "logLen";
 /// `p11ha halog`: the seed 003 `hagroup halog` command. Every option is checked before the file is
 /// changed; the file is written once.
 fn halog(args: &[String]) -> Result<Vec<String>, Failure> {
+    if args.iter().any(|a| a.eq_ignore_ascii_case("-follow")) {
+        return lib(cli::audit::follow_halog());
+    }
     let mut path: Option<String> = None;
     let mut max_len: Option<u64> = None;
     let mut enable: Option<bool> = None;

@@ -39,6 +39,7 @@ pub struct Group {
     /// either way.
     pub failover_on_deactivation: bool,
     pub log: HaLog,
+    pub audit: crate::audit::Audit,
     login: Mutex<Option<Login>>,
     /// The group's authentication kind (true: PED / protected authentication path), fixed by
     /// the first member that came up. Members of the other kind are refused.
@@ -86,6 +87,7 @@ impl Group {
             mode,
             failover_on_deactivation: true,
             log,
+            audit: Default::default(),
             login: Mutex::new(None),
             ped: Mutex::new(None),
             manual_recovery: Mutex::new(None),
@@ -195,6 +197,7 @@ impl Group {
             if !self.any_up() {
                 self.log.members_offline(&self.serial);
             }
+            crate::audit::member_dropped(self, &m.serial, fault);
         }
     }
 

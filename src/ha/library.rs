@@ -68,6 +68,7 @@ impl Ha {
                 log.clone(),
             );
             group.failover_on_deactivation = config.failover_on_deactivation;
+            group.audit = crate::audit::Audit::open(&config, &group.serial);
             for m in group.members().iter() {
                 match found.iter().find(|f| trimmed_serial(&f.token) == m.serial) {
                     Some(f) if !group.accepts_kind(&f.token) => refuse_kind(&group, m),
@@ -193,6 +194,7 @@ impl Ha {
     /// Closes every session and finalizes every instance, each call bounded.
     pub fn shutdown(&self) {
         let drain = self.config.connect_timeout;
+        crate::audit::finalizing(self);
         let all: Vec<_> = self.sessions.write().drain().map(|(_, s)| s).collect();
         for s in all {
             s.close();

@@ -72,12 +72,14 @@ fn reread_config(ha: &Ha) {
                     Warn,
                     "configuration not re-read, keeping the running one: {msg}"
                 );
+                crate::audit::config_refused(ha, &msg);
                 *last = Some(msg);
             }
             return;
         }
     };
     *ha.reread_error.lock() = None;
+    crate::audit::config_reread(ha, &cfg);
     for gc in &cfg.groups {
         let Some(g) = ha.ha_groups().find(|g| g.label == gc.label) else {
             continue;
@@ -91,6 +93,7 @@ fn reread_config(ha: &Ha) {
         for m in g.members().iter() {
             if !m.is_removed() && !wanted.iter().any(|(s, _)| **s == m.serial) {
                 m.remove();
+                crate::audit::member_removed(g, &m.serial);
                 diag!(
                     Info,
                     "member {} left group {} (configuration)",
@@ -109,6 +112,7 @@ fn reread_config(ha: &Ha) {
             let m = Arc::new(Member::new((*serial).clone(), *standby));
             g.add_member(m.clone());
             g.log.new_member(&g.serial, serial);
+            crate::audit::member_added(g, serial, *standby);
             recover(ha, g, &m, ha.config.recovery.attempts);
         }
         let asked = {
@@ -159,6 +163,7 @@ pub fn recover(ha: &Ha, g: &Group, m: &Member, limit: i64) -> bool {
             bind(m, &found);
             g.log.recovered(&g.serial, attempt, &m.serial);
             g.log.member_now_activated(&g.serial, attempt, &m.serial);
+            crate::audit::member_recovered(g, &m.serial, attempt);
             true
         }
         Err(rv) => {

@@ -8,7 +8,7 @@ use crate::provider::{Data, Fault, OpKind, Output};
 use cryptoki_sys::*;
 
 impl Session {
-    pub fn op_init(
+    pub(crate) fn op_init_unaudited(
         &self,
         kind: OpKind,
         mech: Option<OwnedMechanism>,

@@ -21,7 +21,7 @@ impl Session {
                     Some(v) => v,
                     None => self.adopt(t, h)?,
                 };
-                if !(self.syncs() && self.is_cloning(v)) {
+                if !(self.syncs() && self.is_cloning(v)) && !self.is_audit_key(v) {
                     out.push(v);
                 }
             }

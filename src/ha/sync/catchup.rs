@@ -96,7 +96,9 @@ pub fn reintroduce(
     target: &Instance,
     slot: CK_SLOT_ID,
 ) -> MemberResult<u64> {
-    bring_up_to_date(g, serial, target, slot, false).map_err(|(_, f)| f)
+    bring_up_to_date(g, serial, target, slot, false)
+        .map_err(|(_, f)| f)
+        .inspect(|&n| crate::audit::reintroduced(g, serial, n))
 }
 
 /// [`reintroduce`], saying which side failed; with `only_if_owed`, nothing is compared when the
