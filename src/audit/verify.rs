@@ -428,3 +428,128 @@ pub fn verify(
     }
     w.report
 }
+
+#[cfg(test)]
+mod tests {
+    //! The verifier's logic with a stand-in MAC (SHA-256 of a secret and `h`); the real one, a
+    //! member's HMAC, is covered by tests/audit_verify.rs.
+    use super::*;
+    use crate::audit::event::Event;
+    use crate::audit::record::Raw;
+    use crate::audit::stream::{stream_files, Stream};
+    use cryptoki_sys::CKR_OK;
+    use sha2::{Digest, Sha256};
+
+    fn stand_in(h: &[u8; 32]) -> [u8; 32] {
+        let mut d = Sha256::new();
+        d.update(b"stand-in key");
+        d.update(h);
+        d.finalize().into()
+    }
+
+    /// Three files or more of sealed records.
+    fn stream(dir: &Path) -> Vec<PathBuf> {
+        let mut s = Stream::open(dir, "g", 1500, 0).unwrap();
+        for i in 0..12 {
+            let raw = Raw::now(Op::Login, CKR_OK, i, vec!["m1".into()], Event::Login { user: 1 });
+            s.append(&[raw], &mut |h| Some(stand_in(h))).unwrap();
+        }
+        let files = stream_files(dir, "g").unwrap();
+        assert!(files.len() >= 3, "{files:?}");
+        files
+    }
+
+    fn check(files: &[PathBuf]) -> Report {
+        verify(files, &mut |h| Ok(stand_in(h)))
+    }
+
+    fn lines(p: &Path) -> Vec<String> {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(|l| format!("{l}\n"))
+            .collect()
+    }
+
+    #[test]
+    fn an_untouched_stream_verifies() {
+        let d = tempfile::tempdir().unwrap();
+        let r = check(&stream(d.path()));
+        assert_eq!(r.exit_code(), 0, "{:?}", r.lines());
+        assert_eq!(r.sealed, r.records);
+    }
+
+    #[test]
+    fn each_change_is_found_and_named() {
+        let d = tempfile::tempdir().unwrap();
+        let files = stream(d.path());
+        let mid = &files[1];
+        let orig = lines(mid);
+        let first_bad = |r: &Report| {
+            let p = r.problems.first().expect("a problem");
+            (p.file.clone(), p.line, p.what.clone())
+        };
+
+        // One byte flipped in record 2 of the middle file.
+        let mut l = orig.clone();
+        l[1] = l[1].replacen("C_Login", "C_LogiN", 1);
+        std::fs::write(mid, l.concat()).unwrap();
+        let (f, line, what) = first_bad(&check(&files));
+        assert_eq!((f.as_path(), line), (mid.as_path(), 2), "{what}");
+
+        // A line deleted.
+        let mut l = orig.clone();
+        l.remove(1);
+        std::fs::write(mid, l.concat()).unwrap();
+        let (_, line, what) = first_bad(&check(&files));
+        assert_eq!(line, 2);
+        assert!(what.contains("are missing"), "{what}");
+
+        // Two lines swapped.
+        let mut l = orig.clone();
+        l.swap(1, 2);
+        std::fs::write(mid, l.concat()).unwrap();
+        let (_, line, what) = first_bad(&check(&files));
+        assert_eq!(line, 2, "{what}");
+        std::fs::write(mid, orig.concat()).unwrap();
+
+        // A rotated file removed.
+        let without: Vec<PathBuf> = files.iter().filter(|f| *f != mid).cloned().collect();
+        let (f, line, what) = first_bad(&check(&without));
+        assert_eq!((f.as_path(), line), (files[2].as_path(), 1));
+        assert!(what.contains("is not among the files verified"), "{what}");
+
+        // The last record cut short.
+        let last = files.last().unwrap();
+        let text = std::fs::read(last).unwrap();
+        std::fs::write(last, &text[..text.len() - 10]).unwrap();
+        let r = check(&files);
+        let (_, line, what) = first_bad(&r);
+        assert_eq!(line, lines(last).len());
+        assert!(what.contains("cut short"), "{what}");
+
+        // A record forged without the key: a MAC made up, or none.
+        let mut forged = text.clone();
+        let l = lines(last);
+        let fake = l.last().unwrap();
+        let seq = parse(fake.trim_end()).seq;
+        let fake = fake.replacen(&format!(" {seq:016x} "), &format!(" {:016x} ", seq + 1), 1);
+        let made_up = format!("{}|mac={}\n", &fake[..fake.rfind("|mac=").unwrap()], "ab".repeat(32));
+        forged.extend_from_slice(made_up.as_bytes());
+        std::fs::write(last, &forged).unwrap();
+        let (_, line, what) = first_bad(&check(&files));
+        assert_eq!(line, l.len() + 1);
+        assert!(what.contains("MAC does not match"), "{what}");
+        let unsealed = format!("{}|mac=-\n", &fake[..fake.rfind("|mac=").unwrap()]);
+        let mut forged = text.clone();
+        forged.extend_from_slice(unsealed.as_bytes());
+        std::fs::write(last, &forged).unwrap();
+        let r = check(&files);
+        assert_eq!(r.exit_code(), 3, "{:?}", r.lines());
+        assert_eq!(r.unsealed_tail.map(|t| t.2), Some(1));
+    }
+
+    fn parse(l: &str) -> Record {
+        record::parse(l).unwrap()
+    }
+}
