@@ -1,13 +1,15 @@
 //! Deactivated members (the module answers, its token cannot serve), made deterministic with
-//! the fault-injection pass-through module tests/c/fault_module.c around a real SoftHSM member.
+//! the fault-injection pass-through module tests/c/fault_module.c around a real SoftHSM member,
+//! and members that die and come back changed. Every scenario runs in every set-up: with
+//! p11-kit members the fault module runs inside member 0's server (the HSM's side of the
+//! connection) and death is a real kill; with direct members it sits in front of member 0's
+//! SoftHSM copy and death is every call failing (testkit's `setup`).
 
 mod support;
 
 use cryptoki::error::{Error, RvError};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::ObjectClass;
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 use support::*;
@@ -17,65 +19,39 @@ fn serial() -> MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Two direct SoftHSM members, member 0 behind the fault module; returns (config, control file).
-fn faulty_group(cluster: &Cluster, failover_on_deactivation: bool) -> (PathBuf, PathBuf) {
-    let fault = cluster.dir().join("fault.so");
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/fault_module.c");
-    let st = Command::new("cc")
-        .args([
-            "-shared",
-            "-fPIC",
-            "-Wall",
-            "-Werror",
-            "-I/usr/include/p11-kit-1",
-            "-o",
-        ])
-        .arg(&fault)
-        .arg(&src)
-        .arg("-ldl")
-        .status()
-        .unwrap();
-    assert!(st.success(), "building the fault module");
-    let control = cluster.dir().join("faults");
-    std::fs::write(&control, "").unwrap();
-    let conf = cluster.write_config(&ConfigOpts {
-        direct: true,
-        extra_ha_lines: vec![format!(
-            "failover_on_deactivation = {};",
-            u8::from(failover_on_deactivation)
-        )],
-        ..Default::default()
-    });
-    let m0 = &cluster.members[0];
-    let lib0 = cluster.softhsm_copy(0);
-    let text = std::fs::read_to_string(&conf).unwrap();
-    let from = format!(
-        "Provider00Library = {};\n   Provider00Env = SOFTHSM2_CONF={};",
-        lib0.display(),
-        m0.conf.display()
-    );
-    assert!(text.contains(&from), "{text}");
-    let to = format!(
-        "Provider00Library = {};\n   Provider00Env = FAULT_MODULE={}, SOFTHSM2_CONF={}, FAULT_CONTROL={};",
-        fault.display(),
-        lib0.display(),
-        m0.conf.display(),
-        control.display()
-    );
-    std::fs::write(&conf, text.replace(&from, &to)).unwrap();
-    (conf, control)
+/// Two members in `setup`, member 0 behind the fault module (inside its p11-kit server, or in
+/// front of its direct SoftHSM copy).
+fn faulty_group(setup: Setup, failover_on_deactivation: bool) -> Group {
+    Group::with_fault_module(
+        setup,
+        2,
+        ConfigOpts {
+            extra_ha_lines: vec![format!(
+                "failover_on_deactivation = {};",
+                u8::from(failover_on_deactivation)
+            )],
+            ..Default::default()
+        },
+        &[0],
+    )
 }
 
-#[test]
-fn a_deactivated_member_is_logged_and_failed_over_by_default() {
+in_every_setup!(
+    a_deactivated_member_is_logged_and_failed_over_by_default,
+    without_failover_on_deactivation_the_caller_sees_it_once,
+    a_connection_error_is_still_a_drop,
+    a_member_of_the_other_authentication_kind_is_refused,
+    a_member_that_refuses_the_credential_on_return_is_revoked,
+);
+
+fn a_deactivated_member_is_logged_and_failed_over_by_default(setup: Setup) {
     let _g = serial();
-    let cluster = Cluster::new(2);
-    let (conf, control) = faulty_group(&cluster, true);
-    let ha = cluster.ha_client(&conf, GROUP_LABEL).unwrap();
+    let cluster = faulty_group(setup, true);
+    let ha = cluster.ha().unwrap();
     let s = ha.session().unwrap();
     let key = ha.find(&s, ObjectClass::PRIVATE_KEY, RSA_ID).unwrap();
     s.sign(&Mechanism::Sha256RsaPkcs, key, b"warm up").unwrap();
-    std::fs::write(&control, "C_SignInit 0xE0\n").unwrap(); // CKR_TOKEN_NOT_PRESENT
+    cluster.set_faults(0, "C_SignInit 0xE0\n"); // CKR_TOKEN_NOT_PRESENT
     for n in 0..6u8 {
         s.sign(&Mechanism::Sha256RsaPkcs, key, &[n])
             .expect("failed over to the active member");
@@ -94,16 +70,14 @@ fn a_deactivated_member_is_logged_and_failed_over_by_default() {
         .any(|l| l.contains("has dropped member")));
 }
 
-#[test]
-fn without_failover_on_deactivation_the_caller_sees_it_once() {
+fn without_failover_on_deactivation_the_caller_sees_it_once(setup: Setup) {
     let _g = serial();
-    let cluster = Cluster::new(2);
-    let (conf, control) = faulty_group(&cluster, false);
-    let ha = cluster.ha_client(&conf, GROUP_LABEL).unwrap();
+    let cluster = faulty_group(setup, false);
+    let ha = cluster.ha().unwrap();
     let s = ha.session().unwrap();
     let key = ha.find(&s, ObjectClass::PRIVATE_KEY, RSA_ID).unwrap();
     s.sign(&Mechanism::Sha256RsaPkcs, key, b"warm up").unwrap();
-    std::fs::write(&control, "C_SignInit 0xE0\n").unwrap();
+    cluster.set_faults(0, "C_SignInit 0xE0\n");
     let results: Vec<_> = (0..6u8)
         .map(|n| s.sign(&Mechanism::Sha256RsaPkcs, key, &[n]))
         .collect();
@@ -123,15 +97,15 @@ fn without_failover_on_deactivation_the_caller_sees_it_once() {
         .any(|l| l.contains("deactivated")));
 }
 
-#[test]
-fn a_connection_error_is_still_a_drop() {
+fn a_connection_error_is_still_a_drop(setup: Setup) {
     let _g = serial();
-    let cluster = Cluster::new(2);
-    let (conf, control) = faulty_group(&cluster, false);
-    let ha = cluster.ha_client(&conf, GROUP_LABEL).unwrap();
+    let cluster = faulty_group(setup, false);
+    let ha = cluster.ha().unwrap();
     let s = ha.session().unwrap();
     let key = ha.find(&s, ObjectClass::PRIVATE_KEY, RSA_ID).unwrap();
-    std::fs::write(&control, "C_SignInit 0x30\n").unwrap(); // CKR_DEVICE_ERROR
+    // Not a death (the member answers everything else), but the error of one: CKR_DEVICE_ERROR,
+    // which p11ha must take as the connection gone, as from a member whose server died.
+    cluster.set_faults(0, "C_SignInit 0x30\n"); // CKR_DEVICE_ERROR
     for n in 0..6u8 {
         s.sign(&Mechanism::Sha256RsaPkcs, key, &[n])
             .expect("a dead member is always failed over");
@@ -144,12 +118,10 @@ fn a_connection_error_is_still_a_drop() {
     );
 }
 
-#[test]
-fn a_member_of_the_other_authentication_kind_is_refused() {
+fn a_member_of_the_other_authentication_kind_is_refused(setup: Setup) {
     let _g = serial();
-    let cluster = Cluster::new(2);
-    let (conf, control) = faulty_group(&cluster, true);
-    let ha = cluster.ha_client(&conf, GROUP_LABEL).unwrap();
+    let cluster = faulty_group(setup, true);
+    let ha = cluster.ha().unwrap();
     assert!(cluster
         .wait_ha_log(
             "configured as a \"PASSWORD Based\" virtual device",
@@ -159,11 +131,12 @@ fn a_member_of_the_other_authentication_kind_is_refused() {
     let s = ha.session().unwrap();
     let key = ha.find(&s, ObjectClass::PRIVATE_KEY, RSA_ID).unwrap();
     // Member 0 dies, and comes back as a PED-authenticated token.
-    std::fs::write(&control, "C_SignInit 0x30\n").unwrap();
+    cluster.die(0);
     for n in 0..4u8 {
         s.sign(&Mechanism::Sha256RsaPkcs, key, &[n]).unwrap();
     }
-    std::fs::write(&control, "C_GetTokenInfo ped\n").unwrap();
+    cluster.set_faults(0, "C_GetTokenInfo ped\n");
+    cluster.revive(0);
     let m0 = &cluster.members[0].serial;
     let refused = format!("failed for member: {m0}. Manual Recover or Auto Recovery will not be able to recover this member");
     assert!(
@@ -190,20 +163,19 @@ fn a_member_of_the_other_authentication_kind_is_refused() {
         .unwrap();
 }
 
-#[test]
-fn a_member_that_refuses_the_credential_on_return_is_revoked() {
+fn a_member_that_refuses_the_credential_on_return_is_revoked(setup: Setup) {
     let _g = serial();
-    let cluster = Cluster::new(2);
-    let (conf, control) = faulty_group(&cluster, true);
-    let ha = cluster.ha_client(&conf, GROUP_LABEL).unwrap();
+    let cluster = faulty_group(setup, true);
+    let ha = cluster.ha().unwrap();
     let s = ha.session().unwrap();
     let key = ha.find(&s, ObjectClass::PRIVATE_KEY, RSA_ID).unwrap();
-    std::fs::write(&control, "C_SignInit 0x30\n").unwrap();
+    cluster.die(0);
     for n in 0..4u8 {
         s.sign(&Mechanism::Sha256RsaPkcs, key, &[n]).unwrap();
     }
     // It answers again, but its token now says the user PIN is locked (CKR_PIN_LOCKED).
-    std::fs::write(&control, "C_Login 0xA4\n").unwrap();
+    cluster.set_faults(0, "C_Login 0xA4\n");
+    cluster.revive(0);
     let m0 = &cluster.members[0].serial;
     let revoked = format!("member: {m0} revoked");
     assert!(

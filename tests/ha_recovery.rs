@@ -1,6 +1,8 @@
 //! Recovery with real members: members return without an application restart, reconnAtt
 //! limits, manual recovery (HARecovery counter and `p11ha recover`), members joining and
-//! leaving through the configuration file while the application runs.
+//! leaving through the configuration file while the application runs. Every scenario runs in
+//! every set-up (members through p11-kit servers killed and restarted for real, or reached
+//! directly behind the fault module; HAOnly = 1 and 0: see testkit's `setup`).
 
 mod support;
 
@@ -32,12 +34,18 @@ fn log_has(cluster: &Cluster, needle: &str, within: Duration) -> bool {
     cluster.wait_ha_log(needle, within).is_some()
 }
 
-#[test]
-fn a_member_returns_under_load_and_old_sessions_use_it_again() {
+in_every_setup!(
+    a_member_returns_under_load_and_old_sessions_use_it_again,
+    reconn_att_zero_never_retries_until_asked_by_the_cli,
+    reconn_att_n_gives_up_after_n_attempts_and_a_counter_bump_rearms,
+    members_join_and_leave_through_the_file_while_running,
+    a_restarted_member_comes_back_for_the_group_and_its_own_slot,
+);
+
+fn a_member_returns_under_load_and_old_sessions_use_it_again(setup: Setup) {
     let _g = serial();
-    let cluster = Cluster::started(2);
-    let conf = cluster.write_config(&ConfigOpts::default());
-    let ha = Arc::new(cluster.ha_client(&conf, GROUP_LABEL).unwrap());
+    let cluster = Group::new(setup, 2, ConfigOpts::default());
+    let ha = Arc::new(cluster.ha().unwrap());
     let s = ha.session().unwrap();
     let key = rsa(&ha, &s);
     sign(&s, key).unwrap();
@@ -61,14 +69,14 @@ fn a_member_returns_under_load_and_old_sessions_use_it_again() {
         })
         .collect();
     thread::sleep(Duration::from_millis(300));
-    cluster.kill(0);
+    cluster.die(0);
     let m0 = cluster.members[0].serial.clone();
     assert!(log_has(
         &cluster,
         &format!("has dropped member: {m0}"),
         Duration::from_secs(5)
     ));
-    cluster.restart(0);
+    cluster.revive(0);
     // AutoReconnectInterval = 1: back within an interval or two.
     assert!(
         log_has(
@@ -86,7 +94,7 @@ fn a_member_returns_under_load_and_old_sessions_use_it_again() {
         assert!(ok > 0);
     }
     // The session and key handle from before the outage now run on member 0 alone.
-    cluster.kill(1);
+    cluster.die(1);
     sign(&s, key).expect("the returned member serves the old session and handle");
     assert!(cluster
         .ha_log_lines()
@@ -94,22 +102,25 @@ fn a_member_returns_under_load_and_old_sessions_use_it_again() {
         .any(|l| l.contains(&format!("member {m0} is now activated"))));
 }
 
-#[test]
-fn reconn_att_zero_never_retries_until_asked_by_the_cli() {
+fn reconn_att_zero_never_retries_until_asked_by_the_cli(setup: Setup) {
     let _g = serial();
-    let cluster = Cluster::started(2);
-    let conf = cluster.write_config(&ConfigOpts {
-        reconn_att: 0,
-        ..Default::default()
-    });
-    let ha = cluster.ha_client(&conf, GROUP_LABEL).unwrap();
+    let cluster = Group::new(
+        setup,
+        2,
+        ConfigOpts {
+            reconn_att: 0,
+            ..Default::default()
+        },
+    );
+    let conf = &cluster.conf;
+    let ha = cluster.ha().unwrap();
     let s = ha.session().unwrap();
     let key = rsa(&ha, &s);
-    cluster.kill(0);
-    cluster.kill(1);
+    cluster.die(0);
+    cluster.die(1);
     assert!(sign(&s, key).is_err());
-    cluster.restart(0);
-    cluster.restart(1);
+    cluster.revive(0);
+    cluster.revive(1);
     thread::sleep(Duration::from_millis(2500));
     assert!(
         !cluster
@@ -126,7 +137,7 @@ fn reconn_att_zero_never_retries_until_asked_by_the_cli() {
 
     let out = Command::new(env!("CARGO_BIN_EXE_p11ha"))
         .args(["recover", "-group", GROUP_LABEL])
-        .env("P11HA_CONF", &conf)
+        .env("P11HA_CONF", conf)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -136,7 +147,7 @@ fn reconn_att_zero_never_retries_until_asked_by_the_cli() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.ends_with("Command Result : No Error\n"), "{stdout}");
-    assert!(std::fs::read_to_string(&conf)
+    assert!(std::fs::read_to_string(conf)
         .unwrap()
         .contains("hagroup = 1"));
     assert!(log_has(
@@ -151,18 +162,21 @@ fn reconn_att_zero_never_retries_until_asked_by_the_cli() {
     );
 }
 
-#[test]
-fn reconn_att_n_gives_up_after_n_attempts_and_a_counter_bump_rearms() {
+fn reconn_att_n_gives_up_after_n_attempts_and_a_counter_bump_rearms(setup: Setup) {
     let _g = serial();
-    let cluster = Cluster::started(2);
-    let conf = cluster.write_config(&ConfigOpts {
-        reconn_att: 2,
-        ..Default::default()
-    });
-    let ha = cluster.ha_client(&conf, GROUP_LABEL).unwrap();
+    let cluster = Group::new(
+        setup,
+        2,
+        ConfigOpts {
+            reconn_att: 2,
+            ..Default::default()
+        },
+    );
+    let conf = &cluster.conf;
+    let ha = cluster.ha().unwrap();
     let s = ha.session().unwrap();
     let key = rsa(&ha, &s);
-    cluster.kill(0);
+    cluster.die(0);
     let m0 = cluster.members[0].serial.clone();
     // Force the drop with traffic, then let two attempts fail.
     for _ in 0..4 {
@@ -178,7 +192,7 @@ fn reconn_att_n_gives_up_after_n_attempts_and_a_counter_bump_rearms() {
         &format!("exceeded maximum number of autorecovery attempts for member: {m0}. Autorecovery will be disabled"),
         Duration::from_secs(2)
     ));
-    cluster.restart(0);
+    cluster.revive(0);
     thread::sleep(Duration::from_millis(2000));
     assert!(!cluster
         .ha_log_lines()
@@ -186,9 +200,9 @@ fn reconn_att_n_gives_up_after_n_attempts_and_a_counter_bump_rearms() {
         .any(|l| l.contains("recovery attempt 3")));
 
     // Luna's manual recovery: increment the group's HARecovery counter in the file.
-    let text = std::fs::read_to_string(&conf).unwrap();
+    let text = std::fs::read_to_string(conf).unwrap();
     std::fs::write(
-        &conf,
+        conf,
         format!("{text}\nHARecovery = {{\n  {GROUP_LABEL} = 7;\n}}\n"),
     )
     .unwrap();
@@ -203,28 +217,27 @@ fn reconn_att_n_gives_up_after_n_attempts_and_a_counter_bump_rearms() {
     );
 }
 
-#[test]
-fn members_join_and_leave_through_the_file_while_running() {
+fn members_join_and_leave_through_the_file_while_running(setup: Setup) {
     let _g = serial();
-    let cluster = Cluster::started(2);
     let only0 = ConfigOpts {
         members: Some(vec![0]),
         ..Default::default()
     };
-    let conf = cluster.write_config(&only0);
-    let ha = cluster.ha_client(&conf, GROUP_LABEL).unwrap();
+    let cluster = Group::new(setup, 2, only0);
+    let conf = &cluster.conf;
+    let ha = cluster.ha().unwrap();
     let s = ha.session().unwrap();
     let key = rsa(&ha, &s);
     sign(&s, key).unwrap();
 
     // Add member 1 (the provider for it is already in the file).
-    let text = std::fs::read_to_string(&conf).unwrap();
+    let text = std::fs::read_to_string(conf).unwrap();
     let (m0, m1) = (
         cluster.members[0].serial.clone(),
         cluster.members[1].serial.clone(),
     );
     std::fs::write(
-        &conf,
+        conf,
         text.replace(
             &format!("Members = {m0};"),
             &format!("Members = {m0}, {m1};"),
@@ -246,19 +259,19 @@ fn members_join_and_leave_through_the_file_while_running() {
         Duration::from_secs(4)
     ));
     // Member 1 now carries the group alone when member 0 dies.
-    cluster.kill(0);
+    cluster.die(0);
     sign(&s, key).expect("the new member serves");
 
     // Remove member 1: nothing is left to serve.
-    cluster.restart(0);
+    cluster.revive(0);
     assert!(log_has(
         &cluster,
         &format!("succeeded for member: {m0}"),
         Duration::from_secs(4)
     ));
-    let text = std::fs::read_to_string(&conf).unwrap();
+    let text = std::fs::read_to_string(conf).unwrap();
     std::fs::write(
-        &conf,
+        conf,
         text.replace(
             &format!("Members = {m0}, {m1};"),
             &format!("Members = {m0};"),
@@ -266,26 +279,21 @@ fn members_join_and_leave_through_the_file_while_running() {
     )
     .unwrap();
     thread::sleep(Duration::from_millis(2500));
-    cluster.kill(0);
+    cluster.die(0);
     assert!(
         matches!(sign(&s, key), Err(Error::Pkcs11(RvError::DeviceError, _))),
         "a removed member must not serve"
     );
 }
 
-/// HAOnly = 0 (Luna's and p11ha's default) also lists every member's own slot, which shares its
-/// provider's module instance with the HA group's member. A p11-kit member that is killed and
-/// restarted must come back for the HA group and for its own slot, and then carry the group
-/// when the other member dies.
-#[test]
-fn with_ha_only_0_a_restarted_member_comes_back_for_the_group_and_its_own_slot() {
+/// A member that died and returned must come back for the HA group, and then carry the group
+/// when the other member dies. HAOnly = 0 (Luna's and p11ha's default) also lists every
+/// member's own slot, which shares its provider's module instance with the HA group's member:
+/// that slot must serve again too (with HAOnly = 1 there is no such slot to check).
+fn a_restarted_member_comes_back_for_the_group_and_its_own_slot(setup: Setup) {
     let _g = serial();
-    let cluster = Cluster::started(2);
-    let conf = cluster.write_config(&ConfigOpts {
-        ha_only: false,
-        ..ConfigOpts::default()
-    });
-    let ha = cluster.ha_client(&conf, GROUP_LABEL).unwrap();
+    let cluster = Group::new(setup, 2, ConfigOpts::default());
+    let ha = cluster.ha().unwrap();
     let s = ha.session().unwrap();
     let key = rsa(&ha, &s);
     sign(&s, key).unwrap();
@@ -297,13 +305,13 @@ fn with_ha_only_0_a_restarted_member_comes_back_for_the_group_and_its_own_slot()
             .find(|slot| ha.pkcs11.get_token_info(*slot).unwrap().label() == label)
             .unwrap_or_else(|| panic!("no slot of member {label} with HAOnly = 0"))
     };
-    let m0_slot = own_slot("m0");
+    let m0_slot = (!setup.ha_only).then(|| own_slot("m0"));
     let (m0, m1) = (
         cluster.members[0].serial.clone(),
         cluster.members[1].serial.clone(),
     );
 
-    cluster.kill(0);
+    cluster.die(0);
     // Calls through the group find out that m0 is gone.
     for _ in 0..4 {
         sign(&s, key).expect("m1 serves while m0 is down");
@@ -313,19 +321,19 @@ fn with_ha_only_0_a_restarted_member_comes_back_for_the_group_and_its_own_slot()
         &format!("has dropped member: {m0}"),
         Duration::from_secs(10)
     ));
-    cluster.restart(0);
+    cluster.revive(0);
     assert!(
         log_has(
             &cluster,
             &format!("succeeded for member: {m0}"),
             Duration::from_secs(15)
         ),
-        "m0 never came back with HAOnly = 0: {:#?}",
+        "m0 never came back: {:#?}",
         cluster.ha_log_lines()
     );
 
     // m0 now carries the group alone.
-    cluster.kill(1);
+    cluster.die(1);
     for _ in 0..4 {
         sign(&s, key).expect("the returned m0 serves the group after m1 died");
     }
@@ -336,6 +344,10 @@ fn with_ha_only_0_a_restarted_member_comes_back_for_the_group_and_its_own_slot()
     ));
 
     // And m0's own slot works again (on the new connection).
+    let Some(m0_slot) = m0_slot else {
+        cluster.revive(1);
+        return;
+    };
     let own = wait_until(Duration::from_secs(15), || {
         let Ok(s0) = ha.pkcs11.open_ro_session(m0_slot) else {
             return false;
@@ -346,5 +358,5 @@ fn with_ha_only_0_a_restarted_member_comes_back_for_the_group_and_its_own_slot()
                 .is_ok()
     });
     assert!(own, "m0's own slot never served again after its restart");
-    cluster.restart(1);
+    cluster.revive(1);
 }

@@ -18,7 +18,6 @@ use crate::provider::{Fault, Instance, OpKind};
 use cryptoki_sys::*;
 use std::collections::HashMap;
 use std::sync::Arc;
-use zeroize::Zeroizing;
 
 /// CKA_LABEL of the audit key.
 pub const KEY_LABEL: &[u8] = b"p11ha-audit-key";
@@ -274,7 +273,7 @@ fn mac_with(
     let out = inst.op_single(
         OpKind::Sign,
         session,
-        Arc::new(Zeroizing::new(h.to_vec())),
+        crate::provider::Input::new(h.to_vec()),
         Some(32),
     )?;
     out.data

@@ -10,7 +10,7 @@
 
 use crate::ha::Pin;
 use crate::mechanism::{Attr, OwnedMechanism};
-use crate::provider::{Data, Output};
+use crate::provider::{Data, Input, Output};
 use cryptoki_sys::*;
 use std::sync::Arc;
 use zeroize::Zeroizing;
@@ -70,11 +70,15 @@ pub unsafe fn bytes<'a>(p: *const u8, n: CK_ULONG) -> Rv<&'a [u8]> {
     }
 }
 
-/// Caller bytes copied for an operation (shared by its attempts, wiped when done).
+/// Caller bytes copied for an operation (shared by its attempts, wiped when done). A NULL
+/// pointer with length 0 stays NULL for the member to judge.
 pub unsafe fn data(p: *const u8, n: CK_ULONG) -> Rv<Data> {
+    if p.is_null() && n == 0 {
+        return Ok(Input::null());
+    }
     // SAFETY: forwarded from the caller's promise.
     let src = unsafe { bytes(p, n) }?;
-    Ok(Arc::new(Zeroizing::new(copy(src)?)))
+    Ok(Input::new(copy(src)?))
 }
 
 /// A template copied into owned attributes.
@@ -90,6 +94,11 @@ pub unsafe fn template(p: *const CK_ATTRIBUTE, n: CK_ULONG) -> Rv<Vec<Attr>> {
     raw.iter()
         .map(|a| {
             if a.ulValueLen == CK_UNAVAILABLE_INFORMATION {
+                return Err(CKR_ATTRIBUTE_VALUE_INVALID);
+            }
+            // A value NULL with a length: the attribute's value is what is wrong (SoftHSM's
+            // answer too).
+            if a.pValue.is_null() && a.ulValueLen != 0 {
                 return Err(CKR_ATTRIBUTE_VALUE_INVALID);
             }
             // SAFETY: each value is valid for its length by the caller's promise.
@@ -114,9 +123,8 @@ pub unsafe fn template_mut<'a>(p: *mut CK_ATTRIBUTE, n: CK_ULONG) -> Rv<&'a mut 
 pub unsafe fn mechanism(p: *const CK_MECHANISM) -> Rv<OwnedMechanism> {
     // SAFETY: forwarded from the caller's promise.
     let m = unsafe { input(p) }?;
-    if m.pParameter.is_null() && m.ulParameterLen != 0 {
-        return Err(CKR_ARGUMENTS_BAD);
-    }
+    // A NULL parameter with a length is relayed as no parameter (NULL, 0): the member judges
+    // it, as SoftHSM does (a digest ignores it, AES-CBC refuses it), and never reads NULL.
     // SAFETY: the parameter block (and what it points to) is valid by the caller's promise.
     unsafe { OwnedMechanism::copy_from(m) }
 }

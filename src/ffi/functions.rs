@@ -215,10 +215,20 @@ entry! {
 
     fn C_GetAttributeValue(h: CK_SESSION_HANDLE, obj: CK_OBJECT_HANDLE, p_template: *mut CK_ATTRIBUTE, count: CK_ULONG) {
         let s = session(h)?;
+        if count == 0 {
+            // Nothing to read; and p11-kit 0.24's client aborts the process on an empty
+            // template, so no member is asked.
+            return if p_template.is_null() { Err(CKR_ARGUMENTS_BAD) } else { s.check_object(obj) };
+        }
         // SAFETY: see the module docs.
         let attrs = unsafe { template_mut(p_template, count) }?;
         let query = attrs.iter().map(|a| (a.type_, (!a.pValue.is_null()).then_some(a.ulValueLen))).collect();
         let (rv, values) = s.get_attributes(obj, query)?;
+        if !matches!(rv, CKR_OK | CKR_BUFFER_TOO_SMALL | CKR_ATTRIBUTE_SENSITIVE | CKR_ATTRIBUTE_TYPE_INVALID) {
+            // The call failed as a whole (a bad handle, ...): the template is left as it was,
+            // as members leave it; only the three answers above speak of each attribute.
+            return Err(rv);
+        }
         for (a, (len, value)) in attrs.iter_mut().zip(values) {
             if let Some(v) = value.filter(|v| !v.is_empty()) {
                 // SAFETY: the member filled at most the capacity this attribute offered.
@@ -365,7 +375,8 @@ entry! {
     fn C_Verify(h: CK_SESSION_HANDLE, p_data: *mut CK_BYTE, len: CK_ULONG, p_sig: *mut CK_BYTE, sig_len: CK_ULONG) {
         let s = session(h)?;
         // SAFETY: see the module docs.
-        let (d, sig) = unsafe { (data(p_data, len)?, data(p_sig, sig_len)?) };
+        let args = unsafe { data(p_data, len).and_then(|d| Ok((d, data(p_sig, sig_len)?))) };
+        let (d, sig) = ended_on_error(&s, OpKind::Verify, args)?;
         s.verify(d, sig)
     }
 
@@ -377,7 +388,7 @@ entry! {
     fn C_VerifyFinal(h: CK_SESSION_HANDLE, p_sig: *mut CK_BYTE, sig_len: CK_ULONG) {
         let s = session(h)?;
         // SAFETY: see the module docs.
-        let sig = unsafe { data(p_sig, sig_len) }?;
+        let sig = ended_on_error(&s, OpKind::Verify, unsafe { data(p_sig, sig_len) })?;
         s.verify_final(sig)
     }
 
@@ -518,6 +529,15 @@ entry! {
     }
 }
 
+/// An argument refused before any member saw the call ends the operation, as any error but
+/// CKR_BUFFER_TOO_SMALL does (PKCS#11).
+fn ended_on_error<T>(s: &Session, kind: OpKind, args: Rv<T>) -> Rv<T> {
+    if args.is_err() {
+        s.end_op(kind);
+    }
+    args
+}
+
 /// # Safety
 /// `p_mech` as for every entry point (module docs).
 unsafe fn op_init(
@@ -544,7 +564,9 @@ unsafe fn single(
 ) -> Rv<()> {
     let s = session(h)?;
     // SAFETY: forwarded from the caller's promise.
-    let (d, cap) = unsafe { (data(p_in, len)?, capacity(p_out, pul_out)?) };
+    let (d, cap) = ended_on_error(&s, kind, unsafe {
+        data(p_in, len).and_then(|d| Ok((d, capacity(p_out, pul_out)?)))
+    })?;
     let o = s.op_single(kind, d, cap)?;
     // SAFETY: forwarded from the caller's promise.
     unsafe { deliver(o, p_out, pul_out) }
@@ -555,7 +577,7 @@ unsafe fn single(
 unsafe fn update(h: CK_SESSION_HANDLE, kind: OpKind, p_in: *mut u8, len: CK_ULONG) -> Rv<()> {
     let s = session(h)?;
     // SAFETY: forwarded from the caller's promise.
-    let d = unsafe { data(p_in, len) }?;
+    let d = ended_on_error(&s, kind, unsafe { data(p_in, len) })?;
     let o = s.op_update(kind, d, None)?;
     if o.rv == CKR_OK {
         Ok(())
@@ -576,7 +598,9 @@ unsafe fn update_out(
 ) -> Rv<()> {
     let s = session(h)?;
     // SAFETY: forwarded from the caller's promise.
-    let (d, cap) = unsafe { (data(p_in, len)?, capacity(p_out, pul_out)?) };
+    let (d, cap) = ended_on_error(&s, kind, unsafe {
+        data(p_in, len).and_then(|d| Ok((d, capacity(p_out, pul_out)?)))
+    })?;
     let o = s.op_update(kind, d, cap)?;
     // SAFETY: forwarded from the caller's promise.
     unsafe { deliver(o, p_out, pul_out) }
@@ -592,7 +616,7 @@ unsafe fn finish(
 ) -> Rv<()> {
     let s = session(h)?;
     // SAFETY: forwarded from the caller's promise.
-    let cap = unsafe { capacity(p_out, pul_out) }?;
+    let cap = ended_on_error(&s, kind, unsafe { capacity(p_out, pul_out) })?;
     let o = s.op_final(kind, cap)?;
     // SAFETY: forwarded from the caller's promise.
     unsafe { deliver(o, p_out, pul_out) }
@@ -620,7 +644,7 @@ unsafe fn dual(
     let o = s.op_update(first, d.clone(), cap)?;
     if o.rv == CKR_OK && cap.is_some() {
         let plain = if feed_output {
-            Arc::new(zeroize::Zeroizing::new(o.data.clone().unwrap_or_default()))
+            crate::provider::Input::new(o.data.clone().unwrap_or_default())
         } else {
             d
         };

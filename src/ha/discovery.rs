@@ -3,7 +3,7 @@
 
 use super::member::Member;
 use crate::bounded;
-use crate::provider::load::Fns;
+use crate::provider::table::Fns;
 use crate::provider::{Connected, Initializing, Instance, LoadError, Provider};
 use cryptoki_sys::*;
 use parking_lot::Mutex;

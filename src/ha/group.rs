@@ -47,7 +47,11 @@ pub struct Group {
     /// Last `HARecovery.<label>` value seen; an increase asks for a recovery now.
     pub manual_recovery: Mutex<Option<u64>>,
     sessions: AtomicUsize,
+    /// Read-only sessions open: the SO cannot log in while there is one.
+    ro_sessions: AtomicUsize,
     rr: AtomicUsize,
+    /// The member where objects are created (see [`Group::home`]); `usize::MAX` for none yet.
+    home: AtomicUsize,
 }
 
 /// Copies `s` into a blank-padded fixed field.
@@ -92,7 +96,9 @@ impl Group {
             ped: Mutex::new(None),
             manual_recovery: Mutex::new(None),
             sessions: AtomicUsize::new(0),
+            ro_sessions: AtomicUsize::new(0),
             rr: AtomicUsize::new(0),
+            home: AtomicUsize::new(usize::MAX),
         }
     }
 
@@ -132,12 +138,18 @@ impl Group {
         *self.login.lock() = login;
     }
 
-    pub fn session_opened(&self) {
+    pub fn session_opened(&self, read_only: bool) {
         self.sessions.fetch_add(1, Ordering::AcqRel);
+        if read_only {
+            self.ro_sessions.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
     /// Returns true when this was the group's last session: the application is logged out then.
-    pub fn session_closed(&self) -> bool {
+    pub fn session_closed(&self, read_only: bool) -> bool {
+        if read_only {
+            self.ro_sessions.fetch_sub(1, Ordering::AcqRel);
+        }
         let last = self.sessions.fetch_sub(1, Ordering::AcqRel) == 1;
         if last {
             self.set_login(None);
@@ -148,6 +160,35 @@ impl Group {
 
     pub fn session_count(&self) -> usize {
         self.sessions.load(Ordering::Acquire)
+    }
+
+    pub fn has_read_only_session(&self) -> bool {
+        self.ro_sessions.load(Ordering::Acquire) > 0
+    }
+
+    /// The member where the application's objects are made: every session object, and with
+    /// synchronization off every token object, so that an operation naming several of them
+    /// (C_WrapKey, C_DigestKey, a search) finds them on one member. It stays the home while it
+    /// is up and can serve; then the least busy member that can becomes the home.
+    pub fn home(&self, usable: impl Fn(usize, &Member) -> bool) -> Option<usize> {
+        let members = self.members();
+        let current = self.home.load(Ordering::Acquire);
+        let fits = |i: usize| {
+            members
+                .get(i)
+                .is_some_and(|m| m.is_up() && !m.standby && usable(i, m))
+        };
+        if fits(current) {
+            return Some(current);
+        }
+        let chosen = self.candidates(usable).first().copied()?;
+        self.home.store(chosen, Ordering::Release);
+        Some(chosen)
+    }
+
+    /// Records where an object was made when that was not the home (the home had failed).
+    pub fn set_home(&self, idx: usize) {
+        self.home.store(idx, Ordering::Release);
     }
 
     /// Serials of the members that are down (and not removed): those owed what changes now.
@@ -201,11 +242,23 @@ impl Group {
         }
     }
 
-    /// Token info for the virtual token, from what members last reported.
+    /// Token info for the virtual token, from what its members report now (a member that fails
+    /// to answer is dropped, and described by what it last reported).
     pub fn token_info(&self) -> CK_TOKEN_INFO {
-        let seen: Vec<CK_TOKEN_INFO> = self
-            .members()
+        for (idx, m) in self.members().iter().enumerate() {
+            let Some(b) = m.binding() else { continue };
+            match b.instance.token_info(b.slot) {
+                Ok(t) => m.set_token(t),
+                Err(f) if f.fails_member() => self.drop_member(idx, b.instance.id, f),
+                Err(_) => {}
+            }
+        }
+        let members = self.members();
+        // Members that are up first: they describe the token as it is now.
+        let seen: Vec<CK_TOKEN_INFO> = members
             .iter()
+            .filter(|m| m.is_up())
+            .chain(members.iter().filter(|m| !m.is_up()))
             .filter_map(|m| m.health().token)
             .collect();
         if self.passthrough {
@@ -221,13 +274,12 @@ impl Group {
         let member_flags = seen
             .first()
             .map_or(CKF_LOGIN_REQUIRED | CKF_USER_PIN_INITIALIZED, |t| t.flags);
-        info.flags = CKF_TOKEN_INITIALIZED
-            | CKF_RNG
-            | (member_flags
-                & (CKF_LOGIN_REQUIRED
-                    | CKF_USER_PIN_INITIALIZED
-                    | CKF_PROTECTED_AUTHENTICATION_PATH
-                    | CKF_WRITE_PROTECTED));
+        // A wrong PIN reaches one member and a good login clears every member's count, so a PIN
+        // state any member reports is the group's.
+        let pin_state = seen
+            .iter()
+            .fold(0, |acc, t| acc | (t.flags & PIN_STATE_FLAGS));
+        info.flags = CKF_TOKEN_INITIALIZED | CKF_RNG | (member_flags & PASSED_FLAGS) | pin_state;
         info.ulMaxSessionCount = CK_EFFECTIVELY_INFINITE;
         info.ulMaxRwSessionCount = CK_EFFECTIVELY_INFINITE;
         info.ulSessionCount = self.session_count() as CK_ULONG;
@@ -253,8 +305,9 @@ impl Group {
         };
         info.slotDescription = pad(&desc);
         info.manufacturerID = pad("p11ha");
-        // The virtual token is always present, even with every member down.
-        info.flags = CKF_TOKEN_PRESENT | CKF_HW_SLOT;
+        // The virtual token is always present, even with every member down. Not CKF_HW_SLOT:
+        // the slot is p11ha's, whatever its members are.
+        info.flags = CKF_TOKEN_PRESENT;
         info.hardwareVersion = CK_VERSION { major: 1, minor: 0 };
         info.firmwareVersion = crate_version();
         info
@@ -300,6 +353,25 @@ impl Group {
             .collect()
     }
 }
+
+/// Token flags the virtual token shows as its members do.
+const PASSED_FLAGS: CK_FLAGS = CKF_LOGIN_REQUIRED
+    | CKF_USER_PIN_INITIALIZED
+    | CKF_PROTECTED_AUTHENTICATION_PATH
+    | CKF_WRITE_PROTECTED
+    | CKF_RESTORE_KEY_NOT_NEEDED
+    | CKF_DUAL_CRYPTO_OPERATIONS
+    | CKF_SECONDARY_AUTHENTICATION;
+
+/// PIN states (count low, final try, locked, to be changed): the group's if any member's.
+const PIN_STATE_FLAGS: CK_FLAGS = CKF_USER_PIN_COUNT_LOW
+    | CKF_USER_PIN_FINAL_TRY
+    | CKF_USER_PIN_LOCKED
+    | CKF_USER_PIN_TO_BE_CHANGED
+    | CKF_SO_PIN_COUNT_LOW
+    | CKF_SO_PIN_FINAL_TRY
+    | CKF_SO_PIN_LOCKED
+    | CKF_SO_PIN_TO_BE_CHANGED;
 
 pub fn crate_version() -> CK_VERSION {
     let major = env!("CARGO_PKG_VERSION_MAJOR").parse().unwrap_or(0);

@@ -27,6 +27,8 @@ pub struct Ha {
     /// In slot-list order: HA groups first, then passed-through member slots (HAOnly = 0).
     pub groups: Vec<Arc<Group>>,
     sessions: RwLock<HashMap<CK_SESSION_HANDLE, Arc<Session>>>,
+    /// Set by C_Finalize: a recovery round still running stops at its next step.
+    pub(crate) stopping: std::sync::atomic::AtomicBool,
     /// The last configuration re-read error, reported once.
     pub(crate) reread_error: Mutex<Option<String>>,
 }
@@ -112,6 +114,7 @@ impl Ha {
             providers,
             groups,
             sessions: RwLock::new(HashMap::new()),
+            stopping: Default::default(),
             reread_error: Mutex::new(None),
         })
     }
@@ -150,7 +153,7 @@ impl Ha {
             return Err(CKR_SESSION_READ_WRITE_SO_EXISTS);
         }
         let handle = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
-        group.session_opened();
+        group.session_opened(flags & CKF_RW_SESSION == 0);
         let session = Arc::new(Session::new(handle, group.clone(), flags));
         self.sessions.write().insert(handle, session);
         Ok(handle)
@@ -171,7 +174,7 @@ impl Ha {
             .remove(&handle)
             .ok_or(CKR_SESSION_HANDLE_INVALID)?;
         session.close();
-        session.group.session_closed();
+        session.group.session_closed(session.is_read_only());
         Ok(())
     }
 
@@ -191,14 +194,19 @@ impl Ha {
         Ok(())
     }
 
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
     /// Closes every session and finalizes every instance, each call bounded.
     pub fn shutdown(&self) {
+        self.stopping.store(true, Ordering::Release);
         let drain = self.config.connect_timeout;
         crate::audit::finalizing(self);
         let all: Vec<_> = self.sessions.write().drain().map(|(_, s)| s).collect();
         for s in all {
             s.close();
-            s.group.session_closed();
+            s.group.session_closed(s.is_read_only());
         }
         let deadline = Instant::now() + self.config.connect_timeout;
         let pending: Vec<_> = self

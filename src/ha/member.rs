@@ -116,6 +116,11 @@ impl Member {
         binding
     }
 
+    /// What the member reports of its token now.
+    pub fn set_token(&self, token: CK_TOKEN_INFO) {
+        self.health.lock().token = Some(token);
+    }
+
     /// Takes the member down if it is still bound to `instance_id` (a failure seen by several
     /// threads drops it once). Returns whether this call took it down.
     pub fn take_down(&self, instance_id: u64, rv: CK_RV) -> bool {

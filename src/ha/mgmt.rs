@@ -5,7 +5,7 @@
 use super::library::Ha;
 use super::recovery::{catch_up_all, owed_at_start, poll};
 use crate::diag::diag;
-use crossbeam_channel::{bounded as channel, select, Sender};
+use crossbeam_channel::{bounded as channel, select, Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
@@ -14,12 +14,20 @@ use std::time::{Duration, Instant};
 /// The running management thread.
 pub struct Mgmt {
     stop: Sender<()>,
+    /// Disconnects when the thread ends.
+    done: Receiver<()>,
     thread: JoinHandle<()>,
 }
+
+/// How long C_Finalize waits for a recovery round in progress to reach its next step (each
+/// member call in it is bounded; a round checks `Ha::is_stopping` between members). A thread
+/// still busy after that is left to finish on its own: it holds its own reference to the state.
+const STOP_WAIT: Duration = Duration::from_secs(2);
 
 /// Starts the thread; `None` (said on stderr) when it cannot be started.
 pub fn start(ha: &Arc<Ha>) -> Option<Mgmt> {
     let (stop, stop_rx) = channel::<()>(1);
+    let (done_tx, done) = channel::<()>(0);
     let weak: Weak<Ha> = Arc::downgrade(ha);
     let interval = ha.config.recovery.interval;
     for g in ha.ha_groups() {
@@ -34,6 +42,7 @@ pub fn start(ha: &Arc<Ha>) -> Option<Mgmt> {
     let spawned = std::thread::Builder::new()
         .name("p11ha-mgmt".into())
         .spawn(move || loop {
+            let _done = &done_tx;
             select! {
                 recv(stop_rx) -> _ => break,
                 default(wait) => match weak.upgrade() {
@@ -49,7 +58,7 @@ pub fn start(ha: &Arc<Ha>) -> Option<Mgmt> {
             }
         });
     match spawned {
-        Ok(thread) => Some(Mgmt { stop, thread }),
+        Ok(thread) => Some(Mgmt { stop, done, thread }),
         Err(e) => {
             diag!(Error, "cannot start the management thread: {e}");
             None
@@ -58,10 +67,13 @@ pub fn start(ha: &Arc<Ha>) -> Option<Mgmt> {
 }
 
 impl Mgmt {
-    /// Stops the thread and waits for it.
+    /// Stops the thread, waiting for it at most `STOP_WAIT` (`Ha::shutdown` has already set
+    /// the stop flag a running round looks at).
     pub fn stop(self, ha: &Ha) {
-        let _ = self.stop.send(());
-        let _ = self.thread.join();
+        let _ = self.stop.try_send(());
+        if self.done.recv_timeout(STOP_WAIT) != Err(RecvTimeoutError::Timeout) {
+            let _ = self.thread.join();
+        }
         for g in ha.ha_groups() {
             ha.log.mgmt_thread_terminate(&g.serial);
         }

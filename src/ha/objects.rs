@@ -15,12 +15,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Virtual object handles are unique in the process and never reused.
 static NEXT_OBJECT: AtomicU64 = AtomicU64::new(1);
 
-const BASE_KINDS: [CK_ATTRIBUTE_TYPE; 6] = [
+const BASE_KINDS: [CK_ATTRIBUTE_TYPE; 7] = [
     CKA_CLASS,
     CKA_KEY_TYPE,
     CKA_ID,
     CKA_LABEL,
     CKA_TOKEN,
+    CKA_PRIVATE,
     CKA_CERTIFICATE_TYPE,
 ];
 
@@ -120,6 +121,13 @@ impl Identity {
 
     pub fn class(&self) -> Option<CK_OBJECT_CLASS> {
         self.get(CKA_CLASS).and_then(Attr::as_ulong)
+    }
+
+    /// Only a logged-in user sees it; its handles end with the login (PKCS#11, C_Logout).
+    pub fn is_private(&self) -> bool {
+        self.get(CKA_PRIVATE)
+            .and_then(Attr::as_bool)
+            .unwrap_or(false)
     }
 
     pub fn is_token(&self) -> bool {
@@ -333,6 +341,23 @@ impl ObjectTable {
                 .collect()
         };
         for v in owned {
+            self.remove(v);
+        }
+    }
+
+    /// Forgets the private objects: after a logout their handles are invalid (PKCS#11), and
+    /// members renumber them (SoftHSM does).
+    pub fn remove_private(&self) {
+        let private: Vec<_> = {
+            let inner = self.inner.lock();
+            inner
+                .objects
+                .iter()
+                .filter(|(_, o)| o.identity.is_private())
+                .map(|(v, _)| *v)
+                .collect()
+        };
+        for v in private {
             self.remove(v);
         }
     }

@@ -44,6 +44,9 @@ pub fn poll(ha: &Ha) {
     }
     for g in &ha.groups {
         for (idx, m) in g.members().iter().enumerate() {
+            if ha.is_stopping() {
+                return; // C_Finalize is waiting: the rest waits for the next C_Initialize
+            }
             // A passed-through member slot (HAOnly = 0) shares its provider's instance, which
             // the recovery of an HA member may have just replaced: it moves to the new one.
             if let Some(b) = m.binding().filter(|b| b.instance.is_retired()) {

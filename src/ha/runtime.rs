@@ -43,6 +43,9 @@ impl Runtime {
 
     /// Stops recovery, closes every session, finalizes every member instance, flushes the log.
     pub fn stop(&self) {
+        self.ha
+            .stopping
+            .store(true, std::sync::atomic::Ordering::Release);
         if let Driver::Thread(mgmt) = &self.driver {
             if let Some(m) = mgmt.lock().take() {
                 m.stop(&self.ha);

@@ -8,8 +8,8 @@
 //! and counts a member reports are bounded.
 
 use super::instance::Instance;
-use super::load::{ck, Fns};
 use super::outcome::{check, Fault, MemberResult};
+use super::table::{ck, Fns};
 use crate::mechanism::{raw_template, Attr, OwnedMechanism};
 use cryptoki_sys::*;
 use std::sync::Arc;
@@ -17,7 +17,52 @@ use zeroize::Zeroizing;
 
 /// Bytes an application hands to an operation, shared by every attempt (failover reuses them)
 /// and wiped when the last attempt lets go.
-pub type Data = Arc<Zeroizing<Vec<u8>>>;
+pub type Data = Arc<Input>;
+
+/// An application's input buffer as it gave it: its bytes, and whether the pointer was NULL
+/// (only possible with length 0), which members answer differently from an empty buffer.
+pub struct Input {
+    bytes: Zeroizing<Vec<u8>>,
+    null: bool,
+}
+
+impl Input {
+    pub fn new(bytes: Vec<u8>) -> Data {
+        Arc::new(Input {
+            bytes: Zeroizing::new(bytes),
+            null: false,
+        })
+    }
+
+    /// A NULL pointer (with length 0).
+    pub fn null() -> Data {
+        Arc::new(Input {
+            bytes: Zeroizing::new(Vec::new()),
+            null: true,
+        })
+    }
+
+    /// The pointer a member call gets: NULL when the application gave NULL.
+    fn ptr(&self) -> *mut u8 {
+        if self.null {
+            std::ptr::null_mut()
+        } else {
+            self.bytes.as_ptr() as *mut u8
+        }
+    }
+
+    fn ulen(&self) -> CK_ULONG {
+        self.bytes.len() as CK_ULONG
+    }
+}
+
+impl std::ops::Deref for Input {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
 
 /// C_GetAttributeValue's answer: the call's CK_RV and, per attribute, the length the member
 /// reported and the value when it was copied.
@@ -441,7 +486,7 @@ impl Instance {
         self.try_call(move |f| {
             let room = data.len().saturating_add(OUTPUT_SLACK);
             with_out(cap, room, |out, len| {
-                let (d, n) = (data.as_ptr() as *mut u8, ulen(&data));
+                let (d, n) = (data.ptr(), data.ulen());
                 match kind {
                     OpKind::Encrypt => ck!(f, C_Encrypt(h, d, n, out, len)),
                     OpKind::Decrypt => ck!(f, C_Decrypt(h, d, n, out, len)),
@@ -464,7 +509,7 @@ impl Instance {
         cap: Option<CK_ULONG>,
     ) -> MemberResult<Output> {
         self.try_call(move |f| {
-            let (d, n) = (data.as_ptr() as *mut u8, ulen(&data));
+            let (d, n) = (data.ptr(), data.ulen());
             let room = data.len().saturating_add(OUTPUT_SLACK);
             match kind {
                 OpKind::Encrypt => with_out(cap, room, |out, len| {
@@ -506,24 +551,13 @@ impl Instance {
         self.try_call(move |f| {
             check(ck!(
                 f,
-                C_Verify(
-                    h,
-                    data.as_ptr() as *mut u8,
-                    ulen(&data),
-                    sig.as_ptr() as *mut u8,
-                    ulen(&sig)
-                )
+                C_Verify(h, data.ptr(), data.ulen(), sig.ptr(), sig.ulen())
             ))
         })
     }
 
     pub fn verify_final(&self, h: CK_SESSION_HANDLE, sig: Data) -> MemberResult<()> {
-        self.try_call(move |f| {
-            check(ck!(
-                f,
-                C_VerifyFinal(h, sig.as_ptr() as *mut u8, ulen(&sig))
-            ))
-        })
+        self.try_call(move |f| check(ck!(f, C_VerifyFinal(h, sig.ptr(), sig.ulen()))))
     }
 
     pub fn generate_key(
@@ -611,8 +645,8 @@ impl Instance {
                     h,
                     &mut m,
                     unwrapping,
-                    wrapped.as_ptr() as *mut u8,
-                    ulen(&wrapped),
+                    wrapped.ptr(),
+                    wrapped.ulen(),
                     raw.as_mut_ptr(),
                     raw.len() as CK_ULONG,
                     &mut o
@@ -650,12 +684,7 @@ impl Instance {
     }
 
     pub fn seed_random(&self, h: CK_SESSION_HANDLE, seed: Data) -> MemberResult<()> {
-        self.try_call(move |f| {
-            check(ck!(
-                f,
-                C_SeedRandom(h, seed.as_ptr() as *mut u8, ulen(&seed))
-            ))
-        })
+        self.try_call(move |f| check(ck!(f, C_SeedRandom(h, seed.ptr(), seed.ulen()))))
     }
 
     /// `n` random bytes; callers ask for large amounts in pieces (see `ffi::functions`). For

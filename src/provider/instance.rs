@@ -2,8 +2,8 @@
 //! calls still running inside it. Every call into an instance runs through `Instance::call`:
 //! on a pool thread, bounded by ReceiveTimeout, with owned data only.
 
-use super::load::{ck, Fns};
 use super::outcome::{Fault, MemberResult};
+use super::table::{ck, Fns};
 use crate::bounded;
 use cryptoki_sys::*;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

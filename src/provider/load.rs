@@ -4,6 +4,7 @@
 
 use super::instance::Instance;
 use super::outcome::check;
+use super::table::{ck, Fns};
 use crate::bounded::{self, Pending, Unfinished};
 use crate::config::ProviderConfig;
 use cryptoki_sys::*;
@@ -13,26 +14,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// The function table of one initialized instance.
-#[derive(Clone, Copy)]
-pub(crate) struct Fns(pub(crate) &'static CK_FUNCTION_LIST);
-// SAFETY: the table is immutable and lives as long as the (never unloaded) library; modules
-// initialized with CKF_OS_LOCKING_OK accept calls from any thread.
-unsafe impl Send for Fns {}
-unsafe impl Sync for Fns {}
-
-/// Calls `$f` of the table with the given arguments; a missing function is CKR_FUNCTION_NOT_SUPPORTED.
-macro_rules! ck {
-    ($fns:expr, $f:ident ( $($a:expr),* )) => {
-        match $fns.0.$f {
-            // SAFETY: arguments are built by the caller from owned, live buffers.
-            Some(f) => unsafe { f($($a),*) },
-            None => CKR_FUNCTION_NOT_SUPPORTED,
-        }
-    };
-}
-pub(crate) use ck;
 
 /// Libraries by path, loaded once and kept for the life of the process.
 static LIBS: Mutex<Option<HashMap<PathBuf, &'static Library>>> = Mutex::new(None);
@@ -73,11 +54,16 @@ impl<T> ForceUnlock for Mutex<T> {
     }
 }
 
-/// Sets variables and restores the previous values on drop.
-struct EnvScope(Vec<(String, Option<std::ffi::OsString>)>);
+/// `ProviderNNEnv` set under [`ENV_LOCK`]: the previous values are restored before the lock
+/// is released (fields drop after `drop` runs), so the next provider's values are never
+/// overwritten by this one's restore.
+struct EnvScope {
+    saved: Vec<(String, Option<std::ffi::OsString>)>,
+    _lock: parking_lot::MutexGuard<'static, ()>,
+}
 
 impl EnvScope {
-    fn set(vars: &[(String, String)]) -> Self {
+    fn set(lock: parking_lot::MutexGuard<'static, ()>, vars: &[(String, String)]) -> Self {
         let saved = vars
             .iter()
             .map(|(k, v)| {
@@ -86,13 +72,13 @@ impl EnvScope {
                 (k.clone(), old)
             })
             .collect();
-        EnvScope(saved)
+        EnvScope { saved, _lock: lock }
     }
 }
 
 impl Drop for EnvScope {
     fn drop(&mut self) {
-        for (k, old) in self.0.drain(..).rev() {
+        for (k, old) in self.saved.drain(..).rev() {
             match old {
                 Some(v) => std::env::set_var(&k, v),
                 None => std::env::remove_var(&k),
@@ -178,10 +164,10 @@ impl Provider {
         let lib = library(&self.library).map_err(LoadError::Library)?;
         let left = || deadline.saturating_duration_since(Instant::now());
         let env_lock = ENV_LOCK.try_lock_for(left()).ok_or(LoadError::TimedOut)?;
-        let env = EnvScope::set(&self.env);
+        let env = EnvScope::set(env_lock, &self.env);
         let fns = bounded::run(left(), move || get_function_list(lib))
             .map_err(|_| LoadError::TimedOut)??;
-        self.initialize(fns, deadline, (env_lock, env))
+        self.initialize(fns, deadline, env)
     }
 
     /// Initializes again a function table whose instance was finalized (or never initialized).
@@ -190,8 +176,8 @@ impl Provider {
     pub(crate) fn reinitialize(&self, fns: Fns, deadline: Instant) -> Result<Connected, LoadError> {
         let left = deadline.saturating_duration_since(Instant::now());
         let env_lock = ENV_LOCK.try_lock_for(left).ok_or(LoadError::TimedOut)?;
-        let env = EnvScope::set(&self.env);
-        self.initialize(fns, deadline, (env_lock, env))
+        let env = EnvScope::set(env_lock, &self.env);
+        self.initialize(fns, deadline, env)
     }
 
     /// C_Initialize with `ProviderNNEnv` set for its first [`ENV_GRACE`]. One still running at
@@ -201,7 +187,7 @@ impl Provider {
         &self,
         fns: Fns,
         deadline: Instant,
-        env: (parking_lot::MutexGuard<'static, ()>, EnvScope),
+        env: EnvScope,
     ) -> Result<Connected, LoadError> {
         let left = || deadline.saturating_duration_since(Instant::now());
         let pending = bounded::start(move || initialize(fns));

@@ -5,6 +5,7 @@
 //! - [`instance`]: one initialized instance, the gate that keeps C_Finalize away from calls
 //!   inside it, and the one way in (`Instance::call`: a pool thread, ReceiveTimeout).
 //! - [`calls`]: the PKCS#11 calls themselves, on owned and bounded data.
+//! - [`table`]: a module's function table and the macro that calls into it.
 //! - [`outcome`]: what a call can come back with ([`Fault`]) and what that means for HA: the
 //!   one place that tells a member's failure from a caller's error.
 //!
@@ -16,8 +17,9 @@ pub mod calls;
 pub mod instance;
 pub mod load;
 pub mod outcome;
+pub mod table;
 
-pub use calls::{buffer, AttributeValues, Data, OpKind, Output};
+pub use calls::{buffer, AttributeValues, Data, Input, OpKind, Output};
 pub use instance::Instance;
 pub use load::{Connected, Initializing, LoadError, Provider, ENV_GRACE};
 pub use outcome::{check, is_deactivation, Fault, MemberResult, RV_TIMEOUT};

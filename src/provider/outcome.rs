@@ -94,6 +94,9 @@ pub fn is_deactivation(rv: CK_RV) -> bool {
 }
 
 /// Answers that mean the member (or our connection to it) is gone, not that the caller erred.
+/// CKR_GENERAL_ERROR is not one: SoftHSM gives it for a caller's bad input (a signature over
+/// the wrong length with RSA-PSS, ECDSA with an RSA key, a corrupted ciphertext), and taking a
+/// member down for it took every member down, one retry at a time.
 fn is_connection_error(rv: CK_RV) -> bool {
     matches!(
         rv,
@@ -105,7 +108,6 @@ fn is_connection_error(rv: CK_RV) -> bool {
             | CKR_SESSION_CLOSED
             | CKR_SLOT_ID_INVALID
             | CKR_CRYPTOKI_NOT_INITIALIZED
-            | CKR_GENERAL_ERROR
     )
 }
 
@@ -124,6 +126,10 @@ mod tests {
         );
         assert!(!Fault::Rv(CKR_PIN_INCORRECT).fails_member());
         assert!(!Fault::Rv(CKR_HOST_MEMORY).fails_member());
+        assert!(
+            !Fault::Rv(CKR_GENERAL_ERROR).fails_member(),
+            "members answer it to bad input"
+        );
         assert_eq!(Fault::Panicked.rv(), CKR_GENERAL_ERROR);
         assert_eq!(Fault::TimedOut.rv(), CKR_DEVICE_ERROR);
         assert_eq!(Fault::TimedOut.status(), RV_TIMEOUT);

@@ -192,3 +192,41 @@ pub fn build_c_client(out_dir: &Path) -> PathBuf {
     checked(cmd);
     exe
 }
+
+/// Compile `tests/c/<name>.c`, a C test program like the C client (same flags, and
+/// `include/p11ha.h` on the include path), into `out_dir/<name>`; returns its path.
+pub fn build_c_program(name: &str, out_dir: &Path) -> PathBuf {
+    let src = repo_dir().join(format!("tests/c/{name}.c"));
+    let exe = out_dir.join(name);
+    let mut cmd = Command::new("cc");
+    cmd.args([
+        "-std=c11", "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-pthread",
+    ])
+    .arg("-I/usr/include/p11-kit-1")
+    .arg(format!("-I{}", repo_dir().join("include").display()))
+    .arg(&src)
+    .arg("-o")
+    .arg(&exe)
+    .arg("-ldl");
+    checked(cmd);
+    exe
+}
+
+/// Compile the fault-injection pass-through module `tests/c/fault_module.c` into
+/// `out_dir/fault.so`; returns its path. (One loaded copy is one set of faults: give each member
+/// its own copy of the file, see [`crate::setup`].)
+pub fn build_fault_module(out_dir: &Path) -> PathBuf {
+    let src = repo_dir().join("tests/c/fault_module.c");
+    let lib = out_dir.join("fault.so");
+    let mut cmd = Command::new("cc");
+    cmd.args([
+        "-shared", "-fPIC", "-O1", "-g", "-Wall", "-Wextra", "-Werror",
+    ])
+    .arg("-I/usr/include/p11-kit-1")
+    .arg("-o")
+    .arg(&lib)
+    .arg(&src)
+    .arg("-ldl");
+    checked(cmd);
+    lib
+}

@@ -1,6 +1,7 @@
 //! A set of SoftHSM member tokens with identical keys ([`crate::provision`]), optionally served
 //! by `p11-kit server` processes, and the p11ha configuration that groups them.
 
+use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::fs;
 use std::os::unix::net::UnixStream;
@@ -78,6 +79,13 @@ impl Default for ConfigOpts {
     }
 }
 
+/// A module a p11-kit server serves in place of SoftHSM, and its extra environment.
+#[derive(Debug, Clone)]
+struct ServerProvider {
+    module: PathBuf,
+    env: Vec<(String, OsString)>,
+}
+
 #[derive(Debug)]
 struct Server {
     child: Child,
@@ -90,6 +98,9 @@ pub struct Cluster {
     pub members: Vec<Member>,
     pub keys: KeyMaterial,
     servers: Mutex<Vec<Option<Server>>>,
+    /// Per member: the module its server serves instead of SoftHSM, with extra environment
+    /// ([`Cluster::serve_through`]).
+    providers: Mutex<Vec<Option<ServerProvider>>>,
     /// Every process group ever started (checked empty on drop).
     pgids: Mutex<Vec<i32>>,
     log_dir: Mutex<PathBuf>,
@@ -108,6 +119,7 @@ impl Cluster {
         let log_dir = dir.path().join("log");
         Cluster {
             servers: Mutex::new((0..n).map(|_| None).collect()),
+            providers: Mutex::new((0..n).map(|_| None).collect()),
             pgids: Mutex::new(Vec::new()),
             log_dir: Mutex::new(log_dir),
             keep: AtomicBool::new(false),
@@ -156,8 +168,14 @@ impl Cluster {
             .append(true)
             .open(self.dir().join(format!("m{i}.server.log")))
             .unwrap();
+        let provider = self.providers.lock().unwrap()[i].clone();
+        let module = provider
+            .as_ref()
+            .map_or_else(|| PathBuf::from(SOFTHSM_LIB), |p| p.module.clone());
         let mut cmd = Command::new("p11-kit");
-        cmd.args(["server", "-f", "--provider", SOFTHSM_LIB, "-n"])
+        cmd.args(["server", "-f", "--provider"])
+            .arg(&module)
+            .arg("-n")
             .arg(&m.sock)
             .arg(format!("pkcs11:token={}", m.label))
             .env("SOFTHSM2_CONF", &m.conf)
@@ -165,6 +183,9 @@ impl Cluster {
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .process_group(0);
+        for (k, v) in provider.iter().flat_map(|p| &p.env) {
+            cmd.env(k, v);
+        }
         let mut child = cmd.spawn().expect("spawn p11-kit server");
         let pgid = child.id() as i32;
         self.pgids.lock().unwrap().push(pgid);
@@ -194,6 +215,20 @@ impl Cluster {
         }
         servers[i] = Some(Server { child, pgid });
         m.address()
+    }
+
+    /// From now on member `i`'s server (every later [`Cluster::start_server`] and
+    /// [`Cluster::restart`]) serves `module` with `env` added, instead of SoftHSM: e.g. the
+    /// fault-injection module of `tests/c/fault_module.c` in front of SoftHSM, so that faults
+    /// happen on the HSM's side of the connection.
+    pub fn serve_through(&self, i: usize, module: &Path, env: &[(&str, &std::ffi::OsStr)]) {
+        self.providers.lock().unwrap()[i] = Some(ServerProvider {
+            module: module.to_path_buf(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_os_string()))
+                .collect(),
+        });
     }
 
     /// Whether member `i`'s server was started and not killed.

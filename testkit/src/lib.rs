@@ -11,8 +11,11 @@
 //! - [`member`]: direct (non-HA) cryptoki sessions to one member, for cross-checks.
 //! - [`raw`]: a PKCS#11 client over the raw function table, without per-call allocation.
 //! - [`status`]: p11ha's status API (`p11ha_group_status`) read into Rust values.
+//! - [`diff`]: the differential tester (a seeded call sequence run on SoftHSM and on p11ha).
 //! - [`clients`]: bounded commands: the real-client scripts of `tests/clients/`, the C client.
 //! - [`proc`]: bounded waits, process-group helpers, locating `libp11ha.so`.
+//! - [`setup`]: the configuration space failover tests run over (p11-kit or direct members,
+//!   `HAOnly` 1 or 0), with member death and hangs that mean the same in each.
 //!
 //! Everything cleans up after itself: [`Cluster`]'s Drop kills every process group it started
 //! (by PGID, never by name) and removes its temporary directory, also when the caller panics.
@@ -21,20 +24,23 @@ use std::path::{Path, PathBuf};
 
 pub mod clients;
 pub mod cluster;
+pub mod diff;
 pub mod member;
 pub mod proc;
 pub mod provision;
 pub mod raw;
+pub mod setup;
 pub mod status;
 
 pub use clients::{
-    build_c_client, c_client_cmd, c_client_counts, run_client, run_client_env, run_cmd, run_cmd_bg,
-    ClientRun,
+    build_c_client, build_c_program, build_fault_module, c_client_cmd, c_client_counts, run_client,
+    run_client_env, run_cmd, run_cmd_bg, ClientRun,
 };
 pub use cluster::{Cluster, ConfigOpts};
 pub use member::{with_env_lock, MemberClient};
 pub use proc::{live_pids_in_group, p11ha_lib, pid_alive, wait_until};
 pub use provision::{KeyMaterial, Member};
+pub use setup::{Group, Setup};
 pub use status::{MemberState, StatusApi};
 
 /// User PIN of every member token (and so of the HA group).

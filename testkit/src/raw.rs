@@ -296,6 +296,12 @@ impl Module {
         call!(self, C_GetSessionInfo(h, &mut info))
     }
 
+    /// The module's function table, for callers that make calls this client has no method for
+    /// (the differential tester's bad arguments).
+    pub fn functions(&self) -> &'static CK_FUNCTION_LIST {
+        self.fns
+    }
+
     /// p11ha's status API of this module (None for other modules).
     pub fn status(&self) -> Option<&StatusApi> {
         self.status.as_ref()

@@ -10,10 +10,14 @@
  * member dies, this process dies with it (shell exit status 141), which is what the tests look for.
  *
  * usage: ha_client -m MODULE -t LABEL [-p PIN] [-n THREADS] [-d SECONDS] [-c COUNT]
- *                  [-i IDLE_MS] [-q] [-T]
+ *                  [-i IDLE_MS] [-q] [-T] [-l] [-S STOPFILE]
  *   -d  run for SECONDS (default 2); -c  stop each thread after COUNT signatures
  *   -i  sleep IDLE_MS between signatures (idle connections: the SIGPIPE case)
  *   -T  C_Initialize with CKF_LIBRARY_CANT_CREATE_OS_THREADS too (as p11-kit/GnuTLS do)
+ *   -l  timeline on stdout, times in CLOCK_MONOTONIC seconds (the clock of every process):
+ *       "F <thread> <start> <end> 0x<rv>" for each failed signature and
+ *       "S <thread> <start> <end>" for the first one that succeeds after a failure
+ *   -S  each thread also stops (before its next signature) once STOPFILE exists
  * Prints "READY" (flushed) after login, so a test can time a kill.
  * Exit: 0 no failed operation, 1 some failed, 2 set-up error.
  */
@@ -35,6 +39,8 @@ static long count = -1;
 static long idle_ms;
 static int quiet;
 static int no_threads;
+static int timeline;
+static const char *stop_file;
 
 #define MAX_RV 64
 static pthread_mutex_t stats_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -114,13 +120,22 @@ static void *worker(void *arg)
         return NULL;
     }
     memset(data, (int)idx, sizeof data);
+    int failing = 0;
     while (now() < end && (count < 0 || done < count)) {
         CK_ULONG len = sizeof sig;
+        if (stop_file && access(stop_file, F_OK) == 0)
+            break;
+        double t_start = now();
         rv = f->C_SignInit(s, &mech, key);
         if (rv == CKR_OK)
             rv = f->C_Sign(s, data, sizeof data, sig, &len);
         record(rv);
         done++;
+        if (timeline && rv != CKR_OK)
+            printf("F %ld %.6f %.6f 0x%lx\n", idx, t_start, now(), rv);
+        else if (timeline && failing)
+            printf("S %ld %.6f %.6f\n", idx, t_start, now());
+        failing = rv != CKR_OK;
         if (rv != CKR_OK && !quiet)
             fprintf(stderr, "thread %ld: sign #%ld: rv 0x%lx\n", idx, done, rv);
         if (idle_ms > 0)
@@ -135,7 +150,7 @@ static void *worker(void *arg)
 static void usage(void)
 {
     fprintf(stderr, "usage: ha_client -m MODULE -t LABEL [-p PIN] [-n THREADS] [-d SECONDS] "
-                    "[-c COUNT] [-i IDLE_MS] [-q] [-T]\n");
+                    "[-c COUNT] [-i IDLE_MS] [-q] [-T] [-l] [-S STOPFILE]\n");
     exit(2);
 }
 
@@ -144,7 +159,7 @@ int main(int argc, char **argv)
     const char *module = NULL, *label = NULL, *pin = "1234";
     long threads = 1;
     int opt;
-    while ((opt = getopt(argc, argv, "m:t:p:n:d:c:i:qT")) != -1) {
+    while ((opt = getopt(argc, argv, "m:t:p:n:d:c:i:qTlS:")) != -1) {
         switch (opt) {
         case 'm': module = optarg; break;
         case 't': label = optarg; break;
@@ -155,6 +170,8 @@ int main(int argc, char **argv)
         case 'i': idle_ms = atol(optarg); break;
         case 'q': quiet = 1; break;
         case 'T': no_threads = 1; break;
+        case 'l': timeline = 1; break;
+        case 'S': stop_file = optarg; break;
         default: usage();
         }
     }

@@ -14,15 +14,17 @@ impl Session {
         if user == CKU_CONTEXT_SPECIFIC {
             return self.context_login(pin);
         }
+        // Any read-only session of the application, not only this one: members only see the
+        // sessions p11ha opened on them, so they cannot tell. Checked first, as SoftHSM does.
+        if user == CKU_SO && group.has_read_only_session() {
+            return Err(CKR_SESSION_READ_ONLY_EXISTS);
+        }
         if let Some(l) = group.login() {
             return Err(if l.user == user {
                 CKR_USER_ALREADY_LOGGED_IN
             } else {
                 CKR_USER_ANOTHER_ALREADY_LOGGED_IN
             });
-        }
-        if user == CKU_SO && self.flags & CKF_RW_SESSION == 0 {
-            return Err(CKR_SESSION_READ_ONLY_EXISTS);
         }
         let mut st = self.st.lock();
         let mut accepted = false;
@@ -45,7 +47,13 @@ impl Session {
             match b.instance.login(session, user, pin.clone()) {
                 Ok(()) | Err(Fault::Rv(CKR_USER_ALREADY_LOGGED_IN)) => accepted = true,
                 Err(f) if f.fails_member() => self.drop_member(idx, &b.instance, f),
-                Err(f) if !accepted || f == Fault::Panicked => return Err(f.rv()),
+                Err(f) if !accepted || f == Fault::Panicked => {
+                    // The verdict on the PIN is this member's: say which one gave it, so that a
+                    // member whose PIN was changed on its own shows up in the HA log.
+                    let m = group.member(idx);
+                    group.log.login_failed(&group.serial, &m.serial, f.rv());
+                    return Err(f.rv());
+                }
                 Err(f) => {
                     let m = group.member(idx);
                     group.log.login_failed(&group.serial, &m.serial, f.rv());
@@ -85,10 +93,16 @@ impl Session {
     pub(crate) fn logout_unaudited(&self) -> CkResult<()> {
         let group = &self.group;
         if group.login().is_none() {
-            return Err(CKR_USER_NOT_LOGGED_IN);
+            // Not logged in: what the member says to that (SoftHSM says CKR_OK).
+            let mut st = self.st.lock();
+            return self
+                .attempt(&mut st, &[], None, |t| t.inst.logout(t.session))
+                .map(|_| ());
         }
         group.set_login(None);
-        group.objects.forget_twins(None);
+        // Private objects' handles end with the login; the others stay valid (members keep
+        // their handles: SoftHSM renumbers only private objects).
+        group.objects.remove_private();
         let mut st = self.st.lock();
         for idx in 0..group.members().len() {
             let Some(b) = group.member(idx).binding() else {

@@ -13,7 +13,7 @@ mod keys;
 mod login;
 mod objects;
 mod ops;
-mod route;
+pub(crate) mod route;
 mod search;
 
 use super::group::Group;
@@ -24,8 +24,6 @@ use cryptoki_sys::*;
 use parking_lot::Mutex;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-
-pub use route::Target;
 
 pub type CkResult<T> = Result<T, CK_RV>;
 
@@ -40,7 +38,9 @@ struct ActiveOp {
     session: CK_SESSION_HANDLE,
     /// Data went to the member (update calls): the operation cannot move to another member.
     fed: bool,
-    _busy: InFlight,
+    /// Counts against the member while the operation is live; `None` once the member answered
+    /// it with an error (it may have ended it: the record stays, for the member to say).
+    busy: Option<InFlight>,
 }
 
 #[derive(Default)]
@@ -48,6 +48,10 @@ struct State {
     /// Per member index: (instance id, member session handle).
     member_sessions: Vec<Option<(u64, CK_SESSION_HANDLE)>>,
     ops: Vec<ActiveOp>,
+    /// The member the session's last operation ran on: the next one starts there too, so an
+    /// operation a member kept after an error (SoftHSM keeps some) meets the next Init as it
+    /// would directly.
+    last_op: Option<usize>,
     found: Option<std::vec::IntoIter<CK_OBJECT_HANDLE>>,
 }
 
@@ -91,6 +95,10 @@ impl Session {
             (None, true) => CKS_RW_PUBLIC_SESSION,
             (None, false) => CKS_RO_PUBLIC_SESSION,
         }
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.flags & CKF_RW_SESSION == 0
     }
 
     /// Whether objects are replicated to every member (`HASynchronize`).

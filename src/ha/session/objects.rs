@@ -1,16 +1,35 @@
 //! Objects through a session: creating (and, in a synchronized group, replicating before the
 //! call returns), copying, destroying, and their attributes.
 
-use super::route::Target;
+use super::route::{Apart, Target};
 use super::{forget, CkResult, Session, State};
 use crate::diag::diag;
 use crate::ha::objects::Identity;
 use crate::ha::sync::copy::{copy_object, hint, End, Side};
 use crate::ha::sync::policy::{is_managed, member_set_template, member_template};
 use crate::mechanism::{find, Attr};
-use crate::provider::{AttributeValues, Instance, MemberResult};
+use crate::provider::{AttributeValues, Fault, Instance, MemberResult};
 use cryptoki_sys::*;
 use std::sync::Arc;
+
+/// Flags a p11ha-managed key holds on its members only so it can be cloned: the application
+/// asked for a non-extractable key and reads them as one (false).
+const HIDDEN: [CK_ATTRIBUTE_TYPE; 2] = [CKA_EXTRACTABLE, CKA_WRAP_WITH_TRUSTED];
+
+/// Secret values of keys: PKCS#11 never reveals them for a non-extractable key.
+const SENSITIVE: [CK_ATTRIBUTE_TYPE; 7] = [
+    CKA_VALUE,
+    CKA_PRIVATE_EXPONENT,
+    CKA_PRIME_1,
+    CKA_PRIME_2,
+    CKA_EXPONENT_1,
+    CKA_EXPONENT_2,
+    CKA_COEFFICIENT,
+];
+
+/// Makes a copy of a member's twin of an object, on that member.
+type CopyHere<'a> =
+    dyn Fn(&Instance, CK_SESSION_HANDLE, CK_OBJECT_HANDLE) -> MemberResult<CK_OBJECT_HANDLE> + 'a;
 
 impl Session {
     /// Registers an object a member just made for this session and returns its virtual handle.
@@ -37,14 +56,32 @@ impl Session {
         objects: &[CK_OBJECT_HANDLE],
         make: impl Fn(&Target) -> MemberResult<Vec<CK_OBJECT_HANDLE>>,
     ) -> CkResult<Vec<CK_OBJECT_HANDLE>> {
+        self.create_replicated_as(objects, make, None)
+    }
+
+    /// [`Session::create_replicated`]; with `copy_of`, the one object made is a C_CopyObject
+    /// of `copy_of.0`, and each member that holds a twin of it makes its own copy with
+    /// `copy_of.1` (a non-extractable key cannot be wrapped to another member, but each
+    /// member can copy its own twin).
+    fn create_replicated_as(
+        &self,
+        objects: &[CK_OBJECT_HANDLE],
+        make: impl Fn(&Target) -> MemberResult<Vec<CK_OBJECT_HANDLE>>,
+        copy_of: Option<(CK_OBJECT_HANDLE, &CopyHere)>,
+    ) -> CkResult<Vec<CK_OBJECT_HANDLE>> {
         let mut st = self.st.lock();
         for _ in 0..=self.group.members().len() {
-            let (made, t) = self.attempt(&mut st, objects, None, |t| {
+            let home = self.home(&st);
+            let (made, t) = self.attempt(&mut st, objects, home, |t| {
                 let hs = make(t)?;
                 hs.into_iter()
                     .map(|h| Ok((h, self.adopt(t, h)?)))
                     .collect::<MemberResult<Vec<_>>>()
             })?;
+            if home != Some(t.idx) {
+                // The home failed, or the objects named live elsewhere: that is the home now.
+                self.group.set_home(t.idx);
+            }
             let virtuals: Vec<_> = made.iter().map(|(_, v)| *v).collect();
             let token: Vec<_> = made
                 .iter()
@@ -59,7 +96,7 @@ impl Session {
             if !self.syncs() || token.is_empty() {
                 return Ok(virtuals);
             }
-            match self.replicate(&mut st, &t, &token) {
+            match self.replicate(&mut st, &t, &token, copy_of) {
                 Ok(()) => return Ok(virtuals),
                 Err(f) if f.fails_member() => {
                     // The creating member failed: what it made stays there until it returns
@@ -94,6 +131,7 @@ impl Session {
         st: &mut State,
         first: &Target,
         made: &[(CK_OBJECT_HANDLE, CK_OBJECT_HANDLE)],
+        copy_of: Option<(CK_OBJECT_HANDLE, &CopyHere)>,
     ) -> MemberResult<()> {
         let mut twins: Vec<(Arc<Instance>, CK_SESSION_HANDLE, CK_OBJECT_HANDLE)> = Vec::new();
         let undo = |twins: &[(Arc<Instance>, CK_SESSION_HANDLE, CK_OBJECT_HANDLE)]| {
@@ -101,18 +139,30 @@ impl Session {
                 let _ = inst.destroy_object(*s, *h);
             }
         };
+        // Copies run in sessions of their own on both sides: the application's member sessions
+        // may be in the middle of an operation.
+        let source = self.group.member(first.idx).binding();
+        let source = match source.filter(|b| b.instance.id == first.inst.id) {
+            Some(b) => Apart::open(&b.instance, b.slot)?,
+            None => return Err(Fault::Closed),
+        };
         let mut from = End::new(
-            &first.inst,
-            first.session,
+            &source.inst,
+            source.session,
             &self.group.member(first.idx).serial,
         );
+        let mut aparts = Vec::new();
         let mut registered = Vec::new();
         for idx in (0..self.group.members().len()).filter(|&i| i != first.idx) {
             let Some(b) = self.group.member(idx).binding() else {
                 continue;
             };
-            let session = match self.member_session(st, idx, &b) {
-                Ok(s) => s,
+            // The application's member session there logs the member in with the group.
+            let opened = self
+                .member_session(st, idx, &b)
+                .and_then(|_| Apart::open(&b.instance, b.slot));
+            let apart = match opened {
+                Ok(a) => a,
                 Err(f) if f.fails_member() => {
                     self.drop_member(idx, &b.instance, f);
                     continue;
@@ -123,10 +173,30 @@ impl Session {
                     return Err(f);
                 }
             };
+            let session = apart.session;
+            // The member's own twin of the object copied, if it has one.
+            let source_here = match copy_of {
+                Some((src, _)) => match self.resolve(idx, &b.instance, session, src) {
+                    Ok(t) => t,
+                    Err(f) if f.fails_member() => {
+                        self.drop_member(idx, &b.instance, f);
+                        forget(st, idx);
+                        continue;
+                    }
+                    Err(_) => None,
+                },
+                None => None,
+            };
             let mut to = End::new(&b.instance, session, &self.group.member(idx).serial);
             let mut here = Vec::new();
             for &(h, v) in made {
-                match copy_object(&mut from, h, &mut to) {
+                let copied = match (copy_of, source_here) {
+                    (Some((_, copy_here)), Some(twin)) => {
+                        copy_here(&b.instance, session, twin).map_err(|f| (Side::Target, f))
+                    }
+                    _ => copy_object(&mut from, h, &mut to),
+                };
+                match copied {
                     Ok(h2) => {
                         twins.push((b.instance.clone(), session, h2));
                         here.push((v, h2));
@@ -157,6 +227,7 @@ impl Session {
                 }
             }
             registered.extend(here.into_iter().map(|(v, h2)| (v, idx, b.instance.id, h2)));
+            aparts.push(apart);
         }
         for (v, idx, inst, h2) in registered {
             self.group.objects.set_twin(v, idx, inst, h2);
@@ -191,13 +262,12 @@ impl Session {
         } else {
             template
         };
-        self.create_replicated(&[obj], |t| {
-            Ok(vec![t.inst.copy_object(
-                t.session,
-                t.objects[0],
-                template.clone(),
-            )?])
-        })
+        let copy_here: &CopyHere = &|inst, s, twin| inst.copy_object(s, twin, template.clone());
+        self.create_replicated_as(
+            &[obj],
+            |t| Ok(vec![copy_here(&t.inst, t.session, t.objects[0])?]),
+            Some((obj, copy_here)),
+        )
         .map(|v| v[0])
     }
 
@@ -248,12 +318,48 @@ impl Session {
         }
     }
 
+    /// The C_SetAttributeValue template for one member. In a synchronized group a key the
+    /// application made non-extractable is held extractable-to-trusted-keys (see
+    /// `sync::policy`); for it, making it extractable again is refused as PKCS#11 refuses it,
+    /// and asking again for what it already is (non-extractable) changes nothing on the member.
+    fn member_set(
+        &self,
+        inst: &Instance,
+        session: CK_SESSION_HANDLE,
+        h: CK_OBJECT_HANDLE,
+        template: &[Attr],
+    ) -> MemberResult<Vec<Attr>> {
+        if !self.syncs() {
+            return Ok(template.to_vec());
+        }
+        if !template.iter().any(|a| HIDDEN.contains(&a.kind)) || !is_managed(inst, session, h)? {
+            return Ok(member_set_template(template));
+        }
+        if find(template, CKA_EXTRACTABLE).and_then(Attr::as_bool) == Some(true) {
+            return Err(Fault::Rv(CKR_ATTRIBUTE_READ_ONLY));
+        }
+        Ok(template
+            .iter()
+            .filter(|a| !HIDDEN.contains(&a.kind))
+            .cloned()
+            .collect())
+    }
+
     pub fn object_size(&self, obj: CK_OBJECT_HANDLE) -> CkResult<CK_ULONG> {
         let mut st = self.st.lock();
         self.attempt(&mut st, &[obj], None, |t| {
             t.inst.object_size(t.session, t.objects[0])
         })
         .map(|(v, _)| v)
+    }
+
+    /// CKR_OK for an object handle the application may use, as a member would answer it.
+    pub fn check_object(&self, obj: CK_OBJECT_HANDLE) -> CkResult<()> {
+        if self.group.objects.exists(obj) {
+            Ok(())
+        } else {
+            Err(CKR_OBJECT_HANDLE_INVALID)
+        }
     }
 
     pub fn get_attributes(
@@ -263,18 +369,28 @@ impl Session {
     ) -> CkResult<AttributeValues> {
         let mut st = self.st.lock();
         self.attempt(&mut st, &[obj], None, |t| {
-            let (rv, mut out) = t
-                .inst
-                .get_attributes(t.session, t.objects[0], query.clone())?;
-            let asked = query.iter().position(|(k, _)| *k == CKA_EXTRACTABLE);
-            if let (true, Some(i)) = (self.syncs(), asked) {
-                if is_managed(&t.inst, t.session, t.objects[0])? {
-                    // The application asked for a non-extractable key: it reads back as one.
-                    out[i] = match query[i].1 {
-                        Some(cap) if cap >= 1 => (1, Some(vec![CK_FALSE])),
-                        Some(_) => (CK_UNAVAILABLE_INFORMATION, None),
-                        None => (1, None),
-                    };
+            let (mut rv, mut out) =
+                t.inst
+                    .get_attributes(t.session, t.objects[0], query.clone())?;
+            let concerned = query
+                .iter()
+                .any(|(k, _)| HIDDEN.contains(k) || SENSITIVE.contains(k));
+            if self.syncs() && concerned && is_managed(&t.inst, t.session, t.objects[0])? {
+                // The application asked for a non-extractable key: it reads back as one, and a
+                // non-extractable key's secret values are never revealed, sensitive or not.
+                for (i, (kind, cap)) in query.iter().enumerate() {
+                    if HIDDEN.contains(kind) {
+                        out[i] = match cap {
+                            Some(cap) if *cap >= 1 => (1, Some(vec![CK_FALSE])),
+                            Some(_) => (CK_UNAVAILABLE_INFORMATION, None),
+                            None => (1, None),
+                        };
+                    } else if SENSITIVE.contains(kind) {
+                        out[i] = (CK_UNAVAILABLE_INFORMATION, None);
+                        if matches!(rv, CKR_OK | CKR_BUFFER_TOO_SMALL) {
+                            rv = CKR_ATTRIBUTE_SENSITIVE;
+                        }
+                    }
                 }
             }
             Ok((rv, out))
@@ -288,19 +404,15 @@ impl Session {
         obj: CK_OBJECT_HANDLE,
         template: Vec<Attr>,
     ) -> CkResult<()> {
-        let template = if self.syncs() {
-            member_set_template(&template)
-        } else {
-            template
-        };
         let before = self.group.objects.identity(obj);
         let mut st = self.st.lock();
         let (_, first) = self.attempt(&mut st, &[obj], None, |t| {
-            t.inst
-                .set_attributes(t.session, t.objects[0], template.clone())
+            let template = self.member_set(&t.inst, t.session, t.objects[0], &template)?;
+            t.inst.set_attributes(t.session, t.objects[0], template)
         })?;
         self.on_other_members(&mut st, first.idx, obj, |inst, s, h| {
-            inst.set_attributes(s, h, template.clone())
+            let template = self.member_set(inst, s, h, &template)?;
+            inst.set_attributes(s, h, template)
         });
         let after = Identity::read(&first.inst, first.session, first.objects[0]).ok();
         if let Some(after) = &after {

@@ -1,10 +1,15 @@
 //! Cryptographic operations between their Init and their final call. An operation lives on
 //! one member; when that member fails before the operation was fed data, it is initialized
 //! again on another member and the call goes on there.
+//!
+//! p11ha never decides alone that an operation ended: after an error the record stays, and the
+//! next call for it, a new Init included, goes to the member that holds it, which answers as it
+//! would to the application directly (SoftHSM, for one, keeps a digest active after a failed
+//! C_DigestKey).
 
 use super::{forget, keeps_active, ActiveOp, CkResult, Session, State};
 use crate::mechanism::OwnedMechanism;
-use crate::provider::{Data, Fault, OpKind, Output};
+use crate::provider::{Data, Fault, Input, OpKind, Output};
 use cryptoki_sys::*;
 
 impl Session {
@@ -15,12 +20,55 @@ impl Session {
         key: CK_OBJECT_HANDLE,
     ) -> CkResult<()> {
         let mut st = self.st.lock();
-        if st.ops.iter().any(|o| o.kind == kind) {
-            return Err(CKR_OPERATION_ACTIVE);
+        let mut old = None;
+        if let Some(pos) = st.ops.iter().position(|o| o.kind == kind) {
+            let was = st.ops.swap_remove(pos);
+            match self.init_again(&mut st, &was, &mech, key) {
+                Ok(()) => {
+                    let busy = Some(self.group.member(was.idx).busy());
+                    st.ops.push(ActiveOp {
+                        mech,
+                        key,
+                        fed: false,
+                        busy,
+                        ..was
+                    });
+                    return Ok(());
+                }
+                Err(Some(rv)) => {
+                    st.ops.push(was);
+                    return Err(rv);
+                }
+                // Its member is gone, or lacks the key: start afresh; the record stays unless
+                // that succeeds.
+                Err(None) => old = Some(was),
+            }
         }
+        let fresh = self.init_fresh(&mut st, kind, &mech, key);
+        if let (Err(_), Some(old)) = (&fresh, old) {
+            st.ops.push(old);
+        }
+        fresh
+    }
+
+    /// A new operation on the best member for it.
+    fn init_fresh(
+        &self,
+        st: &mut State,
+        kind: OpKind,
+        mech: &Option<OwnedMechanism>,
+        key: CK_OBJECT_HANDLE,
+    ) -> CkResult<()> {
+        let mech = mech.clone();
         let keys: Vec<_> = if key == 0 { vec![] } else { vec![key] };
+        // Where the session's other operations are, else its home member (where its session
+        // objects are): a session's operations then meet on one member session, and a member
+        // that allows one operation per session (SoftHSM) answers as it would directly. A
+        // session object held elsewhere still takes the call to its holder (`attempt`).
+        let busy_on = st.ops.first().map(|o| o.idx).or(st.last_op);
+        let prefer = busy_on.or(self.home(st));
         let (_, t) = self
-            .attempt(&mut st, &keys, None, |t| {
+            .attempt(st, &keys, prefer, |t| {
                 t.inst.op_init(
                     kind,
                     t.session,
@@ -29,13 +77,17 @@ impl Session {
                 )
             })
             .map_err(|rv| {
-                if rv == CKR_OBJECT_HANDLE_INVALID && key != 0 {
+                // p11ha's answer, not a member's: a key it knows that no member up holds, or
+                // one it does not know with no member up to ask.
+                let ours = self.group.objects.exists(key) || !self.group.any_up();
+                if rv == CKR_OBJECT_HANDLE_INVALID && key != 0 && ours {
                     CKR_KEY_HANDLE_INVALID
                 } else {
                     rv
                 }
             })?;
-        let busy = self.group.member(t.idx).busy();
+        let busy = Some(self.group.member(t.idx).busy());
+        st.last_op = Some(t.idx);
         st.ops.push(ActiveOp {
             kind,
             mech,
@@ -44,9 +96,79 @@ impl Session {
             inst: t.inst,
             session: t.session,
             fed: false,
-            _busy: busy,
+            busy,
         });
         Ok(())
+    }
+
+    /// A new Init of an operation kind that has a record: on the member session that holds it.
+    /// `Err(Some(rv))` is that member's answer (CKR_OPERATION_ACTIVE while it is active);
+    /// `Err(None)`: that member cannot take it (gone, or without the key).
+    fn init_again(
+        &self,
+        st: &mut State,
+        old: &ActiveOp,
+        mech: &Option<OwnedMechanism>,
+        key: CK_OBJECT_HANDLE,
+    ) -> Result<(), Option<CK_RV>> {
+        let mut probing = false;
+        let member_key = if key == 0 {
+            0
+        } else if !self.group.objects.exists(key) {
+            CK_INVALID_HANDLE // never given out: the member answers what it answers to that
+        } else {
+            match self.resolve(old.idx, &old.inst, old.session, key) {
+                Ok(Some(h)) => h,
+                // The key is elsewhere. Whether the old operation still holds this member
+                // session only the member can say: asked with a handle that names nothing, it
+                // says CKR_OPERATION_ACTIVE (the answer the application gets) or refuses the
+                // handle (the old operation is over: start afresh where the key is).
+                Ok(None) => {
+                    probing = true;
+                    CK_INVALID_HANDLE
+                }
+                Err(f) if f.fails_member() => {
+                    self.drop_member(old.idx, &old.inst, f);
+                    forget(st, old.idx);
+                    return Err(None);
+                }
+                Err(f) => return Err(Some(f.rv())),
+            }
+        };
+        match old
+            .inst
+            .op_init(old.kind, old.session, mech.clone(), member_key)
+        {
+            Ok(()) if !probing => Ok(()),
+            Err(f) if f.fails_member() => {
+                self.drop_member(old.idx, &old.inst, f);
+                forget(st, old.idx);
+                Err(None)
+            }
+            Err(Fault::Rv(CKR_OPERATION_ACTIVE)) => Err(Some(CKR_OPERATION_ACTIVE)),
+            Err(f) if !probing => Err(Some(f.rv())),
+            _ => Err(None),
+        }
+    }
+
+    /// A call for an operation p11ha holds no record of: a member answers it, as it would
+    /// directly (SoftHSM checks a NULL argument before it says CKR_OPERATION_NOT_INITIALIZED).
+    fn unrecorded<T>(
+        &self,
+        st: &mut State,
+        objects: &[CK_OBJECT_HANDLE],
+        call: impl FnMut(&super::route::Target) -> crate::provider::MemberResult<T>,
+    ) -> CkResult<T> {
+        if !self.group.any_up() {
+            return Err(CKR_OPERATION_NOT_INITIALIZED);
+        }
+        self.attempt(st, objects, None, call).map(|(v, _)| v)
+    }
+
+    /// Keeps the record of an operation its member answered with an error.
+    fn keep(st: &mut State, mut op: ActiveOp) {
+        op.busy = None;
+        st.ops.push(op);
     }
 
     fn take_op(st: &mut State, kind: OpKind) -> CkResult<ActiveOp> {
@@ -79,7 +201,7 @@ impl Session {
                 t.objects.first().copied().unwrap_or(0),
             )
         })?;
-        op._busy = self.group.member(t.idx).busy();
+        op.busy = Some(self.group.member(t.idx).busy());
         op.idx = t.idx;
         op.inst = t.inst;
         op.session = t.session;
@@ -90,7 +212,11 @@ impl Session {
     /// redone on another member if its member fails.
     pub fn op_single(&self, kind: OpKind, data: Data, cap: Option<CK_ULONG>) -> CkResult<Output> {
         let mut st = self.st.lock();
-        let mut op = Self::take_op(&mut st, kind)?;
+        let Ok(mut op) = Self::take_op(&mut st, kind) else {
+            return self.unrecorded(&mut st, &[], |t| {
+                t.inst.op_single(kind, t.session, data.clone(), cap)
+            });
+        };
         loop {
             match op.inst.op_single(kind, op.session, data.clone(), cap) {
                 Ok(out) => {
@@ -100,7 +226,10 @@ impl Session {
                     return Ok(out);
                 }
                 Err(f) if f.fails_member() => self.restart_elsewhere(&mut st, &mut op, f)?,
-                Err(f) => return Err(f.rv()),
+                Err(f) => {
+                    Self::keep(&mut st, op);
+                    return Err(f.rv());
+                }
             }
         }
     }
@@ -108,19 +237,30 @@ impl Session {
     /// C_Verify: the verdict is the return value.
     pub fn verify(&self, data: Data, signature: Data) -> CkResult<()> {
         let mut st = self.st.lock();
-        let mut op = Self::take_op(&mut st, OpKind::Verify)?;
+        let Ok(mut op) = Self::take_op(&mut st, OpKind::Verify) else {
+            return self.unrecorded(&mut st, &[], |t| {
+                t.inst.verify(t.session, data.clone(), signature.clone())
+            });
+        };
         loop {
             match op.inst.verify(op.session, data.clone(), signature.clone()) {
                 Ok(()) => return Ok(()),
                 Err(f) if f.fails_member() => self.restart_elsewhere(&mut st, &mut op, f)?,
-                Err(f) => return Err(f.rv()),
+                Err(f) => {
+                    Self::keep(&mut st, op);
+                    return Err(f.rv());
+                }
             }
         }
     }
 
     pub fn op_update(&self, kind: OpKind, data: Data, cap: Option<CK_ULONG>) -> CkResult<Output> {
         let mut st = self.st.lock();
-        let mut op = Self::take_op(&mut st, kind)?;
+        let Ok(mut op) = Self::take_op(&mut st, kind) else {
+            return self.unrecorded(&mut st, &[], |t| {
+                t.inst.op_update(kind, t.session, data.clone(), cap)
+            });
+        };
         match op.inst.op_update(kind, op.session, data, cap) {
             Ok(out) => {
                 op.fed = true;
@@ -133,13 +273,19 @@ impl Session {
                 self.restart_elsewhere(&mut st, &mut op, f)
                     .and(Err(CKR_DEVICE_ERROR))
             }
-            Err(f) => Err(f.rv()),
+            Err(f) => {
+                op.fed = true;
+                Self::keep(&mut st, op);
+                Err(f.rv())
+            }
         }
     }
 
     pub fn op_final(&self, kind: OpKind, cap: Option<CK_ULONG>) -> CkResult<Output> {
         let mut st = self.st.lock();
-        let mut op = Self::take_op(&mut st, kind)?;
+        let Ok(mut op) = Self::take_op(&mut st, kind) else {
+            return self.unrecorded(&mut st, &[], |t| t.inst.op_final(kind, t.session, cap));
+        };
         loop {
             match op.inst.op_final(kind, op.session, cap) {
                 Ok(out) => {
@@ -149,28 +295,72 @@ impl Session {
                     return Ok(out);
                 }
                 Err(f) if f.fails_member() => self.restart_elsewhere(&mut st, &mut op, f)?,
-                Err(f) => return Err(f.rv()),
+                Err(f) => {
+                    Self::keep(&mut st, op);
+                    return Err(f.rv());
+                }
             }
         }
     }
 
     pub fn verify_final(&self, signature: Data) -> CkResult<()> {
         let mut st = self.st.lock();
-        let mut op = Self::take_op(&mut st, OpKind::Verify)?;
+        let Ok(mut op) = Self::take_op(&mut st, OpKind::Verify) else {
+            return self.unrecorded(&mut st, &[], |t| {
+                t.inst.verify_final(t.session, signature.clone())
+            });
+        };
         loop {
             match op.inst.verify_final(op.session, signature.clone()) {
                 Ok(()) => return Ok(()),
                 Err(f) if f.fails_member() => self.restart_elsewhere(&mut st, &mut op, f)?,
-                Err(f) => return Err(f.rv()),
+                Err(f) => {
+                    Self::keep(&mut st, op);
+                    return Err(f.rv());
+                }
             }
         }
     }
 
+    /// Ends an operation whose call failed before any member saw it (a NULL length pointer, a
+    /// NULL buffer with a length): PKCS#11 ends an operation on such an error, so it is ended
+    /// on its member too, which would otherwise refuse the next Init as still active.
+    pub fn end_op(&self, kind: OpKind) {
+        let mut st = self.st.lock();
+        let Ok(op) = Self::take_op(&mut st, kind) else {
+            return;
+        };
+        drop(st);
+        let room = Some(64 * 1024);
+        let _ = match kind {
+            OpKind::Verify => op.inst.verify_final(op.session, Input::new(Vec::new())),
+            OpKind::SignRecover | OpKind::VerifyRecover => op
+                .inst
+                .op_single(kind, op.session, Input::new(Vec::new()), room)
+                .map(|_| ()),
+            _ => op.inst.op_final(kind, op.session, room).map(|_| ()),
+        };
+    }
+
     pub fn digest_key(&self, key: CK_OBJECT_HANDLE) -> CkResult<()> {
         let mut st = self.st.lock();
-        let mut op = Self::take_op(&mut st, OpKind::Digest)?;
+        let Ok(mut op) = Self::take_op(&mut st, OpKind::Digest) else {
+            return self.unrecorded(&mut st, &[key], |t| {
+                t.inst.digest_key(t.session, t.objects[0])
+            });
+        };
+        let known = self.group.objects.exists(key);
         let h = match self.resolve(op.idx, &op.inst, op.session, key) {
             Ok(Some(h)) => h,
+            // Never given out: the member says what it says to a bad handle.
+            Ok(None) if !known => CK_INVALID_HANDLE,
+            Ok(None) if !op.fed => match self.move_digest_to(&mut st, &mut op, key) {
+                Ok(h) => h,
+                Err(rv) => {
+                    st.ops.push(op);
+                    return Err(rv);
+                }
+            },
             Ok(None) => {
                 st.ops.push(op);
                 return Err(CKR_KEY_HANDLE_INVALID);
@@ -194,7 +384,39 @@ impl Session {
                 op.fed = true;
                 self.restart_elsewhere(&mut st, &mut op, f)
             }
-            Err(f) => Err(f.rv()),
+            Err(f) => {
+                Self::keep(&mut st, op);
+                Err(f.rv())
+            }
         }
+    }
+
+    /// A digest that has not been fed yet, whose key is on another member: it starts again
+    /// there (the one on the old member is ended). Returns the key's handle there.
+    fn move_digest_to(
+        &self,
+        st: &mut State,
+        op: &mut ActiveOp,
+        key: CK_OBJECT_HANDLE,
+    ) -> CkResult<CK_OBJECT_HANDLE> {
+        let mech = op.mech.clone();
+        let (_, t) = self
+            .attempt(st, &[key], None, |t| {
+                t.inst.op_init(OpKind::Digest, t.session, mech.clone(), 0)
+            })
+            .map_err(|rv| {
+                if rv == CKR_OBJECT_HANDLE_INVALID {
+                    CKR_KEY_HANDLE_INVALID
+                } else {
+                    rv
+                }
+            })?;
+        // A final call with room for any digest ends the operation left on the old member.
+        let _ = op.inst.op_final(OpKind::Digest, op.session, Some(1024));
+        op.busy = Some(self.group.member(t.idx).busy());
+        op.idx = t.idx;
+        op.inst = t.inst;
+        op.session = t.session;
+        Ok(t.objects[0])
     }
 }

@@ -11,6 +11,31 @@ use cryptoki_sys::*;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+/// A member session of p11ha's own beside the application's, closed when dropped: for work
+/// that must not run in a member session that may be in the middle of an operation (searches,
+/// wrapping and unwrapping for replication; SoftHSM refuses those in such a session). Object
+/// handles and the login are the same in every session of the application on a token.
+pub(super) struct Apart {
+    pub inst: Arc<Instance>,
+    pub session: CK_SESSION_HANDLE,
+}
+
+impl Apart {
+    pub fn open(inst: &Arc<Instance>, slot: CK_SLOT_ID) -> MemberResult<Apart> {
+        let session = inst.open_session(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION)?;
+        Ok(Apart {
+            inst: inst.clone(),
+            session,
+        })
+    }
+}
+
+impl Drop for Apart {
+    fn drop(&mut self) {
+        let _ = self.inst.close_session(self.session);
+    }
+}
+
 /// A member chosen for one call, with this session's session on it and the caller's objects
 /// resolved to their twins there.
 pub struct Target {
@@ -18,6 +43,13 @@ pub struct Target {
     pub inst: Arc<Instance>,
     pub session: CK_SESSION_HANDLE,
     pub objects: Vec<CK_OBJECT_HANDLE>,
+}
+
+impl Target {
+    /// Whether the member still answers on this session (a probe after CKR_DEVICE_ERROR).
+    fn still_answers(&self) -> bool {
+        self.inst.session_info(self.session).is_ok()
+    }
 }
 
 impl Session {
@@ -90,15 +122,42 @@ impl Session {
         if !identity.is_token() && objects.owner(v).is_some() {
             return Ok(None); // session objects live only where they were made
         }
-        let twin = find_twin(inst, session, &identity)?;
+        let twin = self.find_twin_apart(idx, inst, session, &identity)?;
         if let Some(h) = twin {
             objects.set_twin(v, idx, inst.id, h);
         }
         Ok(twin)
     }
 
+    /// Looks for a twin in a session of its own: the caller's member session may be in the
+    /// middle of an operation, and SoftHSM (for one) refuses a search in a session that is
+    /// (C_DigestKey looking up its key answered CKR_OPERATION_ACTIVE). Object handles are the
+    /// same in every session of the application.
+    fn find_twin_apart(
+        &self,
+        idx: usize,
+        inst: &Instance,
+        session: CK_SESSION_HANDLE,
+        identity: &crate::ha::objects::Identity,
+    ) -> MemberResult<Option<CK_OBJECT_HANDLE>> {
+        let binding = self
+            .group
+            .member(idx)
+            .binding()
+            .filter(|b| b.instance.id == inst.id);
+        let Some(b) = binding else {
+            return find_twin(inst, session, identity);
+        };
+        let apart = Apart::open(&b.instance, b.slot)?;
+        find_twin(inst, apart.session, identity)
+    }
+
     /// Runs `call` on the best member that holds every object in `objects`, failing over when
     /// the member fails. `prefer` is tried first when usable.
+    ///
+    /// A handle p11ha never gave out reaches the member as CK_INVALID_HANDLE, so that the
+    /// caller gets the member's own answer to a bad handle (which differs between modules:
+    /// CKR_OBJECT_HANDLE_INVALID, CKR_KEY_HANDLE_INVALID, ...).
     pub(super) fn attempt<T>(
         &self,
         st: &mut State,
@@ -106,11 +165,11 @@ impl Session {
         prefer: Option<usize>,
         mut call: impl FnMut(&Target) -> MemberResult<T>,
     ) -> CkResult<(T, Target)> {
-        for &v in objects {
-            if !self.group.objects.exists(v) {
-                return Err(CKR_OBJECT_HANDLE_INVALID);
-            }
-        }
+        let unknown: Vec<bool> = objects
+            .iter()
+            .map(|&v| !self.group.objects.exists(v))
+            .collect();
+        let asking = unknown.contains(&true);
         let mut tried: Vec<usize> = Vec::new();
         let mut missing_object = false;
         let mut refreshed: Vec<usize> = Vec::new();
@@ -124,13 +183,28 @@ impl Session {
                 let candidates = self.group.candidates(|i, m| {
                     !tried.contains(&i) && m.binding().is_some_and(|b| self.usable(st, i, &b))
                 });
+                // A session object lives on one member only: go there first rather than past
+                // members that cannot have it. Token objects spread the load as any call does.
+                let holder = || {
+                    let pinned = objects
+                        .iter()
+                        .any(|&v| self.group.objects.owner(v).is_some());
+                    candidates.iter().copied().find(|&i| {
+                        let inst = self.group.member(i).binding().map(|b| b.instance.id);
+                        pinned
+                            && objects.iter().all(|&v| {
+                                inst.is_some_and(|id| self.group.objects.twin(v, i, id).is_some())
+                            })
+                    })
+                };
                 match prefer.filter(|p| candidates.contains(p)) {
                     Some(p) => Some(p),
-                    None => candidates.first().copied(),
+                    None => holder().or(candidates.first().copied()),
                 }
             };
             let Some(idx) = next else {
-                return Err(if missing_object {
+                // No member to ask: p11ha's own answer to a handle it does not know.
+                return Err(if missing_object || asking {
                     CKR_OBJECT_HANDLE_INVALID
                 } else {
                     CKR_DEVICE_ERROR
@@ -150,7 +224,11 @@ impl Session {
             };
             let mut resolved = Vec::with_capacity(objects.len());
             let mut lost = None;
-            for &v in objects {
+            for (n, &v) in objects.iter().enumerate() {
+                if unknown[n] {
+                    resolved.push(CK_INVALID_HANDLE);
+                    continue;
+                }
                 match self.resolve(idx, &b.instance, session, v) {
                     Ok(Some(h)) => resolved.push(h),
                     Ok(None) => break,
@@ -185,7 +263,7 @@ impl Session {
                     | CKR_KEY_HANDLE_INVALID
                     | CKR_WRAPPING_KEY_HANDLE_INVALID
                     | CKR_UNWRAPPING_KEY_HANDLE_INVALID,
-                )) if !objects.is_empty() && !refreshed.contains(&idx) => {
+                )) if !objects.is_empty() && !asking && !refreshed.contains(&idx) => {
                     for &v in objects {
                         self.group.objects.forget_twin(v, idx);
                     }
@@ -193,6 +271,12 @@ impl Session {
                     tried.retain(|&i| i != idx);
                 }
                 Ok(v) => return Ok((v, target)),
+                // p11-kit-client answers CKR_DEVICE_ERROR to arguments its protocol cannot
+                // carry (an attribute of the wrong length): a member that still answers on the
+                // same session is not gone, and that was the caller's answer.
+                Err(Fault::Rv(CKR_DEVICE_ERROR)) if target.still_answers() => {
+                    return Err(CKR_DEVICE_ERROR)
+                }
                 Err(f) if f.fails_member() => {
                     self.drop_member(idx, &b.instance, f);
                     forget(st, idx);
@@ -203,6 +287,12 @@ impl Session {
                 Err(f) => return Err(f.rv()),
             }
         }
+    }
+
+    /// The group's home member for this session (see `Group::home`).
+    pub(super) fn home(&self, st: &State) -> Option<usize> {
+        self.group
+            .home(|i, m| m.binding().is_some_and(|b| self.usable(st, i, &b)))
     }
 
     /// With `failover_on_deactivation = 0`, a deactivation is the caller's answer, not a reason

@@ -1,34 +1,92 @@
 //! C_FindObjectsInit / C_FindObjects / C_FindObjectsFinal.
+//!
+//! A search finds every object the application may see, each once. With synchronization on,
+//! token objects are on every member and session objects on the group's home member, so the
+//! home member's answer is the whole answer. Without it, objects live where they were made:
+//! every member is searched and twins (one virtual handle) are found once.
 
-use super::{CkResult, Session};
+use super::route::Target;
+use super::{CkResult, Session, State};
 use crate::ha::sync::policy::is_cloning_object;
 use crate::mechanism::Attr;
+use crate::provider::MemberResult;
 use cryptoki_sys::*;
+use std::collections::HashSet;
 
 impl Session {
-    /// Runs the whole search on one member and keeps the virtual handles for C_FindObjects.
-    /// A synchronized group's cloning keys are p11ha's, not the application's: never found.
     pub fn find_init(&self, template: Vec<Attr>) -> CkResult<()> {
         let mut st = self.st.lock();
         if st.found.is_some() {
             return Err(CKR_OPERATION_ACTIVE);
         }
-        let (found, _) = self.attempt(&mut st, &[], None, |t| {
-            let handles = t.inst.find_all(t.session, template.clone())?;
-            let mut out = Vec::with_capacity(handles.len());
-            for h in handles {
-                let v = match self.group.objects.known(t.inst.id, h) {
-                    Some(v) => v,
-                    None => self.adopt(t, h)?,
-                };
-                if !(self.syncs() && self.is_cloning(v)) && !self.is_audit_key(v) {
-                    out.push(v);
-                }
-            }
-            Ok(out)
-        })?;
+        let found = if self.syncs() {
+            let home = self.home(&st);
+            self.attempt(&mut st, &[], home, |t| self.find_on(t, &template))?
+                .0
+        } else {
+            self.find_everywhere(&mut st, &template)?
+        };
+        let mut seen = HashSet::new();
+        let found: Vec<_> = found
+            .into_iter()
+            .filter(|v| seen.insert(*v) && !(self.syncs() && self.is_cloning(*v))
+                    && !self.is_audit_key(*v))
+            .collect();
         st.found = Some(found.into_iter());
         Ok(())
+    }
+
+    /// The virtual handles of what one member finds.
+    fn find_on(&self, t: &Target, template: &[Attr]) -> MemberResult<Vec<CK_OBJECT_HANDLE>> {
+        let handles = t.inst.find_all(t.session, template.to_vec())?;
+        handles
+            .into_iter()
+            .map(|h| match self.group.objects.known(t.inst.id, h) {
+                Some(v) => Ok(v),
+                None => self.adopt(t, h),
+            })
+            .collect()
+    }
+
+    /// Every up member's finds, in member order. A member that fails is dropped and the others
+    /// answer; the caller's errors (a bad template) are the first member's answer.
+    fn find_everywhere(
+        &self,
+        st: &mut State,
+        template: &[Attr],
+    ) -> CkResult<Vec<CK_OBJECT_HANDLE>> {
+        let mut all = Vec::new();
+        let mut answered = false;
+        let members = self
+            .group
+            .candidates(|i, m| m.binding().is_some_and(|b| self.usable(st, i, &b)));
+        for idx in members {
+            let Some(b) = self.group.member(idx).binding() else {
+                continue;
+            };
+            let found = self.member_session(st, idx, &b).and_then(|session| {
+                let t = Target {
+                    idx,
+                    inst: b.instance.clone(),
+                    session,
+                    objects: Vec::new(),
+                };
+                self.find_on(&t, template)
+            });
+            match found {
+                Ok(v) => {
+                    answered = true;
+                    all.extend(v);
+                }
+                Err(f) if f.fails_member() => self.drop_member(idx, &b.instance, f),
+                Err(f) => return Err(f.rv()),
+            }
+        }
+        if answered {
+            Ok(all)
+        } else {
+            Err(CKR_DEVICE_ERROR)
+        }
     }
 
     fn is_cloning(&self, v: CK_OBJECT_HANDLE) -> bool {

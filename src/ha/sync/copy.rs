@@ -5,10 +5,8 @@ use super::policy::{is_cloning_object, is_key_class, CLONING_LABEL};
 use crate::diag::diag;
 use crate::ha::objects::Identity;
 use crate::mechanism::{Attr, OwnedMechanism};
-use crate::provider::{Fault, Instance, MemberResult};
+use crate::provider::{Fault, Input, Instance, MemberResult};
 use cryptoki_sys::*;
-use std::sync::Arc;
-use zeroize::Zeroizing;
 
 /// The mechanism keys travel under.
 pub const CLONING_MECHANISM: CK_MECHANISM_TYPE = CKM_AES_KEY_WRAP_PAD;
@@ -324,13 +322,14 @@ fn carry(
     let out = src(from
         .inst
         .wrap_key(from.session, mech.clone(), wrapping, obj, Some(size.len)))?;
-    let wrapped = Arc::new(Zeroizing::new(match (out.rv, out.data) {
+    // Input wipes the wrapped key when the last call lets go of it.
+    let wrapped = Input::new(match (out.rv, out.data) {
         (CKR_OK, Some(d)) => d,
         (rv, _) => {
             let rv = if rv == CKR_OK { CKR_GENERAL_ERROR } else { rv };
             return Err((Side::Source, Fault::Rv(rv)));
         }
-    }));
+    });
     dst(to
         .inst
         .unwrap_key(to.session, mech, unwrapping, wrapped, template))

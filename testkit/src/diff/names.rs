@@ -1,0 +1,112 @@
+//! Names of the mechanisms, attributes and return values the differential tester uses, for
+//! printing sequences and for the allow-list.
+
+use cryptoki_sys::*;
+
+/// `CKR_*` name (p11ha's table).
+pub fn rv_name(rv: CK_RV) -> String {
+    match p11ha::rv::rv_name(rv) {
+        "CKR_UNKNOWN" | "CKR_VENDOR_DEFINED" => format!("{rv:#x}"),
+        n => n.to_string(),
+    }
+}
+
+const MECHS: &[(CK_MECHANISM_TYPE, &str)] = &[
+    (CKM_RSA_PKCS_KEY_PAIR_GEN, "CKM_RSA_PKCS_KEY_PAIR_GEN"),
+    (CKM_RSA_PKCS, "CKM_RSA_PKCS"),
+    (CKM_RSA_X_509, "CKM_RSA_X_509"),
+    (CKM_RSA_PKCS_OAEP, "CKM_RSA_PKCS_OAEP"),
+    (CKM_RSA_PKCS_PSS, "CKM_RSA_PKCS_PSS"),
+    (CKM_SHA256_RSA_PKCS, "CKM_SHA256_RSA_PKCS"),
+    (CKM_SHA1_RSA_PKCS, "CKM_SHA1_RSA_PKCS"),
+    (CKM_SHA256_RSA_PKCS_PSS, "CKM_SHA256_RSA_PKCS_PSS"),
+    (CKM_DES_KEY_GEN, "CKM_DES_KEY_GEN"),
+    (CKM_DES3_KEY_GEN, "CKM_DES3_KEY_GEN"),
+    (CKM_DES3_ECB, "CKM_DES3_ECB"),
+    (CKM_MD5, "CKM_MD5"),
+    (CKM_SHA_1, "CKM_SHA_1"),
+    (CKM_SHA224, "CKM_SHA224"),
+    (CKM_SHA256, "CKM_SHA256"),
+    (CKM_SHA384, "CKM_SHA384"),
+    (CKM_SHA512, "CKM_SHA512"),
+    (CKM_SHA_1_HMAC, "CKM_SHA_1_HMAC"),
+    (CKM_SHA256_HMAC, "CKM_SHA256_HMAC"),
+    (CKM_SHA512_HMAC, "CKM_SHA512_HMAC"),
+    (CKM_GENERIC_SECRET_KEY_GEN, "CKM_GENERIC_SECRET_KEY_GEN"),
+    (CKM_EC_KEY_PAIR_GEN, "CKM_EC_KEY_PAIR_GEN"),
+    (CKM_ECDSA, "CKM_ECDSA"),
+    (CKM_ECDSA_SHA1, "CKM_ECDSA_SHA1"),
+    (CKM_AES_KEY_GEN, "CKM_AES_KEY_GEN"),
+    (CKM_AES_ECB, "CKM_AES_ECB"),
+    (CKM_AES_CBC, "CKM_AES_CBC"),
+    (CKM_AES_CBC_PAD, "CKM_AES_CBC_PAD"),
+    (CKM_AES_CTR, "CKM_AES_CTR"),
+    (CKM_AES_GCM, "CKM_AES_GCM"),
+    (CKM_AES_CMAC, "CKM_AES_CMAC"),
+    (CKM_AES_KEY_WRAP, "CKM_AES_KEY_WRAP"),
+    (CKM_AES_KEY_WRAP_PAD, "CKM_AES_KEY_WRAP_PAD"),
+];
+
+pub fn mech_name(m: CK_MECHANISM_TYPE) -> String {
+    MECHS
+        .iter()
+        .find(|(v, _)| *v == m)
+        .map_or_else(|| format!("CKM_{m:#x}"), |(_, n)| n.to_string())
+}
+
+const ATTRS: &[(CK_ATTRIBUTE_TYPE, &str)] = &[
+    (CKA_CLASS, "CKA_CLASS"),
+    (CKA_TOKEN, "CKA_TOKEN"),
+    (CKA_PRIVATE, "CKA_PRIVATE"),
+    (CKA_LABEL, "CKA_LABEL"),
+    (CKA_APPLICATION, "CKA_APPLICATION"),
+    (CKA_VALUE, "CKA_VALUE"),
+    (CKA_OBJECT_ID, "CKA_OBJECT_ID"),
+    (CKA_CERTIFICATE_TYPE, "CKA_CERTIFICATE_TYPE"),
+    (CKA_ISSUER, "CKA_ISSUER"),
+    (CKA_SERIAL_NUMBER, "CKA_SERIAL_NUMBER"),
+    (CKA_TRUSTED, "CKA_TRUSTED"),
+    (CKA_CERTIFICATE_CATEGORY, "CKA_CERTIFICATE_CATEGORY"),
+    (CKA_CHECK_VALUE, "CKA_CHECK_VALUE"),
+    (CKA_KEY_TYPE, "CKA_KEY_TYPE"),
+    (CKA_SUBJECT, "CKA_SUBJECT"),
+    (CKA_ID, "CKA_ID"),
+    (CKA_SENSITIVE, "CKA_SENSITIVE"),
+    (CKA_ENCRYPT, "CKA_ENCRYPT"),
+    (CKA_DECRYPT, "CKA_DECRYPT"),
+    (CKA_WRAP, "CKA_WRAP"),
+    (CKA_UNWRAP, "CKA_UNWRAP"),
+    (CKA_SIGN, "CKA_SIGN"),
+    (CKA_SIGN_RECOVER, "CKA_SIGN_RECOVER"),
+    (CKA_VERIFY, "CKA_VERIFY"),
+    (CKA_VERIFY_RECOVER, "CKA_VERIFY_RECOVER"),
+    (CKA_DERIVE, "CKA_DERIVE"),
+    (CKA_START_DATE, "CKA_START_DATE"),
+    (CKA_END_DATE, "CKA_END_DATE"),
+    (CKA_MODULUS, "CKA_MODULUS"),
+    (CKA_MODULUS_BITS, "CKA_MODULUS_BITS"),
+    (CKA_PUBLIC_EXPONENT, "CKA_PUBLIC_EXPONENT"),
+    (CKA_PRIVATE_EXPONENT, "CKA_PRIVATE_EXPONENT"),
+    (CKA_PRIME_1, "CKA_PRIME_1"),
+    (CKA_VALUE_LEN, "CKA_VALUE_LEN"),
+    (CKA_EXTRACTABLE, "CKA_EXTRACTABLE"),
+    (CKA_LOCAL, "CKA_LOCAL"),
+    (CKA_NEVER_EXTRACTABLE, "CKA_NEVER_EXTRACTABLE"),
+    (CKA_ALWAYS_SENSITIVE, "CKA_ALWAYS_SENSITIVE"),
+    (CKA_KEY_GEN_MECHANISM, "CKA_KEY_GEN_MECHANISM"),
+    (CKA_MODIFIABLE, "CKA_MODIFIABLE"),
+    (CKA_COPYABLE, "CKA_COPYABLE"),
+    (CKA_DESTROYABLE, "CKA_DESTROYABLE"),
+    (CKA_EC_PARAMS, "CKA_EC_PARAMS"),
+    (CKA_EC_POINT, "CKA_EC_POINT"),
+    (CKA_ALWAYS_AUTHENTICATE, "CKA_ALWAYS_AUTHENTICATE"),
+    (CKA_WRAP_WITH_TRUSTED, "CKA_WRAP_WITH_TRUSTED"),
+    (CKA_PUBLIC_KEY_INFO, "CKA_PUBLIC_KEY_INFO"),
+];
+
+pub fn attr_name(a: CK_ATTRIBUTE_TYPE) -> String {
+    ATTRS
+        .iter()
+        .find(|(v, _)| *v == a)
+        .map_or_else(|| format!("CKA_{a:#x}"), |(_, n)| n.to_string())
+}
