@@ -449,7 +449,7 @@ mod tests {
 
     /// Three files or more of sealed records.
     fn stream(dir: &Path) -> Vec<PathBuf> {
-        let mut s = Stream::open(dir, "g", 1500, 0).unwrap();
+        let mut s = Stream::open(dir, "g", 800, 0).unwrap();
         for i in 0..12 {
             let raw = Raw::now(Op::Login, CKR_OK, i, vec!["m1".into()], Event::Login { user: 1 });
             s.append(&[raw], &mut |h| Some(stand_in(h))).unwrap();
@@ -529,6 +529,7 @@ mod tests {
         assert!(what.contains("cut short"), "{what}");
 
         // A record forged without the key: a MAC made up, or none.
+        std::fs::write(last, &text).unwrap();
         let mut forged = text.clone();
         let l = lines(last);
         let fake = l.last().unwrap();
