@@ -451,7 +451,13 @@ mod tests {
     fn stream(dir: &Path) -> Vec<PathBuf> {
         let mut s = Stream::open(dir, "g", 800, 0).unwrap();
         for i in 0..12 {
-            let raw = Raw::now(Op::Login, CKR_OK, i, vec!["m1".into()], Event::Login { user: 1 });
+            let raw = Raw::now(
+                Op::Login,
+                CKR_OK,
+                i,
+                vec!["m1".into()],
+                Event::Login { user: 1 },
+            );
             s.append(&[raw], &mut |h| Some(stand_in(h))).unwrap();
         }
         let files = stream_files(dir, "g").unwrap();
@@ -535,7 +541,11 @@ mod tests {
         let fake = l.last().unwrap();
         let seq = parse(fake.trim_end()).seq;
         let fake = fake.replacen(&format!(" {seq:016x} "), &format!(" {:016x} ", seq + 1), 1);
-        let made_up = format!("{}|mac={}\n", &fake[..fake.rfind("|mac=").unwrap()], "ab".repeat(32));
+        let made_up = format!(
+            "{}|mac={}\n",
+            &fake[..fake.rfind("|mac=").unwrap()],
+            "ab".repeat(32)
+        );
         forged.extend_from_slice(made_up.as_bytes());
         std::fs::write(last, &forged).unwrap();
         let (_, line, what) = first_bad(&check(&files));
