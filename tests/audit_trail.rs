@@ -48,11 +48,21 @@ struct Trail {
 /// Two direct SoftHSM members, audit on with `audit_len`, the audit key created
 /// through the group by `p11ha audit init-key`.
 fn trail(audit_len: u64) -> Trail {
-    let c = Cluster::new(2);
+    trail_with(audit_len, false)
+}
+
+/// [`trail`]; with `served`, the members are behind `p11-kit server` processes (one process
+/// owns each token, as on a host where several applications share the members).
+fn trail_with(audit_len: u64, served: bool) -> Trail {
+    let c = if served {
+        Cluster::started(2)
+    } else {
+        Cluster::new(2)
+    };
     let dir = c.dir().join("audit");
     std::fs::create_dir(&dir).unwrap();
     let conf = c.write_config(&ConfigOpts {
-        direct: true,
+        direct: !served,
         group_serial: Some(SERIAL.into()),
         extra_ha_lines: vec![
             "haAuditLog = enabled;".into(),
@@ -429,7 +439,9 @@ const PER_THREAD: usize = 30;
 
 #[test]
 fn four_processes_four_threads_one_sequence() {
-    let t = trail(20_000);
+    // Served members: four processes each loading SoftHSM on the same token files directly
+    // sometimes got CKR_GENERAL_ERROR from C_Login (cause not investigated).
+    let t = trail_with(20_000, true);
     let exe = std::env::current_exe().unwrap();
     let runs: Vec<_> = (0..PROCESSES)
         .map(|p| {

@@ -60,6 +60,10 @@ pub const SEAL_WAIT: Duration = Duration::from_secs(2);
 const RETRY: Duration = Duration::from_millis(100);
 /// Most records one write takes from the queue.
 const BATCH: usize = 1024;
+/// How long the writer waits for more records after the first of a batch: each write costs the
+/// stream lock, the state file and a member session for the MACs, so records that come in a
+/// burst share one. A flush ends the wait at once.
+const GATHER: Duration = Duration::from_millis(5);
 
 /// The correlation id of an application session: 32 bits of a keyed mix of the process id and
 /// the session handle, so two sessions (of this process, or of another one) almost never share
@@ -246,6 +250,7 @@ fn writer_thread(rx: Receiver<Msg>, mut w: Writer, dropped: Arc<AtomicU64>) {
                 None
             }
         };
+        let until = std::time::Instant::now() + GATHER;
         while let Some(msg) = next {
             match msg {
                 Msg::Record(raw, p) => {
@@ -254,10 +259,15 @@ fn writer_thread(rx: Receiver<Msg>, mut w: Writer, dropped: Arc<AtomicU64>) {
                 }
                 Msg::Flush(ack) => acks.push(ack),
             }
-            next = if batch.len() < BATCH {
+            next = if batch.len() >= BATCH {
+                None
+            } else if !acks.is_empty() || !open {
                 rx.try_recv().ok()
             } else {
-                None
+                match rx.try_recv() {
+                    Ok(m) => Some(m),
+                    Err(_) => rx.recv_deadline(until).ok(),
+                }
             };
         }
         let lost = dropped.swap(0, Ordering::Relaxed);
@@ -392,6 +402,12 @@ impl Audit {
             },
             Out::Inline(w) => w.lock().write(vec![raw], pool.as_ref(), 0, false),
         }
+    }
+
+    /// Records an event from outside the HA core (a tool, a benchmark): what the core's hooks
+    /// do, without members to seal it (the next sealed record seals it through the chain).
+    pub fn record_event(&self, op: Op, rv: cryptoki_sys::CK_RV, cid: u32, event: Event) {
+        self.push(Raw::now(op, rv, cid, Vec::new(), event), None);
     }
 
     /// Waits until every record handed over so far is written (and sealed where a member
