@@ -206,7 +206,7 @@ enum Out {
         dropped: Arc<AtomicU64>,
         handle: Option<JoinHandle<()>>,
     },
-    Inline(Mutex<Writer>),
+    Inline(Box<Mutex<Writer>>),
 }
 
 struct Inner {
@@ -323,7 +323,7 @@ impl Audit {
             error_reported: false,
         };
         let out = if crate::bounded::is_inline() {
-            Out::Inline(Mutex::new(writer))
+            Out::Inline(Box::new(Mutex::new(writer)))
         } else {
             let (tx, rx) = crossbeam_channel::bounded(QUEUE_CAPACITY);
             let dropped = Arc::new(AtomicU64::new(0));
@@ -346,7 +346,7 @@ impl Audit {
                     handle: Some(handle),
                 },
                 Err(_) => match cell.lock().take() {
-                    Some(w) => Out::Inline(Mutex::new(w)),
+                    Some(w) => Out::Inline(Box::new(Mutex::new(w))),
                     None => return Audit::disabled(),
                 },
             }

@@ -141,10 +141,13 @@ impl Report {
     }
 }
 
+/// Computes `HMAC(audit key, h)`, or says why it cannot.
+pub type MacFn<'m> = dyn FnMut(&[u8; 32]) -> Result<[u8; 32], String> + 'm;
+
 /// Where the checked records stand.
 struct Walk<'a> {
     report: Report,
-    mac: &'a mut dyn FnMut(&[u8; 32]) -> Result<[u8; 32], String>,
+    mac: &'a mut MacFn<'a>,
     /// MACs can be checked (none failed to be computed yet).
     can_mac: bool,
     h: [u8; 32],
@@ -334,10 +337,7 @@ impl Walk<'_> {
 }
 
 /// Verifies `files` (in stream order) with `mac` computing `HMAC(audit key, h)`.
-pub fn verify(
-    files: &[PathBuf],
-    mac: &mut dyn FnMut(&[u8; 32]) -> Result<[u8; 32], String>,
-) -> Report {
+pub fn verify(files: &[PathBuf], mac: &mut MacFn<'_>) -> Report {
     let mut w = Walk {
         report: Report {
             files: files.len(),
