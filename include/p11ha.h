@@ -123,8 +123,10 @@ unsigned long CA_GetHAState(unsigned long slot_id, struct CK_HA_STATUS *p_state)
 unsigned long p11ha_group_status(unsigned long slot_id, struct P11haGroupStatus *p_status);
 
 /**
- * Copies every token object any up member of the group in `slot_id` has to every up member
- * that lacks it; `*p_copied` receives the number of objects copied.
+ * Settles what members are owed, then copies every token object any up member of the group in
+ * `slot_id` has to every up member that lacks it; `*p_copied` receives the number of objects
+ * copied. CKR_FUNCTION_FAILED (with the count still written) when an object could not be
+ * copied or a member was skipped.
  *
  * # Safety
  * `p_copied` must point to a writable `CK_ULONG`.
@@ -132,9 +134,9 @@ unsigned long p11ha_group_status(unsigned long slot_id, struct P11haGroupStatus 
 unsigned long p11ha_synchronize(unsigned long slot_id, unsigned long *p_copied);
 
 /**
- * Creates the group cloning key identically on every member of the group in `slot_id`;
- * refuses with CKR_FUNCTION_REJECTED when a member already has one. `*p_members` receives the
- * number of members provisioned.
+ * Creates the group's cloning keys on every member of the group in `slot_id` that has none
+ * (all of them for a new group); refuses with CKR_FUNCTION_REJECTED when every member has
+ * them. `*p_members` receives the number of members provisioned.
  *
  * # Safety
  * `p_members` must point to a writable `CK_ULONG`.

@@ -11,7 +11,8 @@
 mod support;
 
 use p11ha::config::LogSettings;
-use p11ha::ha::journal::{Change, Journal, Ledger};
+use p11ha::ha::journal::{Journal, Ledger};
+use p11ha::ha::sync::records::{Change, Record};
 use p11ha::halog::writer::LogFile;
 use p11ha::halog::HaLog;
 use std::io::{BufRead, BufReader};
@@ -655,7 +656,11 @@ fn a_held_journal_lock_keeps_records_in_memory_within_the_bound() {
     std::thread::spawn(move || {
         let ledger = Ledger::with_journal(journal);
         let t = Instant::now();
-        ledger.record(Change::Created, &["m1".into()]);
+        ledger.keep(vec![Record::new(
+            "m1",
+            Change::Created { login: false },
+            false,
+        )]);
         let _ = tx.send((ledger, t.elapsed()));
     });
     let (ledger, took) = rx
@@ -664,8 +669,8 @@ fn a_held_journal_lock_keeps_records_in_memory_within_the_bound() {
     eprintln!("journal append with the lock held: {took:?}");
     assert_eq!(std::fs::metadata(d.join(JOURNAL)).unwrap().len(), 0);
     drop(holder);
-    // Kept in this process's memory: still owed.
-    assert_eq!(ledger.owed("m1").len(), 1);
+    // Kept in this process's memory: still waiting for a member.
+    assert_eq!(ledger.all().unwrap().len(), 1);
 }
 
 #[test]
@@ -679,6 +684,7 @@ fn held_locks_delay_c_initialize_and_c_finalize_by_a_bound_only() {
         group_serial: Some(serial.into()),
         ha_synchronize: Some(true),
         log_dir: Some(log_dir.clone()),
+        extra_ha_lines: vec![format!("haJournalPath = {};", log_dir.display())],
         auto_reconnect_interval: 60,
         ..Default::default()
     });

@@ -63,7 +63,7 @@ const VERBS: &[(&str, Verb, &str)] = &[
     ),
     (
         "addmember",
-        |a| lib(cli::addmember(a)),
+        |a| lib(cli::addmember(a).and_then(|l| cli::synchronize::after_addmember(a, l))),
         "addmember -group <label> -serialnumber <serial>",
     ),
     (
@@ -104,8 +104,8 @@ const VERBS: &[(&str, Verb, &str)] = &[
     ("audit", |a| lib(cli::audit::run(a)), "audit show|follow|clear|verify|init-key ... (p11ha audit for details)"),
     (
         "synchronize",
-        synchronize,
-        "synchronize -group <label> [-init-cloning-key] (PIN from P11HA_PIN, SO PIN from P11HA_SO_PIN)",
+        |a| lib(cli::synchronize::run(a)),
+        "synchronize -group <label> [-init-cloning-key | -show-owed | -prune | -check] (PIN from P11HA_PIN, SO PIN from P11HA_SO_PIN)",
     ),
 ];
 
@@ -186,150 +186,6 @@ fn recover(args: &[String]) -> Result<Vec<String>, Failure> {
     Ok(vec![format!(
         "        Recovery of HA group {label} requested (HARecovery {label} = {next}); running applications attempt it at their next poll."
     )])
-}
-
-/// `p11ha synchronize`: runs the library in this process (the same code applications load),
-/// logs into the group and copies every token object to every member that lacks it; with
-/// `-init-cloning-key`, logs in as the SO and creates the group cloning key on every member.
-fn synchronize(args: &[String]) -> Result<Vec<String>, Failure> {
-    let mut label = None;
-    let mut init = false;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        if a.eq_ignore_ascii_case("-group") {
-            label = it.next();
-        } else if a.eq_ignore_ascii_case("-init-cloning-key") {
-            init = true;
-        } else {
-            return Err(bad_args(format!(
-                "synchronize: unknown option {a:?}\n{}",
-                usage()
-            )));
-        }
-    }
-    let label = label
-        .ok_or_else(|| bad_args(format!("synchronize: expected -group <label>\n{}", usage())))?;
-    let (var, user) = if init {
-        ("P11HA_SO_PIN", cryptoki_sys::CKU_SO)
-    } else {
-        ("P11HA_PIN", cryptoki_sys::CKU_USER)
-    };
-    let pin = zeroize::Zeroizing::new(
-        std::env::var(var)
-            .map_err(|_| bad_args(format!("synchronize: set {var} to the group's PIN")))?
-            .into_bytes(),
-    );
-    let file = locate();
-    let cfg = p11ha::config::load(&file).map_err(|e| failed(e.to_string()))?;
-    let group = cfg
-        .groups
-        .iter()
-        .find(|g| &g.label == label)
-        .ok_or_else(|| {
-            bad_args(format!(
-                "synchronize: no HA group labelled {label:?} in {}",
-                file.display()
-            ))
-        })?;
-    let slot = cryptoki_sys::CK_SLOT_ID::from(group.index);
-    let lib = InProcess::start().map_err(|rv| Failure {
-        rv,
-        message: "synchronize: the library did not initialize".into(),
-    })?;
-    let n = lib.run(slot, user, &pin, init).map_err(|rv| Failure {
-        rv,
-        message: if rv == p11ha::ha::sync::provision::RV_CLONING_KEY_EXISTS {
-            format!("synchronize: group {label} already has a cloning key; it is never overwritten")
-        } else {
-            format!("synchronize: group {label} failed")
-        },
-    })?;
-    Ok(vec![if init {
-        format!("        Cloning key created on {n} members of HA group {label}.")
-    } else {
-        format!("        Synchronized HA group {label}: {n} objects copied.")
-    }])
-}
-
-/// The library, initialized in this process through its own function table.
-struct InProcess {
-    f: &'static cryptoki_sys::CK_FUNCTION_LIST,
-}
-
-impl InProcess {
-    fn start() -> Result<Self, CK_RV> {
-        let mut list: *mut cryptoki_sys::CK_FUNCTION_LIST = std::ptr::null_mut();
-        // SAFETY: the library's own entry points, called as a PKCS#11 application would.
-        unsafe {
-            rv(p11ha::ffi::table::C_GetFunctionList(&mut list))?;
-            let f = list.as_ref().ok_or(CKR_FUNCTION_FAILED)?;
-            rv(f.C_Initialize.ok_or(CKR_FUNCTION_FAILED)?(
-                std::ptr::null_mut(),
-            ))?;
-            Ok(InProcess { f })
-        }
-    }
-
-    fn run(
-        &self,
-        slot: cryptoki_sys::CK_SLOT_ID,
-        user: cryptoki_sys::CK_USER_TYPE,
-        pin: &[u8],
-        init: bool,
-    ) -> Result<u64, CK_RV> {
-        use cryptoki_sys::*;
-        let f = self.f;
-        let mut h: CK_SESSION_HANDLE = 0;
-        // SAFETY: valid pointers to locals; the session is closed before returning.
-        unsafe {
-            rv(f.C_OpenSession.ok_or(CKR_FUNCTION_FAILED)?(
-                slot,
-                CKF_SERIAL_SESSION | CKF_RW_SESSION,
-                std::ptr::null_mut(),
-                None,
-                &mut h,
-            ))?;
-            let result = (|| {
-                rv(f.C_Login.ok_or(CKR_FUNCTION_FAILED)?(
-                    h,
-                    user,
-                    pin.as_ptr() as *mut u8,
-                    pin.len() as CK_ULONG,
-                ))?;
-                let mut n: CK_ULONG = 0;
-                let r = if init {
-                    p11ha::ffi::sync_api::p11ha_init_cloning_key(slot, &mut n)
-                } else {
-                    p11ha::ffi::sync_api::p11ha_synchronize(slot, &mut n)
-                };
-                if let Some(logout) = f.C_Logout {
-                    logout(h);
-                }
-                rv(r).map(|_| n)
-            })();
-            if let Some(close) = f.C_CloseSession {
-                close(h);
-            }
-            result
-        }
-    }
-}
-
-impl Drop for InProcess {
-    fn drop(&mut self) {
-        if let Some(fin) = self.f.C_Finalize {
-            // SAFETY: initialized in `start`.
-            unsafe { fin(std::ptr::null_mut()) };
-        }
-    }
-}
-
-fn rv(r: CK_RV) -> Result<(), CK_RV> {
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(r)
-    }
 }
 
 const SECTION: &str = "HAConfiguration";

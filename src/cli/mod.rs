@@ -5,6 +5,7 @@
 
 pub mod audit;
 mod status;
+pub mod synchronize;
 
 pub use status::listgroups;
 

@@ -38,6 +38,7 @@ pub(crate) struct Settings {
     pub attempts: Set<i64>,
     pub interval: Set<u64>,
     pub receive_timeout: Set<u64>,
+    pub multipart_replay_limit: Set<u64>,
     pub connect_timeout: Set<u64>,
     pub log_retain: Set<u64>,
     pub log_to_syslog: Set<bool>,
@@ -184,6 +185,19 @@ pub(crate) const KEYS: &[Key] = &[
         doc: "A member silent this long (ms) is declared failed and its work moves on.",
     },
     Key {
+        name: "MultipartReplayLimit",
+        lunasa: false,
+        kind: Kind::Unsigned {
+            what: "a byte count",
+            min: 0,
+            max: 1 << 30,
+            default: crate::ha::session::DEFAULT_REPLAY_LIMIT,
+            field: |s| &mut s.multipart_replay_limit,
+        },
+        doc: "Input bytes kept per multi-part operation to replay it on another member when \
+              its member fails (0: none; the operation then fails with CKR_DEVICE_ERROR).",
+    },
+    Key {
         name: "ConnectTimeout",
         lunasa: true,
         kind: Kind::Unsigned {
@@ -199,10 +213,10 @@ pub(crate) const KEYS: &[Key] = &[
         name: "haJournalPath",
         lunasa: false,
         kind: Kind::Dir {
-            if_missing: "changes owed to down members stay in each process",
+            if_missing: "records no member could take stay in each process",
             field: |s| &mut s.journal_path,
         },
-        doc: "Directory of the synchronized groups' journals (default: the haLogPath directory).",
+        doc: "Directory of the synchronized groups' fallback journals: records of what down members are owed that no live member could take (default: none, kept in each process).",
     },
     Key {
         name: "haLogRetain",
@@ -394,12 +408,9 @@ impl Settings {
         }
     }
 
-    /// `haJournalPath`, else the `haLogPath` directory.
+    /// `haJournalPath` (never the log directory: an operator cleaning it must lose nothing).
     pub fn journal_dir(&self) -> Option<PathBuf> {
-        self.journal_path
-            .value
-            .clone()
-            .or_else(|| self.log_path.value.clone())
+        self.journal_path.value.clone()
     }
 }
 

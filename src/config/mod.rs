@@ -52,13 +52,16 @@ pub struct HaConfig {
     pub recovery: RecoverySettings,
     /// `HAConfiguration.failover_on_deactivation`.
     pub failover_on_deactivation: bool,
-    /// `haJournalPath`, else the `haLogPath` directory: where synchronized groups keep what
-    /// members that were down are owed, shared by every process. `None`: in each process only.
+    /// `haJournalPath`: where synchronized groups keep records of what down members are owed
+    /// that no live member could take (the members hold all others), shared by every process on
+    /// the host. `None`: in each process only.
     pub journal_dir: Option<PathBuf>,
     /// `ReceiveTimeout` (ms in the file): a member silent this long is declared failed.
     pub receive_timeout: Duration,
     /// `ConnectTimeout` (ms in the file): bound on loading/initializing one member module.
     pub connect_timeout: Duration,
+    /// `MultipartReplayLimit`: input bytes kept per multi-part operation for a replay.
+    pub multipart_replay_limit: u64,
     /// Non-fatal findings (misspelled keys, ...), already formatted with file:line.
     pub warnings: Vec<String>,
 }

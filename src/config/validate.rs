@@ -218,6 +218,7 @@ pub(crate) fn build(sections: &[RawSection], file: &Path) -> Result<HaConfig, Co
         journal_dir: settings.journal_dir(),
         receive_timeout: Duration::from_millis(settings.receive_timeout.value),
         connect_timeout: Duration::from_millis(settings.connect_timeout.value),
+        multipart_replay_limit: settings.multipart_replay_limit.value,
         warnings: ctx.finish(),
     })
 }

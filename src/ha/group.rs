@@ -38,6 +38,9 @@ pub struct Group {
     /// deactivated (true), or return that error to the caller (false). The member is dropped
     /// either way.
     pub failover_on_deactivation: bool,
+    /// `MultipartReplayLimit`: input bytes kept per multi-part operation for a replay on
+    /// another member (0: none, a failed member's fed operation fails).
+    pub replay_limit: usize,
     pub log: HaLog,
     pub audit: crate::audit::Audit,
     login: Mutex<Option<Login>>,
@@ -90,6 +93,7 @@ impl Group {
             sync: Default::default(),
             mode,
             failover_on_deactivation: true,
+            replay_limit: super::session::DEFAULT_REPLAY_LIMIT as usize,
             log,
             audit: Default::default(),
             login: Mutex::new(None),

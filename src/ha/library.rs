@@ -71,6 +71,8 @@ impl Ha {
             );
             group.failover_on_deactivation = config.failover_on_deactivation;
             group.audit = crate::audit::Audit::open(&config, &group.serial);
+            group.replay_limit =
+                usize::try_from(config.multipart_replay_limit).unwrap_or(usize::MAX);
             for m in group.members().iter() {
                 match found.iter().find(|f| trimmed_serial(&f.token) == m.serial) {
                     Some(f) if !group.accepts_kind(&f.token) => refuse_kind(&group, m),
@@ -251,23 +253,16 @@ pub fn refuse_kind(group: &Group, m: &Member) {
     );
 }
 
-/// Keeps the group's owed changes in its journal file, or says why they stay in this process.
+/// Keeps the records no member could take in the group's journal file (`haJournalPath`); without
+/// one they stay in this process (the members hold every other record).
 fn open_journal(group: &mut Group, dir: Option<&std::path::Path>) {
-    let Some(dir) = dir else {
-        diag!(
-            Info,
-            "group {}: no haJournalPath (or haLogPath): changes owed to members that are \
-             down are kept in this process only and lost when it exits",
-            group.label
-        );
-        return;
-    };
+    let Some(dir) = dir else { return };
     match super::journal::Journal::open(dir, &group.serial) {
         Ok(j) => group.sync.use_journal(j),
         Err(e) => diag!(
             Warn,
-            "group {}: journal in {}: {e}; changes owed to members that are down are \
-             kept in this process only",
+            "group {}: journal in {}: {e}; records no member could take are kept in this \
+             process only",
             group.label,
             dir.display()
         ),

@@ -14,14 +14,12 @@ use crate::provider::Fault;
 use cryptoki_sys::*;
 use std::sync::Arc;
 
-/// Whether a member that is up is owed changes (by another process, or by an earlier run).
+/// Whether records wait for a member to take them (this host's journal): then the first round
+/// runs at once. What the members' records say is read at every round (and at C_Login), not
+/// here: a round at C_Initialize would run beside the application's first calls.
 pub(crate) fn owed_at_start(ha: &Ha) -> bool {
-    ha.ha_groups().any(|g| {
-        let owing = g.sync.owing();
-        g.members()
-            .iter()
-            .any(|m| m.is_up() && owing.contains(&m.serial))
-    })
+    ha.ha_groups()
+        .any(|g| g.sync.enabled() && g.sync.unplaced().is_none_or(|n| n > 0))
 }
 
 /// Catches up, as far as possible without a login, every member that is up but owed changes.
@@ -37,8 +35,9 @@ pub fn poll(ha: &Ha) {
     reread_config(ha);
     let limit = ha.config.recovery.attempts;
     for g in ha.ha_groups() {
-        // Without a user login most of what is owed cannot be settled: C_Login does it.
-        if g.login().is_some_and(|l| l.user == CKU_USER) {
+        // What needs a user login waits for one (C_Login settles it); the rest is settled now.
+        // Not beside an SO at work (provisioning): the SO sees only public objects anyway.
+        if g.login().is_none_or(|l| l.user != CKU_SO) {
             catch_up(g);
         }
     }
@@ -150,7 +149,15 @@ pub fn recover(ha: &Ha, g: &Group, m: &Member, limit: i64) -> bool {
             if g.sync.enabled() && !g.passthrough {
                 // Reintroduction: the member catches up before it takes work.
                 match reintroduce(g, &m.serial, &found.instance, found.slot) {
-                    Ok(count) => g.log.reintroducing(&g.serial, attempt, count, &m.serial),
+                    // Another process is catching it up: not an attempt of ours, try next round.
+                    Ok(o) if o.busy => return false,
+                    Ok(o) => {
+                        let c = &o.copied;
+                        g.log.reintroducing(&g.serial, attempt, c.copied, &m.serial);
+                        if let (n @ 1.., Some(first)) = (c.failed, &c.first) {
+                            g.log.not_copied(&g.serial, attempt, n, &m.serial, first);
+                        }
+                    }
                     Err(f) => {
                         let rv = f.status();
                         let attempt = m.count_attempt(rv);

@@ -158,6 +158,18 @@ pub enum Event<'a> {
     /// p11ha's own: the log or journal directory lets other users interfere (see
     /// [`crate::safe_file::check_dir`]).
     UnsafeDirectory { message: &'a str },
+    /// p11ha's own: a multi-part operation of a failed member could not be replayed on another.
+    MultipartNotReplayed { member: &'a str, why: &'a str },
+    /// p11ha's own: objects a reintroduction could not copy to the member (synchronized groups).
+    NotCopied {
+        attempt: u64,
+        count: u64,
+        member: &'a str,
+        reason: &'a str,
+    },
+    /// p11ha's own: a key could not be replicated because a member (or its transport) refused
+    /// every mechanism it could travel by (synchronized groups).
+    CarrierRefused { member: &'a str, carrier: &'a str },
 }
 
 impl Event<'_> {
@@ -189,6 +201,9 @@ impl Event<'_> {
             | Event::RecoveryNowActivated { .. } => "No ID",
             Event::ConfigError { .. } => "P11HA_CONFIG_ERROR",
             Event::UnsafeDirectory { .. } => "P11HA_UNSAFE_DIRECTORY",
+            Event::MultipartNotReplayed { .. } => "P11HA_MULTIPART_NOT_REPLAYED",
+            Event::NotCopied { .. } => "P11HA_NOT_COPIED",
+            Event::CarrierRefused { .. } => "P11HA_CARRIER_REFUSED",
         }
     }
 }
@@ -297,6 +312,31 @@ impl fmt::Display for Event<'_> {
                 write!(f, "configuration error: {}", Clean(message))
             }
             Event::UnsafeDirectory { message } => write!(f, "warning: {}", Clean(message)),
+            Event::MultipartNotReplayed { member, why } => write!(
+                f,
+                "multi-part operation of failed member: {} not replayed ({}); the application gets CKR_DEVICE_ERROR",
+                Clean(member),
+                Clean(why)
+            ),
+            Event::NotCopied {
+                attempt,
+                count,
+                member,
+                reason,
+            } => write!(
+                f,
+                "recovery attempt {attempt} could not copy {count} token objects to recovered \
+                 token {}. First: {}",
+                Clean(member),
+                Clean(reason)
+            ),
+            Event::CarrierRefused { member, carrier } => write!(
+                f,
+                "member: {} refused {}, the only mechanism a private key travels by: key \
+                 generation refused (see p11ha synchronize -check)",
+                Clean(member),
+                Clean(carrier)
+            ),
         }
     }
 }
@@ -696,9 +736,29 @@ impl HaLog {
     pub fn recovery_now_activated(&self, group: &str, member: &str) {
         self.event(group, Event::RecoveryNowActivated { member })
     }
+    /// Not a seed message: objects a reintroduction could not copy, with the first reason.
+    pub fn not_copied(&self, group: &str, attempt: u64, count: u64, member: &str, reason: &str) {
+        self.event(
+            group,
+            Event::NotCopied {
+                attempt,
+                count,
+                member,
+                reason,
+            },
+        )
+    }
+    /// Not a seed message: a member refused the carrier a key needed (key generation refused).
+    pub fn carrier_refused(&self, group: &str, member: &str, carrier: &str) {
+        self.event(group, Event::CarrierRefused { member, carrier })
+    }
     /// Not a seed message: a configuration error (already formatted with file:line: key).
     pub fn config_error(&self, group: &str, message: &str) {
         self.event(group, Event::ConfigError { message })
+    }
+    /// Not a seed message: see [`Event::MultipartNotReplayed`].
+    pub fn multipart_not_replayed(&self, group: &str, member: &str, why: &str) {
+        self.event(group, Event::MultipartNotReplayed { member, why })
     }
 }
 

@@ -8,11 +8,13 @@
 //! - `search.rs`: C_FindObjects*.
 //! - `keys.rs`: key generation, wrapping, unwrapping, derivation; random numbers.
 //! - `ops.rs`: cryptographic operations between their Init and their final call.
+//! - `replay.rs`: what is kept of a multi-part operation to replay it on another member.
 
 mod keys;
 mod login;
 mod objects;
 mod ops;
+mod replay;
 pub(crate) mod route;
 mod search;
 
@@ -26,6 +28,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 pub type CkResult<T> = Result<T, CK_RV>;
+pub use replay::DEFAULT_REPLAY_LIMIT;
 
 /// An operation between its Init and its final call.
 struct ActiveOp {
@@ -36,8 +39,10 @@ struct ActiveOp {
     idx: usize,
     inst: Arc<Instance>,
     session: CK_SESSION_HANDLE,
-    /// Data went to the member (update calls): the operation cannot move to another member.
+    /// Data went to the member (update calls): the operation moves to another member only
+    /// with a replay of `kept`.
     fed: bool,
+    kept: replay::Kept,
     /// Counts against the member while the operation is live; `None` once the member answered
     /// it with an error (it may have ended it: the record stays, for the member to say).
     busy: Option<InFlight>,

@@ -5,7 +5,8 @@ use super::route::{Apart, Target};
 use super::{forget, CkResult, Session, State};
 use crate::diag::diag;
 use crate::ha::objects::Identity;
-use crate::ha::sync::copy::{copy_object, hint, End, Side};
+use crate::ha::sync::copy::{copy_object, hint, End, Side, RV_NO_CARRIER};
+use crate::ha::sync::owed::{self, is_private, Holder};
 use crate::ha::sync::policy::{is_managed, member_set_template, member_template};
 use crate::mechanism::{find, Attr};
 use crate::provider::{AttributeValues, Fault, Instance, MemberResult};
@@ -102,9 +103,17 @@ impl Session {
                     // The creating member failed: what it made stays there until it returns
                     // and is destroyed at its reintroduction.
                     let serial = vec![self.group.member(t.idx).serial.clone()];
+                    let holders = self.holders(&mut st);
+                    let private = owed::is_user(&self.group.login());
                     for (_, v) in &made {
                         if let Some(identity) = self.group.objects.identity(*v) {
-                            self.group.sync.remember_destroy(identity, &serial);
+                            owed::remember_destroy(
+                                &self.group,
+                                &holders,
+                                identity,
+                                private,
+                                &serial,
+                            );
                         }
                         self.group.objects.remove(*v);
                     }
@@ -214,6 +223,24 @@ impl Session {
                             forget(st, first.idx);
                             return Err(f);
                         }
+                        let end = if side == Side::Source { &from } else { &to };
+                        if let (CKR_MECHANISM_INVALID, Some(carrier)) =
+                            (f.rv(), end.refused_carrier())
+                        {
+                            // Not the application's mechanism: a member cannot receive the key.
+                            let g = &self.group;
+                            g.log.carrier_refused(&g.serial, end.serial(), carrier);
+                            diag!(
+                                Warn,
+                                "group {}: a key cannot travel to {} ({carrier} refused by {} \
+                                 or its transport), creation undone: see p11ha synchronize \
+                                 -check",
+                                g.label,
+                                g.member(idx).serial,
+                                end.serial()
+                            );
+                            return Err(Fault::Rv(RV_NO_CARRIER));
+                        }
                         diag!(
                             Warn,
                             "group {}: object not replicated to {}, creation undone: {}{}",
@@ -232,8 +259,30 @@ impl Session {
         for (v, idx, inst, h2) in registered {
             self.group.objects.set_twin(v, idx, inst, h2);
         }
-        self.group.sync.remember_created(&self.group.down_serials());
+        let holders = self.holders(st);
+        owed::remember_created(&self.group, &holders);
         Ok(())
+    }
+
+    /// The up members' sessions of this session: where records of what the members that are
+    /// down are owed are written, before the change returns. A member that fails is dropped.
+    fn holders(&self, st: &mut State) -> Vec<Holder> {
+        let mut out = Vec::new();
+        for idx in 0..self.group.members().len() {
+            let Some(b) = self.group.member(idx).binding() else {
+                continue;
+            };
+            match self.member_session(st, idx, &b) {
+                Ok(session) => out.push(Holder {
+                    idx,
+                    inst: b.instance.clone(),
+                    session,
+                }),
+                Err(f) if f.fails_member() => self.drop_member(idx, &b.instance, f),
+                Err(_) => {}
+            }
+        }
+        out
     }
 
     pub(crate) fn create_object_unaudited(
@@ -276,16 +325,20 @@ impl Session {
     pub(crate) fn destroy_object_unaudited(&self, obj: CK_OBJECT_HANDLE) -> CkResult<()> {
         let mut st = self.st.lock();
         let identity = self.group.objects.identity(obj);
-        let (_, first) = self.attempt(&mut st, &[obj], None, |t| {
-            t.inst.destroy_object(t.session, t.objects[0])
+        let syncs = self.syncs();
+        let (private, first) = self.attempt(&mut st, &[obj], None, |t| {
+            // The record of the destroy is as private as the object (read before it is gone).
+            let private = syncs && is_private(&t.inst, t.session, t.objects[0])?;
+            t.inst.destroy_object(t.session, t.objects[0])?;
+            Ok(private)
         })?;
         self.on_other_members(&mut st, first.idx, obj, |inst, s, h| {
             inst.destroy_object(s, h)
         });
-        if let (true, Some(identity)) = (self.syncs(), identity) {
-            self.group
-                .sync
-                .remember_destroy(identity, &self.group.down_serials());
+        if let (true, Some(identity)) = (syncs, identity) {
+            let holders = self.holders(&mut st);
+            let down = self.group.down_serials();
+            owed::remember_destroy(&self.group, &holders, identity, private, &down);
         }
         self.group.objects.remove(obj);
         Ok(())
@@ -421,9 +474,9 @@ impl Session {
         if let (true, Some(before)) = (self.syncs(), before) {
             let kinds = template.iter().map(|a| a.kind).collect();
             let after = after.unwrap_or_else(|| before.clone());
-            self.group
-                .sync
-                .remember_set(before, after, kinds, &self.group.down_serials());
+            let private = is_private(&first.inst, first.session, first.objects[0]).unwrap_or(true);
+            let holders = self.holders(&mut st);
+            owed::remember_set(&self.group, &holders, before, after, kinds, private);
         }
         Ok(())
     }

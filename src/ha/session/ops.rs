@@ -7,10 +7,14 @@
 //! would to the application directly (SoftHSM, for one, keeps a digest active after a failed
 //! C_DigestKey).
 
+use super::replay::not_movable;
 use super::{forget, keeps_active, ActiveOp, CkResult, Session, State};
 use crate::mechanism::OwnedMechanism;
 use crate::provider::{Data, Fault, Input, OpKind, Output};
 use cryptoki_sys::*;
+
+/// C_DigestKey's input is a key on the member, not bytes p11ha holds.
+const DIGEST_KEY: &str = "C_DigestKey fed it a key, which is not replayed";
 
 impl Session {
     pub(crate) fn op_init_unaudited(
@@ -30,6 +34,7 @@ impl Session {
                         mech,
                         key,
                         fed: false,
+                        kept: Default::default(),
                         busy,
                         ..was
                     });
@@ -96,6 +101,7 @@ impl Session {
             inst: t.inst,
             session: t.session,
             fed: false,
+            kept: Default::default(),
             busy,
         });
         Ok(())
@@ -180,32 +186,50 @@ impl Session {
         Ok(st.ops.swap_remove(pos))
     }
 
-    /// Moves an operation that has not been fed data to another member after its member failed.
+    /// Moves an operation to another member after its member failed: initialized there again
+    /// (same mechanism and parameters, the key's twin there) and, if it had been fed, fed the
+    /// kept parts again (`replay.rs`). Without a complete replay the caller gets
+    /// CKR_DEVICE_ERROR, Luna's rule for a multi-part operation whose member died.
     fn restart_elsewhere(&self, st: &mut State, op: &mut ActiveOp, fault: Fault) -> CkResult<()> {
-        self.drop_member(op.idx, &op.inst, fault);
-        forget(st, op.idx);
-        if self.stops_at_deactivation(fault) {
-            return Err(fault.rv());
+        let mut fault = fault;
+        loop {
+            self.drop_member(op.idx, &op.inst, fault);
+            forget(st, op.idx);
+            if self.stops_at_deactivation(fault) {
+                return Err(fault.rv());
+            }
+            if let Some(why) = not_movable(op) {
+                self.log_replay(op, why);
+                return Err(CKR_DEVICE_ERROR);
+            }
+            let keys: Vec<_> = if op.key == 0 { vec![] } else { vec![op.key] };
+            let (kind, mech) = (op.kind, op.mech.clone());
+            let (_, t) = self.attempt(st, &keys, None, |t| {
+                t.inst.op_init(
+                    kind,
+                    t.session,
+                    mech.clone(),
+                    t.objects.first().copied().unwrap_or(0),
+                )
+            })?;
+            op.busy = Some(self.group.member(t.idx).busy());
+            op.idx = t.idx;
+            op.inst = t.inst;
+            op.session = t.session;
+            st.last_op = Some(t.idx);
+            if !op.fed {
+                return Ok(());
+            }
+            match self.replay(op) {
+                Ok(()) => return Ok(()),
+                // The new member failed too: on to the next.
+                Err(Some(f)) if f.fails_member() => fault = f,
+                Err(_) => {
+                    end_on_member(op);
+                    return Err(CKR_DEVICE_ERROR);
+                }
+            }
         }
-        if op.fed {
-            // Luna's rule too: a multi-part operation whose member died is the application's to redo.
-            return Err(CKR_DEVICE_ERROR);
-        }
-        let keys: Vec<_> = if op.key == 0 { vec![] } else { vec![op.key] };
-        let (kind, mech) = (op.kind, op.mech.clone());
-        let (_, t) = self.attempt(st, &keys, None, |t| {
-            t.inst.op_init(
-                kind,
-                t.session,
-                mech.clone(),
-                t.objects.first().copied().unwrap_or(0),
-            )
-        })?;
-        op.busy = Some(self.group.member(t.idx).busy());
-        op.idx = t.idx;
-        op.inst = t.inst;
-        op.session = t.session;
-        Ok(())
     }
 
     /// A single-part call with output (C_Sign, C_Encrypt, C_Decrypt, C_Digest, *Recover),
@@ -261,22 +285,26 @@ impl Session {
                 t.inst.op_update(kind, t.session, data.clone(), cap)
             });
         };
-        match op.inst.op_update(kind, op.session, data, cap) {
-            Ok(out) => {
-                op.fed = true;
-                st.ops.push(op);
-                Ok(out)
-            }
-            Err(f) if f.fails_member() => {
-                // Data went to the member: the operation cannot move, so this always fails.
-                op.fed = true;
-                self.restart_elsewhere(&mut st, &mut op, f)
-                    .and(Err(CKR_DEVICE_ERROR))
-            }
-            Err(f) => {
-                op.fed = true;
-                Self::keep(&mut st, op);
-                Err(f.rv())
+        loop {
+            match op.inst.op_update(kind, op.session, data.clone(), cap) {
+                Err(f) if f.fails_member() => {
+                    // Redone where the kept parts were replayed, or CKR_DEVICE_ERROR.
+                    self.restart_elsewhere(&mut st, &mut op, f)?;
+                }
+                r => {
+                    op.fed = true;
+                    self.keep_part(&mut op, &data, r.as_ref().ok(), cap);
+                    return match r {
+                        Ok(out) => {
+                            st.ops.push(op);
+                            Ok(out)
+                        }
+                        Err(f) => {
+                            Self::keep(&mut st, op);
+                            Err(f.rv())
+                        }
+                    };
+                }
             }
         }
     }
@@ -331,15 +359,7 @@ impl Session {
             return;
         };
         drop(st);
-        let room = Some(64 * 1024);
-        let _ = match kind {
-            OpKind::Verify => op.inst.verify_final(op.session, Input::new(Vec::new())),
-            OpKind::SignRecover | OpKind::VerifyRecover => op
-                .inst
-                .op_single(kind, op.session, Input::new(Vec::new()), room)
-                .map(|_| ()),
-            _ => op.inst.op_final(kind, op.session, room).map(|_| ()),
-        };
+        end_on_member(&op);
     }
 
     pub fn digest_key(&self, key: CK_OBJECT_HANDLE) -> CkResult<()> {
@@ -367,6 +387,7 @@ impl Session {
             }
             Err(f) if f.fails_member() => {
                 op.fed = true;
+                op.kept.give_up(DIGEST_KEY);
                 return self.restart_elsewhere(&mut st, &mut op, f);
             }
             Err(f) => {
@@ -377,11 +398,13 @@ impl Session {
         match op.inst.digest_key(op.session, h) {
             Ok(()) => {
                 op.fed = true;
+                op.kept.give_up(DIGEST_KEY);
                 st.ops.push(op);
                 Ok(())
             }
             Err(f) if f.fails_member() => {
                 op.fed = true;
+                op.kept.give_up(DIGEST_KEY);
                 self.restart_elsewhere(&mut st, &mut op, f)
             }
             Err(f) => {
@@ -419,4 +442,18 @@ impl Session {
         op.session = t.session;
         Ok(t.objects[0])
     }
+}
+
+/// Ends an operation on its member session, whatever its state: a final call with room for
+/// any output (the output is dropped).
+fn end_on_member(op: &ActiveOp) {
+    let room = Some(64 * 1024);
+    let _ = match op.kind {
+        OpKind::Verify => op.inst.verify_final(op.session, Input::new(Vec::new())),
+        OpKind::SignRecover | OpKind::VerifyRecover => op
+            .inst
+            .op_single(op.kind, op.session, Input::new(Vec::new()), room)
+            .map(|_| ()),
+        _ => op.inst.op_final(op.kind, op.session, room).map(|_| ()),
+    };
 }

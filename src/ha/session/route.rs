@@ -173,6 +173,7 @@ impl Session {
         let mut tried: Vec<usize> = Vec::new();
         let mut missing_object = false;
         let mut refreshed: Vec<usize> = Vec::new();
+        let mut suspects: Vec<(usize, Arc<Instance>)> = Vec::new();
         loop {
             let next = {
                 let prefer = if refreshed.last().is_some_and(|r| !tried.contains(r)) {
@@ -203,6 +204,9 @@ impl Session {
                 }
             };
             let Some(idx) = next else {
+                if !suspects.is_empty() {
+                    return Err(CKR_DEVICE_ERROR);
+                }
                 // No member to ask: p11ha's own answer to a handle it does not know.
                 return Err(if missing_object || asking {
                     CKR_OBJECT_HANDLE_INVALID
@@ -270,12 +274,17 @@ impl Session {
                     refreshed.push(idx);
                     tried.retain(|&i| i != idx);
                 }
-                Ok(v) => return Ok((v, target)),
                 // p11-kit-client answers CKR_DEVICE_ERROR to arguments its protocol cannot
-                // carry (an attribute of the wrong length): a member that still answers on the
-                // same session is not gone, and that was the caller's answer.
+                // carry (an attribute of the wrong length). A member that still answers on the
+                // same session is only suspect: the next member decides. If it serves the call,
+                // the suspects are dropped; if every member answers so, it was the caller's
+                // input, and no member is dropped for it.
                 Err(Fault::Rv(CKR_DEVICE_ERROR)) if target.still_answers() => {
-                    return Err(CKR_DEVICE_ERROR)
+                    suspects.push((idx, b.instance.clone()));
+                }
+                Ok(v) => {
+                    self.drop_suspects(st, &suspects);
+                    return Ok((v, target));
                 }
                 Err(f) if f.fails_member() => {
                     self.drop_member(idx, &b.instance, f);
@@ -284,8 +293,19 @@ impl Session {
                         return Err(f.rv());
                     }
                 }
-                Err(f) => return Err(f.rv()),
+                Err(f) => {
+                    // Another member answered the call as a module does: the suspects failed.
+                    self.drop_suspects(st, &suspects);
+                    return Err(f.rv());
+                }
             }
+        }
+    }
+
+    fn drop_suspects(&self, st: &mut State, suspects: &[(usize, Arc<Instance>)]) {
+        for (idx, inst) in suspects {
+            self.drop_member(*idx, inst, Fault::Rv(CKR_DEVICE_ERROR));
+            forget(st, *idx);
         }
     }
 

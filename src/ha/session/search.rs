@@ -49,7 +49,7 @@ impl Session {
             .collect()
     }
 
-    /// Every up member's finds, in member order. A member that fails is dropped and the others
+    /// Every up member's finds, in configured member order. A member that fails is dropped and the others
     /// answer; the caller's errors (a bad template) are the first member's answer.
     fn find_everywhere(
         &self,
@@ -58,9 +58,14 @@ impl Session {
     ) -> CkResult<Vec<CK_OBJECT_HANDLE>> {
         let mut all = Vec::new();
         let mut answered = false;
-        let members = self
+        // In the configured member order, not the load-balancing rotation: the same search
+        // then lists the same objects in the same order every time (the first member's
+        // order, as that member would list them), which applications that take the first
+        // match rely on.
+        let mut members = self
             .group
             .candidates(|i, m| m.binding().is_some_and(|b| self.usable(st, i, &b)));
+        members.sort_unstable();
         for idx in members {
             let Some(b) = self.group.member(idx).binding() else {
                 continue;

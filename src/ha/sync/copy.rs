@@ -8,6 +8,11 @@ use crate::mechanism::{Attr, OwnedMechanism};
 use crate::provider::{Fault, Input, Instance, MemberResult};
 use cryptoki_sys::*;
 
+/// What a creation in a synchronized group returns when a member (or its transport) refuses
+/// every mechanism the new key could travel to it by: not CKR_MECHANISM_INVALID, which would
+/// blame the application's mechanism. The HA log names the member and the mechanism.
+pub const RV_NO_CARRIER: CK_RV = CKR_FUNCTION_FAILED;
+
 /// The mechanism keys travel under.
 pub const CLONING_MECHANISM: CK_MECHANISM_TYPE = CKM_AES_KEY_WRAP_PAD;
 
@@ -125,6 +130,17 @@ pub struct End<'a> {
     refused: Vec<Carrier>,
 }
 
+impl End<'_> {
+    pub fn serial(&self) -> &str {
+        &self.serial
+    }
+
+    /// The mechanism of the first carrier this member (or its transport) refused, if any.
+    pub fn refused_carrier(&self) -> Option<&'static str> {
+        self.refused.first().map(|c| c.name())
+    }
+}
+
 impl<'a> End<'a> {
     pub fn new(inst: &'a Instance, session: CK_SESSION_HANDLE, serial: &str) -> Self {
         End {
@@ -171,7 +187,7 @@ pub(crate) fn cloning_search(which: Option<(CK_OBJECT_CLASS, &[u8])>) -> Vec<Att
 /// How a secret or private key travels between two members, in order of preference. A carrier
 /// one end refuses with CKR_MECHANISM_INVALID is not tried with that end again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Carrier {
+pub enum Carrier {
     /// CKM_AES_KEY_WRAP_PAD under the group's AES cloning key: any secret or private key.
     AesKeyWrap,
     /// CKM_RSA_PKCS_OAEP under the receiving member's own RSA cloning key pair (the private half
@@ -187,6 +203,13 @@ impl Carrier {
         match self {
             Carrier::AesKeyWrap => true,
             Carrier::RsaOaep => class == CKO_SECRET_KEY,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Carrier::AesKeyWrap => "CKM_AES_KEY_WRAP_PAD",
+            Carrier::RsaOaep => "CKM_RSA_PKCS_OAEP",
         }
     }
 
@@ -223,7 +246,8 @@ impl Carrier {
 pub fn hint(rv: CK_RV) -> &'static str {
     match rv {
         CKR_FUNCTION_FAILED => {
-            " (is the cloning key on every member? see p11ha synchronize -init-cloning-key)"
+            " (a member has no cloning objects: p11ha synchronize -group <label> \
+             -init-cloning-key provisions the members that lack them)"
         }
         CKR_MECHANISM_INVALID => {
             " (no key-wrap mechanism reaches both members for this key: private keys need \
@@ -256,6 +280,15 @@ pub fn copy_object(
     obj: CK_OBJECT_HANDLE,
     to: &mut End,
 ) -> CopyResult<CK_OBJECT_HANDLE> {
+    copy_via(from, obj, to).map(|(h, _)| h)
+}
+
+/// [`copy_object`] (of a token or session object), saying which carrier a key travelled by.
+pub fn copy_via(
+    from: &mut End,
+    obj: CK_OBJECT_HANDLE,
+    to: &mut End,
+) -> CopyResult<(CK_OBJECT_HANDLE, Option<Carrier>)> {
     let class = src(from
         .inst
         .read_attributes(from.session, obj, vec![CKA_CLASS]))?
@@ -279,8 +312,21 @@ pub fn copy_object(
         .filter_map(|(k, v)| v.map(|v| Attr::new(*k, v)))
         .collect();
     if !keyed {
-        return dst(to.inst.create_object(to.session, template));
+        return dst(to.inst.create_object(to.session, template)).map(|h| (h, None));
     }
+    carry_key(from, obj, class, to, template).map(|(h, c)| (h, Some(c)))
+}
+
+/// A secret or private key from `from` to `to` with `template`, by the first carrier both ends
+/// take; returns its handle on `to` and the carrier. When none could carry it, the error is
+/// CKR_MECHANISM_INVALID ([`End::refused_carrier`] says which end refused what).
+pub fn carry_key(
+    from: &mut End,
+    obj: CK_OBJECT_HANDLE,
+    class: CK_OBJECT_CLASS,
+    to: &mut End,
+    template: Vec<Attr>,
+) -> CopyResult<(CK_OBJECT_HANDLE, Carrier)> {
     let mut last = (Side::Source, Fault::Rv(CKR_MECHANISM_INVALID));
     for carrier in Carrier::ALL {
         if !carrier.carries(class)
@@ -297,7 +343,8 @@ pub fn copy_object(
                 }
                 last = (side, Fault::Rv(CKR_MECHANISM_INVALID));
             }
-            done => return done,
+            Ok(h) => return Ok((h, carrier)),
+            Err(e) => return Err(e),
         }
     }
     Err(last)
@@ -351,13 +398,32 @@ fn token_objects(end: &End) -> MemberResult<Vec<(CK_OBJECT_HANDLE, Identity)>> {
     Ok(out)
 }
 
-/// Copies to `to` every token object of `from` that `to` has no twin of; returns how many.
-/// Objects that cannot be copied for a reason other than a connection are reported and skipped.
-pub fn copy_missing(from: &mut End, to: &mut End, what: &str) -> CopyResult<u64> {
+/// What a comparison copied, and what it could not.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Copied {
+    pub copied: u64,
+    pub failed: u64,
+    /// The first object that could not be copied, and why (label and CKA_ID, never a value).
+    pub first: Option<String>,
+}
+
+impl Copied {
+    pub fn add(&mut self, other: Copied) {
+        self.copied += other.copied;
+        self.failed += other.failed;
+        if self.first.is_none() {
+            self.first = other.first;
+        }
+    }
+}
+
+/// Copies to `to` every token object of `from` that `to` has no twin of. Objects that cannot be
+/// copied for a reason other than a connection are counted (and said on stderr) and skipped.
+pub fn copy_missing(from: &mut End, to: &mut End, what: &str) -> CopyResult<Copied> {
     let theirs = src(token_objects(from))?;
     let mine = dst(token_objects(to))?;
     let mut used = vec![false; mine.len()];
-    let mut copied = 0;
+    let mut out = Copied::default();
     for (h, identity) in theirs {
         let twin = mine
             .iter()
@@ -368,16 +434,33 @@ pub fn copy_missing(from: &mut End, to: &mut End, what: &str) -> CopyResult<u64>
             continue;
         }
         match copy_object(from, h, to) {
-            Ok(_) => copied += 1,
+            Ok(_) => out.copied += 1,
             Err((side, f)) if f.fails_member() => return Err((side, f)),
-            Err((_, f)) => diag!(
-                Warn,
-                "{what}: {} not copied: {}{}",
-                identity.describe(),
-                crate::rv::rv_name(f.rv()),
-                hint(f.rv())
-            ),
+            Err((side, f)) => {
+                let why = format!(
+                    "{} from {} to {}: {}{}",
+                    identity.describe(),
+                    from.serial,
+                    to.serial,
+                    crate::rv::rv_name(f.rv()),
+                    reason(f.rv(), if side == Side::Source { from } else { to })
+                );
+                diag!(Warn, "{what}: {why}");
+                out.failed += 1;
+                out.first.get_or_insert(why);
+            }
         }
     }
-    Ok(copied)
+    Ok(out)
+}
+
+/// [`hint`], naming the carrier an end refused when that is why.
+fn reason(rv: CK_RV, end: &End) -> String {
+    match (rv, end.refused_carrier()) {
+        (CKR_MECHANISM_INVALID, Some(c)) => format!(
+            " ({c} refused by {} or its transport; see p11ha synchronize -check)",
+            end.serial
+        ),
+        _ => hint(rv).to_string(),
+    }
 }

@@ -3,29 +3,31 @@
 use crate::ha::group::Login;
 use crate::provider::{Fault, Instance, MemberResult};
 use cryptoki_sys::*;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// A member session opened for synchronization and logged in like the group, closed on drop.
-pub(crate) struct Opened<'a> {
-    inst: &'a Instance,
+pub(crate) struct Opened {
+    pub(crate) inst: Arc<Instance>,
     pub(crate) session: CK_SESSION_HANDLE,
-    counter: Option<Arc<std::sync::atomic::AtomicUsize>>,
+    counter: Option<Arc<AtomicUsize>>,
 }
 
-impl<'a> Opened<'a> {
+impl Opened {
+    /// Opens a read-write session on `slot` and logs it in with `login`. `counter` is the
+    /// binding's count of open sessions (a member logs out with its last one), when bound.
     pub(crate) fn open(
-        inst: &'a Instance,
+        inst: &Arc<Instance>,
         slot: CK_SLOT_ID,
         login: &Option<Login>,
-        counter: Option<Arc<std::sync::atomic::AtomicUsize>>,
+        counter: Option<Arc<AtomicUsize>>,
     ) -> MemberResult<Self> {
         let session = inst.open_session(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION)?;
         if let Some(c) = &counter {
             c.fetch_add(1, Ordering::AcqRel);
         }
         let me = Opened {
-            inst,
+            inst: inst.clone(),
             session,
             counter,
         };
@@ -39,7 +41,7 @@ impl<'a> Opened<'a> {
     }
 }
 
-impl Drop for Opened<'_> {
+impl Drop for Opened {
     fn drop(&mut self) {
         let _ = self.inst.close_session(self.session);
         if let Some(c) = &self.counter {

@@ -14,11 +14,12 @@ use cryptoki_sys::*;
 /// CKA_LABEL (and CKA_ID) of the group cloning key on every member.
 pub const CLONING_LABEL: &[u8] = b"p11ha-cloning-key";
 
-/// One of p11ha's cloning objects: never shown to the application, never copied as its object.
+/// One of p11ha's own objects (a cloning key, or a record of what a member is owed,
+/// `super::records`): never shown to the application, never copied as its object.
 pub fn is_cloning_object(identity: &Identity) -> bool {
     identity
         .get(CKA_LABEL)
-        .is_some_and(|l| l.value == CLONING_LABEL)
+        .is_some_and(|l| l.value == CLONING_LABEL || l.value == super::records::OWED_LABEL)
 }
 
 pub(crate) fn is_key_class(class: Option<CK_OBJECT_CLASS>) -> bool {
