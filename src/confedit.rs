@@ -124,11 +124,23 @@ fn after_line(text: &[u8], pos: usize) -> usize {
 impl ConfFile {
     /// Reads `path`; `*.ini` is crystoki.ini, anything else the brace format.
     pub fn load(path: &Path) -> Result<ConfFile, EditError> {
-        let text = std::fs::read(path).map_err(|e| EditError {
-            file: path.to_path_buf(),
-            line: None,
-            message: e.to_string(),
-        })?;
+        Self::read(path, false)
+    }
+
+    /// Like [`ConfFile::load`]; a missing file is an empty one (saved, it is created 0644).
+    pub fn load_or_empty(path: &Path) -> Result<ConfFile, EditError> {
+        Self::read(path, true)
+    }
+
+    fn read(path: &Path, missing_ok: bool) -> Result<ConfFile, EditError> {
+        let text = match std::fs::read(path) {
+            Err(e) if missing_ok && e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            r => r.map_err(|e| EditError {
+                file: path.to_path_buf(),
+                line: None,
+                message: e.to_string(),
+            })?,
+        };
         let is_ini = path
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("ini"));
@@ -155,6 +167,11 @@ impl ConfFile {
     }
 
     /// The file's bytes as they would be saved.
+    /// Whether the file holds no section at all (empty, blank or only comments).
+    pub fn is_blank(&self) -> bool {
+        self.parse().is_ok_and(|s| s.is_empty())
+    }
+
     pub fn bytes(&self) -> &[u8] {
         &self.text
     }
@@ -297,8 +314,15 @@ impl ConfFile {
             line: None,
             message,
         };
-        let target = std::fs::canonicalize(&self.path).map_err(|e| err(e.to_string()))?;
-        let meta = std::fs::metadata(&target).map_err(|e| err(e.to_string()))?;
+        // A new file (addprovider on a missing one): readable by the application's user.
+        let (target, owner, mode) = match std::fs::canonicalize(&self.path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (self.path.clone(), None, 0o644),
+            r => {
+                let target = r.map_err(|e| err(e.to_string()))?;
+                let meta = std::fs::metadata(&target).map_err(|e| err(e.to_string()))?;
+                (target, Some((meta.uid(), meta.gid())), meta.mode() & 0o7777)
+            }
+        };
         let dir = target.parent().unwrap_or(Path::new("/"));
         let name = target
             .file_name()
@@ -313,8 +337,10 @@ impl ConfFile {
                 .open(&tmp)?;
             f.write_all(&self.text)?;
             // Same owner and mode as before (chown is allowed to fail for non-root users).
-            let _ = std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()));
-            f.set_permissions(std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+            if let Some((uid, gid)) = owner {
+                let _ = std::os::unix::fs::fchown(&f, Some(uid), Some(gid));
+            }
+            f.set_permissions(std::fs::Permissions::from_mode(mode))?;
             f.sync_all()?;
             drop(f);
             std::fs::rename(&tmp, &target)?;

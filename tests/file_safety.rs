@@ -562,10 +562,7 @@ fn a_shared_sticky_directory_is_warned_about_once_in_the_log_and_on_stderr() {
     let text = log_text(d);
     let records: Vec<&str> = text.lines().collect();
     assert_eq!(records.len(), 2, "{text}");
-    assert!(
-        records[0].ends_with(&format!("HA group:  {warning}")),
-        "{text}"
-    );
+    assert!(records[0].ends_with(&format!("] HA {warning}")), "{text}");
     assert!(
         records[1].ends_with("configuration error: a record"),
         "{text}"
@@ -714,10 +711,10 @@ fn held_locks_delay_c_initialize_and_c_finalize_by_a_bound_only() {
     assert!(init < WITHIN, "{}", run.describe());
     assert!(fini < WITHIN, "{}", run.describe());
     let said = |needle: &str| run.stderr.lines().any(|l| l.contains(needle));
+    // The journal is only written when no member could take a record (docs/SYNC.md), never
+    // read at C_Initialize: its held lock costs C_Initialize nothing.
     assert!(
-        said(&format!(
-            "the lock on p11ha-{serial}.journal was held by another process for longer than 2 s"
-        )),
+        !said(&format!("p11ha-{serial}.journal")),
         "{}",
         run.describe()
     );

@@ -8,7 +8,6 @@
 //! `Command Result : 0x00000006 (CKR_FUNCTION_FAILED)` (exit 1). A failed command leaves the
 //! configuration file untouched.
 
-use cryptoki_sys::{CKR_ARGUMENTS_BAD, CKR_FUNCTION_FAILED, CK_RV};
 use p11ha::cli;
 use p11ha::confedit::{locate, ConfFile};
 use p11ha::halog::DEFAULT_MAX_LEN;
@@ -16,24 +15,15 @@ use p11ha::rv::rv_name;
 use std::path::Path;
 use std::process::ExitCode;
 
-/// A failed command: message for stderr and the CK_RV shown as the command result.
-struct Failure {
-    rv: CK_RV,
-    message: String,
-}
+/// A failed command: message for stderr, the CK_RV shown as the command result, exit status.
+type Failure = cli::CliError;
 
 fn bad_args(message: impl Into<String>) -> Failure {
-    Failure {
-        rv: CKR_ARGUMENTS_BAD,
-        message: message.into(),
-    }
+    cli::bad(message)
 }
 
 fn failed(message: impl Into<String>) -> Failure {
-    Failure {
-        rv: CKR_FUNCTION_FAILED,
-        message: message.into(),
-    }
+    cli::failed(message)
 }
 
 type Verb = fn(&[String]) -> Result<Vec<String>, Failure>;
@@ -63,7 +53,7 @@ const VERBS: &[(&str, Verb, &str)] = &[
     ),
     (
         "addmember",
-        |a| lib(cli::addmember(a).and_then(|l| cli::synchronize::after_addmember(a, l))),
+        |a| lib(cli::addmember(a).and_then(|l| Ok(cli::synchronize::after_addmember(a, l)?))),
         "addmember -group <label> -serialnumber <serial>",
     ),
     (
@@ -103,6 +93,16 @@ const VERBS: &[(&str, Verb, &str)] = &[
     ),
     ("audit", |a| lib(cli::audit::run(a)), "audit show|follow|clear|verify|init-key ... (p11ha audit for details)"),
     (
+        "addprovider",
+        |a| lib(cli::addprovider(a)),
+        "addprovider -library <path> [-env NAME=VALUE]...",
+    ),
+    (
+        "removeprovider",
+        |a| lib(cli::removeprovider(a)),
+        "removeprovider -library <path>",
+    ),
+    (
         "synchronize",
         |a| lib(cli::synchronize::run(a)),
         "synchronize -group <label> [-init-cloning-key | -show-owed | -prune | -check] (PIN from P11HA_PIN, SO PIN from P11HA_SO_PIN)",
@@ -111,7 +111,7 @@ const VERBS: &[(&str, Verb, &str)] = &[
 
 /// Adapts a verb of `p11ha::cli` to this command's result type.
 fn lib(r: cli::VerbResult) -> Result<Vec<String>, Failure> {
-    r.map_err(|(rv, message)| Failure { rv, message })
+    r
 }
 
 fn usage() -> String {
@@ -124,27 +124,57 @@ fn usage() -> String {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.first() {
-        None => Err(bad_args(usage())),
-        Some(verb) => match VERBS.iter().find(|(name, _, _)| name == verb) {
-            Some((_, run, _)) => run(&args[1..]),
-            None => Err(bad_args(format!("unknown command {verb:?}\n{}", usage()))),
-        },
+    let (verb, args, json) = match cli::help::front(&args) {
+        cli::help::Front::Print(text) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        cli::help::Front::Fail(f, json) => return report(Err(f), json),
+        cli::help::Front::Run { verb, args, json } => (verb, args, json),
     };
+    p11ha::ffi::set_tool_mode(cli::tool_mode(verb));
+    let result = match VERBS.iter().find(|(name, _, _)| *name == verb) {
+        Some((_, run, _)) => run(&args),
+        None => Err(bad_args(format!("unknown command {verb:?}\n{}", usage()))),
+    };
+    report(result, json)
+}
+
+/// Prints a verb's result: its lines, then lunacm's "Command Result" line; with `-json` only
+/// one JSON document (the verb's, or an error object).
+fn report(result: Result<Vec<String>, Failure>, json: bool) -> ExitCode {
     match result {
         Ok(lines) => {
             for line in lines {
                 println!("{line}");
             }
-            println!();
-            println!("Command Result : No Error");
+            if !json {
+                println!();
+                println!("Command Result : No Error");
+            }
             ExitCode::SUCCESS
         }
         Err(f) => {
             eprintln!("p11ha: {}", f.message);
-            println!();
-            println!("Command Result : 0x{:08x} ({})", f.rv, rv_name(f.rv));
-            ExitCode::from(if f.rv == CKR_ARGUMENTS_BAD { 2 } else { 1 })
+            if json {
+                if f.output.is_empty() {
+                    println!(
+                        "{{\"error\":{{\"rv\":{},\"name\":\"{}\"}}}}",
+                        f.rv,
+                        rv_name(f.rv)
+                    );
+                }
+                for line in &f.output {
+                    println!("{line}");
+                }
+            } else {
+                for line in &f.output {
+                    println!("{line}");
+                }
+                println!();
+                println!("Command Result : 0x{:08x} ({})", f.rv, rv_name(f.rv));
+            }
+            ExitCode::from(f.exit)
         }
     }
 }
@@ -153,15 +183,8 @@ fn main() -> ExitCode {
 /// dropped members now, even after auto-recovery gave up. It increments `HARecovery.L`, the
 /// counter Luna clients watch; p11ha re-reads it at every management poll.
 fn recover(args: &[String]) -> Result<Vec<String>, Failure> {
-    let label = match args {
-        [opt, label] if opt.eq_ignore_ascii_case("-group") => label,
-        _ => {
-            return Err(bad_args(format!(
-                "recover: expected -group <label>\n{}",
-                usage()
-            )))
-        }
-    };
+    let o = cli::parse("recover", args)?;
+    let label = &o.need("group")?.to_string();
     let file = locate();
     let cfg = p11ha::config::load(&file).map_err(|e| failed(e.to_string()))?;
     if !cfg.groups.iter().any(|g| &g.label == label) {
@@ -199,52 +222,26 @@ fn halog(args: &[String]) -> Result<Vec<String>, Failure> {
     if args.iter().any(|a| a.eq_ignore_ascii_case("-follow")) {
         return lib(cli::audit::follow_halog());
     }
-    let mut path: Option<String> = None;
-    let mut max_len: Option<u64> = None;
-    let mut enable: Option<bool> = None;
-    let mut show = false;
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let opt = arg.trim_start_matches('-').to_ascii_lowercase();
-        if !arg.starts_with('-') {
-            return Err(bad_args(format!("halog: unexpected argument {arg:?}")));
-        }
-        match opt.as_str() {
-            "path" => {
-                let dir = it
-                    .next()
-                    .ok_or_else(|| bad_args("halog: -path needs a directory"))?;
-                path = Some(check_dir(dir)?);
-            }
-            "maxlength" => {
-                let n = it
-                    .next()
-                    .ok_or_else(|| bad_args("halog: -maxlength needs a size in bytes"))?;
-                match n.parse::<u64>() {
-                    Ok(n) if n > 0 => max_len = Some(n),
-                    _ => {
-                        return Err(bad_args(format!(
-                            "halog: -maxlength {n:?}: expected a positive number of bytes"
-                        )))
-                    }
-                }
-            }
-            "enable" | "disable" => {
-                let on = opt == "enable";
-                if enable.is_some_and(|e| e != on) {
-                    return Err(bad_args("halog: -enable and -disable together"));
-                }
-                enable = Some(on);
-            }
-            "show" => show = true,
+    let o = cli::parse("halog", args)?;
+    let path = o.value("path").map(check_dir).transpose()?;
+    let max_len = match o.value("maxlength") {
+        None => None,
+        Some(n) => match n.parse::<u64>() {
+            Ok(n) if n > 0 => Some(n),
             _ => {
                 return Err(bad_args(format!(
-                    "halog: unknown option {arg:?}\n{}",
-                    usage()
+                    "halog: -maxlength {n:?}: expected a positive number of bytes"
                 )))
             }
-        }
-    }
+        },
+    };
+    let enable = match (o.flag("enable"), o.flag("disable")) {
+        (true, true) => return Err(bad_args("halog: -enable and -disable together")),
+        (true, false) => Some(true),
+        (false, true) => Some(false),
+        (false, false) => None,
+    };
+    let show = o.flag("show");
     if path.is_none() && max_len.is_none() && enable.is_none() && !show {
         return Err(bad_args(format!("halog: nothing to do\n{}", usage())));
     }
@@ -311,7 +308,8 @@ fn show_lines(conf: &ConfFile) -> Vec<String> {
         .get(SECTION, KEY_STATUS)
         .map(|s| s.to_ascii_lowercase())
         .unwrap_or_else(|| "enabled".into());
-    let status = if status == "disabled" {
+    // As the library reads it (and listgroups shows it): no directory, no log.
+    let status = if status == "disabled" || conf.get(SECTION, KEY_PATH).is_none() {
         "disabled"
     } else {
         "enabled"

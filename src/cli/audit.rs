@@ -10,7 +10,7 @@
 //! instead of `T` works too); `-until` includes the whole day, minute or second it names.
 //! `-group` may be left out when the configuration has one HA group.
 
-use super::{bad, failed, VerbResult};
+use super::{bad, failed, CliError, VerbResult};
 use crate::audit::follow::follow;
 use crate::audit::record::{self, to_json};
 use crate::audit::seal::{find_key, generate_template, Sealer};
@@ -62,7 +62,7 @@ fn parse_args(
     with_value: &[&str],
     flags: &[&str],
     files: bool,
-) -> Result<Args, (CK_RV, String)> {
+) -> Result<Args, CliError> {
     let mut out = Args {
         values: Vec::new(),
         flags: Vec::new(),
@@ -109,7 +109,7 @@ struct Target {
     dir: PathBuf,
 }
 
-fn target(verb: &str, label: Option<&str>) -> Result<Target, (CK_RV, String)> {
+fn target(verb: &str, label: Option<&str>) -> Result<Target, CliError> {
     let path = config::locate();
     let cfg = config::load(&path).map_err(|e| failed(e.to_string()))?;
     let group = match label {
@@ -169,7 +169,7 @@ fn parse_when(s: &str) -> Option<(i64, i64)> {
     None
 }
 
-fn when(verb: &str, a: &Args, name: &str, end: bool) -> Result<Option<i64>, (CK_RV, String)> {
+fn when(verb: &str, a: &Args, name: &str, end: bool) -> Result<Option<i64>, CliError> {
     let Some(v) = a.value(name) else {
         return Ok(None);
     };
@@ -276,7 +276,7 @@ struct InProcess {
 }
 
 impl InProcess {
-    fn start(verb: &str, t: &Target) -> Result<InProcess, (CK_RV, String)> {
+    fn start(verb: &str, t: &Target) -> Result<InProcess, CliError> {
         let pin = std::env::var("P11HA_PIN").map_err(|_| {
             bad(format!(
                 "audit {verb}: set P11HA_PIN to the group's user PIN"
@@ -419,14 +419,14 @@ fn verify_cmd(args: &[String]) -> VerbResult {
             for l in &lines {
                 println!("{l}");
             }
-            Err((
+            Err(CliError::from((
                 CKR_SIGNATURE_INVALID,
                 if code == 1 {
                     format!("audit verify: {} problems", report.problems.len())
                 } else {
                     "audit verify: records at the end are not sealed yet".into()
                 },
-            ))
+            )))
         }
     }
 }
@@ -438,7 +438,7 @@ fn init_key(args: &[String]) -> VerbResult {
         .ok_or_else(|| bad("audit init-key: -group <label> is required"))?;
     let t = target("init-key", Some(label))?;
     let lib = InProcess::start("init-key", &t)?;
-    let holders = |g: &Group| -> Result<(usize, usize), (CK_RV, String)> {
+    let holders = |g: &Group| -> Result<(usize, usize), CliError> {
         let (mut up, mut with) = (0, 0);
         for m in g.members().iter() {
             let Some(b) = m.binding() else { continue };
@@ -460,13 +460,13 @@ fn init_key(args: &[String]) -> VerbResult {
     };
     let (_, existing) = holders(&lib.group)?;
     if existing > 0 {
-        return Err((
+        return Err(CliError::from((
             CKR_FUNCTION_REJECTED,
             format!(
                 "audit init-key: group {label} already has an audit key on {existing} members; \
                  it is never overwritten"
             ),
-        ));
+        )));
     }
     let session = lib
         .rt

@@ -4,76 +4,72 @@
 //! writes a file that would make the next C_Initialize fail.
 
 pub mod audit;
+pub mod help;
+pub mod opts;
+mod pin;
+mod providers;
 mod status;
 pub mod synchronize;
 
+pub use help::parse;
+pub use pin::pin;
+pub use providers::{addprovider, removeprovider};
 pub use status::listgroups;
 
 use crate::confedit::{locate, ConfFile};
 use crate::config::{self, GroupConfig, HaConfig};
 use cryptoki_sys::{CKR_ARGUMENTS_BAD, CKR_FUNCTION_FAILED, CK_RV};
 
-/// Lines to print, or the CK_RV shown as the command result with a message for stderr.
-pub type VerbResult = Result<Vec<String>, (CK_RV, String)>;
+/// Lines to print, or why the verb failed.
+pub type VerbResult = Result<Vec<String>, CliError>;
 
-fn bad(msg: impl Into<String>) -> (CK_RV, String) {
-    (CKR_ARGUMENTS_BAD, msg.into())
+/// A failed verb: the CK_RV shown as the command result, a message for stderr, the exit status,
+/// and any output it still has to show (listgroups -check of a degraded group).
+#[derive(Debug)]
+pub struct CliError {
+    pub rv: CK_RV,
+    pub message: String,
+    pub exit: u8,
+    pub output: Vec<String>,
 }
 
-fn failed(msg: impl Into<String>) -> (CK_RV, String) {
-    (CKR_FUNCTION_FAILED, msg.into())
+/// Bad arguments: CKR_ARGUMENTS_BAD, exit 2.
+pub fn bad(msg: impl Into<String>) -> CliError {
+    CliError {
+        rv: CKR_ARGUMENTS_BAD,
+        message: msg.into(),
+        exit: 2,
+        output: Vec::new(),
+    }
 }
 
-/// `-name value` options and `-flag`s, names compared without case.
-struct Opts<'a> {
-    verb: &'static str,
-    args: &'a [String],
+/// The command failed: CKR_FUNCTION_FAILED, exit 1.
+pub fn failed(msg: impl Into<String>) -> CliError {
+    CliError {
+        rv: CKR_FUNCTION_FAILED,
+        message: msg.into(),
+        exit: 1,
+        output: Vec::new(),
+    }
 }
 
-impl<'a> Opts<'a> {
-    fn new(
-        verb: &'static str,
-        args: &'a [String],
-        allowed: &[&str],
-    ) -> Result<Self, (CK_RV, String)> {
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            let name = a
-                .strip_prefix('-')
-                .ok_or_else(|| bad(format!("{verb}: unexpected argument {a:?}")))?;
-            match allowed
-                .iter()
-                .find(|o| o.trim_end_matches('=').eq_ignore_ascii_case(name))
-            {
-                Some(o) if o.ends_with('=') => {
-                    it.next()
-                        .ok_or_else(|| bad(format!("{verb}: -{name} needs a value")))?;
-                }
-                Some(_) => {}
-                None => return Err(bad(format!("{verb}: unknown option {a:?}"))),
-            }
+impl From<(CK_RV, String)> for CliError {
+    fn from((rv, message): (CK_RV, String)) -> CliError {
+        CliError {
+            rv,
+            exit: if rv == CKR_ARGUMENTS_BAD { 2 } else { 1 },
+            ..failed(message)
         }
-        Ok(Opts { verb, args })
     }
+}
 
-    fn value(&self, name: &str) -> Option<&'a str> {
-        let i = self.args.iter().position(|a| {
-            a.strip_prefix('-')
-                .is_some_and(|n| n.eq_ignore_ascii_case(name))
-        })?;
-        self.args.get(i + 1).map(String::as_str)
-    }
-
-    fn need(&self, name: &str) -> Result<&'a str, (CK_RV, String)> {
-        self.value(name)
-            .ok_or_else(|| bad(format!("{}: -{name} is required", self.verb)))
-    }
-
-    fn flag(&self, name: &str) -> bool {
-        self.args.iter().any(|a| {
-            a.strip_prefix('-')
-                .is_some_and(|n| n.eq_ignore_ascii_case(name))
-        })
+/// How the `p11ha` command must initialize the library in its own process for `verb` (see
+/// [`crate::ffi::ToolMode`]): only synchronize may touch a journal, no verb writes the HA log.
+pub fn tool_mode(verb: &str) -> crate::ffi::ToolMode {
+    if verb == "synchronize" {
+        crate::ffi::ToolMode::JournalIfOwner
+    } else {
+        crate::ffi::ToolMode::NoFiles
     }
 }
 
@@ -84,14 +80,30 @@ struct Edit {
 }
 
 impl Edit {
-    fn open() -> Result<Edit, (CK_RV, String)> {
+    fn open() -> Result<Edit, CliError> {
         let path = locate();
         let cfg = config::load(&path).map_err(|e| failed(e.to_string()))?;
         let conf = ConfFile::load(&path).map_err(|e| failed(e.to_string()))?;
         Ok(Edit { conf, cfg })
     }
 
-    fn group(&self, label: &str) -> Result<&GroupConfig, (CK_RV, String)> {
+    /// Like [`Edit::open`], and a missing or empty file is a start (addprovider).
+    fn open_or_new() -> Result<Edit, CliError> {
+        let path = locate();
+        let conf = ConfFile::load_or_empty(&path).map_err(|e| failed(e.to_string()))?;
+        let text = String::from_utf8_lossy(conf.bytes()).into_owned();
+        // A file with nothing in it yet reads like one with an empty HAProviders section; any
+        // other error is the file's.
+        let cfg = config::parse_str(&text, &path)
+            .or_else(|e| match config::parse_str("HAProviders = {\n}\n", &path) {
+                Ok(empty) if conf.is_blank() => Ok(empty),
+                _ => Err(e),
+            })
+            .map_err(|e| failed(e.to_string()))?;
+        Ok(Edit { conf, cfg })
+    }
+
+    fn group(&self, label: &str) -> Result<&GroupConfig, CliError> {
         self.cfg
             .groups
             .iter()
@@ -104,13 +116,13 @@ impl Edit {
             })
     }
 
-    fn set(&mut self, section: &str, key: &str, value: &str) -> Result<(), (CK_RV, String)> {
+    fn set(&mut self, section: &str, key: &str, value: &str) -> Result<(), CliError> {
         self.conf
             .set(section, key, value)
             .map_err(|e| bad(e.to_string()))
     }
 
-    fn remove(&mut self, section: &str, key: &str) -> Result<(), (CK_RV, String)> {
+    fn remove(&mut self, section: &str, key: &str) -> Result<(), CliError> {
         self.conf
             .remove(section, key)
             .map(|_| ())
@@ -118,7 +130,7 @@ impl Edit {
     }
 
     /// Checks the edited text with the library's reader, then saves atomically.
-    fn save(self) -> Result<(), (CK_RV, String)> {
+    fn save(self) -> Result<(), CliError> {
         let text = String::from_utf8_lossy(self.conf.bytes()).into_owned();
         config::parse_str(&text, self.conf.path()).map_err(|e| {
             bad(format!(
@@ -133,7 +145,7 @@ fn key(n: u32, what: &str) -> String {
     format!("VirtualToken{n:02}{what}")
 }
 
-fn check_serial(verb: &str, s: &str) -> Result<(), (CK_RV, String)> {
+fn check_serial(verb: &str, s: &str) -> Result<(), CliError> {
     if s.is_empty()
         || s.len() > 32
         || !s
@@ -145,13 +157,11 @@ fn check_serial(verb: &str, s: &str) -> Result<(), (CK_RV, String)> {
     Ok(())
 }
 
-/// `creategroup -label L -serialnumber S [-groupserial G]`: a new group with S as its first member.
+/// `creategroup -label L -serialnumber S [-groupserial G] [-password P]`: a new group with S
+/// as its first member. S must be a token a provider shows and that accepts the PIN; the group
+/// serial is written (`VirtualTokenNNSN`) so that it never follows the first member.
 pub fn creategroup(args: &[String]) -> VerbResult {
-    let o = Opts::new(
-        "creategroup",
-        args,
-        &["label=", "serialnumber=", "groupserial="],
-    )?;
+    let o = parse("creategroup", args)?;
     let (label, serial) = (o.need("label")?, o.need("serialnumber")?);
     check_serial("creategroup", serial)?;
     let mut e = Edit::open()?;
@@ -174,24 +184,46 @@ pub fn creategroup(args: &[String]) -> VerbResult {
     let n = (0..100)
         .find(|n| !e.cfg.groups.iter().any(|g| g.index == *n))
         .ok_or_else(|| bad("creategroup: no free group number"))?;
-    e.set("VirtualToken", &key(n, "Label"), label)?;
-    if let Some(gs) = o.value("groupserial") {
-        e.set("VirtualToken", &key(n, "SN"), gs)?;
-    }
-    e.set("VirtualToken", &key(n, "Members"), serial)?;
-    e.save()?;
-    let shown = match o.value("groupserial") {
-        Some(gs) => gs.to_string(),
+    let group_serial = match o.value("groupserial") {
+        Some(gs) => {
+            check_serial("creategroup", gs)?;
+            gs.to_string()
+        }
         None => config::derive_group_serial(serial),
     };
+    let pin = pin(
+        "creategroup",
+        o.value("password"),
+        "P11HA_PIN",
+        "the group's user PIN",
+    )?;
+    status::check_member(&e.cfg, &empty_group(n), serial, &pin)
+        .map_err(|m| bad(format!("creategroup: {m}")))?;
+    e.set("VirtualToken", &key(n, "Label"), label)?;
+    e.set("VirtualToken", &key(n, "SN"), &group_serial)?;
+    e.set("VirtualToken", &key(n, "Members"), serial)?;
+    e.save()?;
     Ok(vec![format!(
-        "        New group with label \"{label}\" created with group number {shown}."
+        "        New group with label \"{label}\" created with group number {group_serial}."
     )])
+}
+
+/// A group with no members, for checking the first one against nothing.
+fn empty_group(n: u32) -> GroupConfig {
+    GroupConfig {
+        label: String::new(),
+        index: n,
+        serial: String::new(),
+        members: Vec::new(),
+        standby: Vec::new(),
+        synchronize: false,
+        manual_recovery: None,
+    }
 }
 
 /// `deletegroup -label L`: the group's keys and its HASynchronize/HARecovery entries go.
 pub fn deletegroup(args: &[String]) -> VerbResult {
-    let o = Opts::new("deletegroup", args, &["label="])?;
+    let o = parse("deletegroup", args)?;
     let label = o.need("label")?;
     let mut e = Edit::open()?;
     let n = e.group(label)?.index;
@@ -205,7 +237,7 @@ pub fn deletegroup(args: &[String]) -> VerbResult {
 }
 
 fn edit_list(verb: &'static str, args: &[String], standby: bool, add: bool) -> VerbResult {
-    let o = Opts::new(verb, args, &["group=", "serialnumber="])?;
+    let o = parse(verb, args)?;
     let (label, serial) = (o.need("group")?, o.need("serialnumber")?);
     check_serial(verb, serial)?;
     let mut e = Edit::open()?;
@@ -227,7 +259,13 @@ fn edit_list(verb: &'static str, args: &[String], standby: bool, add: bool) -> V
                 other.label
             )));
         }
-        status::check_member(&e.cfg, &g, serial).map_err(|m| bad(format!("{verb}: {m}")))?;
+        let pin = pin(
+            verb,
+            o.value("password"),
+            "P11HA_PIN",
+            "the group's user PIN",
+        )?;
+        status::check_member(&e.cfg, &g, serial, &pin).map_err(|m| bad(format!("{verb}: {m}")))?;
         list.push(serial.to_string());
     } else {
         let before = list.len();
@@ -286,7 +324,7 @@ fn set_number(
     max: i64,
     said: &str,
 ) -> VerbResult {
-    let o = Opts::new(verb, args, &[&format!("{opt}=")])?;
+    let o = parse(verb, args)?;
     let raw = o.need(opt)?;
     let n: i64 = raw
         .parse()
@@ -330,7 +368,7 @@ pub fn interval(args: &[String]) -> VerbResult {
 
 /// `recoverymode -mode activeBasic|activeEnhanced`.
 pub fn recoverymode(args: &[String]) -> VerbResult {
-    let o = Opts::new("recoverymode", args, &["mode="])?;
+    let o = parse("recoverymode", args)?;
     let mode = o.need("mode")?;
     let mode = ["activeBasic", "activeEnhanced"]
         .into_iter()
@@ -348,7 +386,7 @@ pub fn recoverymode(args: &[String]) -> VerbResult {
 
 /// `haonly -enable | -disable | -show`.
 pub fn haonly(args: &[String]) -> VerbResult {
-    let o = Opts::new("haonly", args, &["enable", "disable", "show"])?;
+    let o = parse("haonly", args)?;
     let (on, off, show) = (o.flag("enable"), o.flag("disable"), o.flag("show"));
     if [on, off, show].iter().filter(|b| **b).count() != 1 {
         return Err(bad("haonly: give one of -enable, -disable, -show"));
@@ -362,6 +400,19 @@ pub fn haonly(args: &[String]) -> VerbResult {
     e.save()?;
     Ok(vec![format!(
         "        HA Only mode {}.",
+        if on { "enabled" } else { "disabled" }
+    )])
+}
+
+/// `HASynchronize.<label>` on or off (`synchronize -enable | -disable`), checked and saved like
+/// every edit; for the synchronize verb.
+pub fn set_synchronize(label: &str, on: bool) -> VerbResult {
+    let mut e = Edit::open()?;
+    e.group(label)?;
+    e.set("HASynchronize", label, if on { "1" } else { "0" })?;
+    e.save()?;
+    Ok(vec![format!(
+        "        Synchronization of HA group {label} {}.",
         if on { "enabled" } else { "disabled" }
     )])
 }

@@ -1,7 +1,7 @@
 //! `listgroups` and member checks: the live view, asked of the library through its own C ABI
 //! (C_Initialize, p11ha_group_status, C_Finalize) in this process, not guessed from the file.
 
-use super::{failed, Opts, VerbResult};
+use super::{failed, parse, CliError, VerbResult};
 use crate::confedit::locate;
 use crate::config::{self, GroupConfig, HaConfig, RecoveryMode};
 use crate::ffi::ca::{p11ha_group_status, P11haGroupStatus, P11HA_MAX_MEMBERS};
@@ -22,7 +22,7 @@ struct MemberView {
 }
 
 /// Initializes the library in this process and reads every group's member states.
-fn live_view(cfg: &HaConfig) -> Result<Vec<Vec<MemberView>>, (CK_RV, String)> {
+fn live_view(cfg: &HaConfig) -> Result<Vec<Vec<MemberView>>, CliError> {
     let mut list: *mut CK_FUNCTION_LIST = std::ptr::null_mut();
     // SAFETY: our own exported functions, called as a C application would.
     unsafe {
@@ -35,10 +35,10 @@ fn live_view(cfg: &HaConfig) -> Result<Vec<Vec<MemberView>>, (CK_RV, String)> {
             .C_Initialize
             .map_or(CKR_GENERAL_ERROR, |init| init(std::ptr::null_mut()));
         if rv != CKR_OK {
-            return Err((
+            return Err(CliError {
                 rv,
-                format!("the library did not initialize ({})", rv_name(rv)),
-            ));
+                ..failed(format!("the library did not initialize ({})", rv_name(rv)))
+            });
         }
         let mut out = Vec::new();
         for g in &cfg.groups {
@@ -94,9 +94,40 @@ fn retries(n: i64) -> String {
 
 /// `listgroups [-json]`: every group with its settings and each member's live state.
 pub fn listgroups(args: &[String]) -> VerbResult {
-    let o = Opts::new("listgroups", args, &["json"])?;
+    let o = parse("listgroups", args)?;
     let cfg = config::load(&locate()).map_err(|e| failed(e.to_string()))?;
     let live = live_view(&cfg)?;
+    // A member that is down may be one that no provider shows at all: say so, not its error.
+    let shown = if live.iter().flatten().any(|m| !m.alive) {
+        token_serials(&cfg)
+    } else {
+        Vec::new()
+    };
+    let found = |m: &MemberView| m.alive || shown.contains(&m.serial);
+    let degraded: Vec<&str> = cfg
+        .groups
+        .iter()
+        .zip(&live)
+        .filter(|(_, ms)| ms.iter().any(|m| !m.alive))
+        .map(|(g, _)| g.label.as_str())
+        .collect();
+    let out = if o.flag("json") {
+        json(&cfg, &live, &found)
+    } else {
+        text(&cfg, &live, &found)
+    };
+    if o.flag("check") && !degraded.is_empty() {
+        return Err(CliError {
+            rv: CKR_DEVICE_ERROR,
+            message: format!("listgroups: degraded: {}", degraded.join(", ")),
+            exit: 3,
+            output: out,
+        });
+    }
+    Ok(out)
+}
+
+fn mode_and_log(cfg: &HaConfig) -> (&'static str, String) {
     let mode = match cfg.recovery.mode {
         RecoveryMode::Basic => "activeBasic",
         RecoveryMode::Enhanced => "activeEnhanced",
@@ -105,20 +136,31 @@ pub fn listgroups(args: &[String]) -> VerbResult {
         (Some(p), true) => format!("enabled ({})", p.join("haErrorLog.txt").display()),
         _ => "disabled".into(),
     };
-    if o.flag("json") {
+    (mode, logging)
+}
+
+fn json(
+    cfg: &HaConfig,
+    live: &[Vec<MemberView>],
+    found: &dyn Fn(&MemberView) -> bool,
+) -> Vec<String> {
+    let (mode, logging) = mode_and_log(cfg);
+    {
         let groups: Vec<String> = cfg
             .groups
             .iter()
-            .zip(&live)
+            .zip(live)
             .map(|(g, ms)| {
+                let down = ms.iter().filter(|m| !m.alive).count();
                 let members: Vec<String> = ms
                     .iter()
                     .map(|m| {
                         format!(
-                            "{{\"serial\":{},\"standby\":{},\"alive\":{},\"last_error\":{},\"last_error_name\":{},\"recovery_attempts\":{}}}",
+                            "{{\"serial\":{},\"standby\":{},\"alive\":{},\"found\":{},\"last_error\":{},\"last_error_name\":{},\"recovery_attempts\":{}}}",
                             json_str(&m.serial),
                             m.standby,
                             m.alive,
+                            found(m),
                             m.last_error,
                             json_str(if m.last_error == 0 { "CKR_OK" } else { rv_name(m.last_error) }),
                             m.attempts
@@ -126,16 +168,17 @@ pub fn listgroups(args: &[String]) -> VerbResult {
                     })
                     .collect();
                 format!(
-                    "{{\"label\":{},\"serial\":{},\"slot\":{},\"synchronize\":{},\"members\":[{}]}}",
+                    "{{\"label\":{},\"serial\":{},\"slot\":{},\"synchronize\":{},\"degraded\":{},\"members_down\":{down},\"members\":[{}]}}",
                     json_str(&g.label),
                     json_str(&g.serial),
                     g.index,
                     g.synchronize,
+                    down > 0,
                     members.join(",")
                 )
             })
             .collect();
-        return Ok(vec![format!(
+        vec![format!(
             "{{\"auto_recovery\":{},\"recovery_mode\":{},\"max_retries\":{},\"interval_s\":{},\"ha_log\":{},\"ha_only\":{},\"groups\":[{}]}}",
             cfg.recovery.attempts != 0,
             json_str(mode),
@@ -144,8 +187,16 @@ pub fn listgroups(args: &[String]) -> VerbResult {
             json_str(&logging),
             cfg.ha_only,
             groups.join(",")
-        )]);
+        )]
     }
+}
+
+fn text(
+    cfg: &HaConfig,
+    live: &[Vec<MemberView>],
+    found: &dyn Fn(&MemberView) -> bool,
+) -> Vec<String> {
+    let (mode, logging) = mode_and_log(cfg);
     let mut out = vec![
         format!(
             "   HA auto recovery:  {}",
@@ -167,7 +218,8 @@ pub fn listgroups(args: &[String]) -> VerbResult {
             if cfg.ha_only { "enabled" } else { "disabled" }
         ),
     ];
-    for (g, ms) in cfg.groups.iter().zip(&live) {
+    for (g, ms) in cfg.groups.iter().zip(live) {
+        let down = ms.iter().filter(|m| !m.alive).count();
         let standby: Vec<&str> = g.standby.iter().map(String::as_str).collect();
         out.push(String::new());
         out.push(format!("     HA Group Label:  {}", g.label));
@@ -186,6 +238,13 @@ pub fn listgroups(args: &[String]) -> VerbResult {
                 standby.join(", ")
             }
         ));
+        out.push(format!(
+            "       Group Status:  {}",
+            match down {
+                0 => "ok".to_string(),
+                n => format!("degraded ({n} of {} members down)", ms.len()),
+            }
+        ));
         out.push(String::new());
         out.push(format!(
             "    {:<20} {:<8} {:<7} {:<32} {}",
@@ -194,6 +253,8 @@ pub fn listgroups(args: &[String]) -> VerbResult {
         for m in ms {
             let err = if m.alive {
                 "-".to_string()
+            } else if !found(m) {
+                "not found in any provider".to_string()
             } else {
                 format!("0x{:08x} {}", m.last_error, rv_name(m.last_error))
             };
@@ -207,50 +268,110 @@ pub fn listgroups(args: &[String]) -> VerbResult {
             ));
         }
     }
-    Ok(out)
+    out
 }
 
-/// A token that may join `group`: found in a provider, answering, and of the group's
-/// authentication kind (PED or password) when another member can be reached to compare.
+/// The serials of the tokens every provider shows now (each connected and let go again).
+fn token_serials(cfg: &HaConfig) -> Vec<String> {
+    let deadline = Instant::now() + cfg.connect_timeout;
+    let mut out = Vec::new();
+    for p in &cfg.providers {
+        if let Ok(Connected::Ready(inst)) = Provider::new(p, cfg.receive_timeout).connect(deadline)
+        {
+            out.extend(list_tokens(&inst).iter().map(|(_, t)| trimmed_serial(t)));
+            inst.retire(cfg.connect_timeout);
+        }
+    }
+    out
+}
+
+/// A token that may join `group`: found in a provider, answering, of the group's
+/// authentication kind (PED or password) when another member can be reached to compare, and
+/// accepting the group's user PIN, which a reachable member must accept too (so a wrong PIN
+/// typed here is not taken for the new token's fault).
 pub(super) fn check_member(
     cfg: &HaConfig,
     group: &GroupConfig,
     serial: &str,
+    pin: &[u8],
 ) -> Result<(), String> {
     let deadline = Instant::now() + cfg.connect_timeout;
     let mut tokens = Vec::new();
+    let mut instances = Vec::new();
     for p in &cfg.providers {
         // A provider still initializing at the deadline is one the CLI cannot check.
         if let Ok(Connected::Ready(inst)) = Provider::new(p, cfg.receive_timeout).connect(deadline)
         {
-            tokens.extend(list_tokens(&inst));
-            inst.retire(cfg.connect_timeout);
+            let i = instances.len();
+            tokens.extend(list_tokens(&inst).into_iter().map(|(slot, t)| (i, slot, t)));
+            instances.push(inst);
         }
     }
-    let serial_of = |t: &CK_TOKEN_INFO| trimmed_serial(t);
-    let ped = |t: &CK_TOKEN_INFO| t.flags & CKF_PROTECTED_AUTHENTICATION_PATH != 0;
-    let (_, new) = tokens
-        .iter()
-        .find(|(_, t)| serial_of(t) == serial)
-        .ok_or_else(|| {
-            format!("token {serial} was not found (or did not answer) in any provider")
-        })?;
-    let existing = tokens.iter().find(|(_, t)| {
-        group
-            .members
+    let result = (|| {
+        let serial_of = |t: &CK_TOKEN_INFO| trimmed_serial(t);
+        let ped = |t: &CK_TOKEN_INFO| t.flags & CKF_PROTECTED_AUTHENTICATION_PATH != 0;
+        let new = tokens
             .iter()
-            .chain(&group.standby)
-            .any(|m| *m == serial_of(t))
-    });
-    if let Some((_, t)) = existing {
-        if ped(t) != ped(new) {
-            let kind = |p: bool| if p { "PED" } else { "password" };
-            return Err(format!(
-                "token {serial} is {}-authenticated, the group is {}-authenticated",
-                kind(ped(new)),
-                kind(ped(t))
-            ));
+            .find(|(_, _, t)| serial_of(t) == serial)
+            .ok_or_else(|| {
+                format!("token {serial} was not found (or did not answer) in any provider")
+            })?;
+        let existing = tokens.iter().find(|(_, _, t)| {
+            group
+                .members
+                .iter()
+                .chain(&group.standby)
+                .any(|m| *m == serial_of(t))
+        });
+        if let Some((_, _, t)) = existing {
+            if ped(t) != ped(&new.2) {
+                let kind = |p: bool| if p { "PED" } else { "password" };
+                return Err(format!(
+                    "token {serial} is {}-authenticated, the group is {}-authenticated",
+                    kind(ped(&new.2)),
+                    kind(ped(t))
+                ));
+            }
         }
+        if ped(&new.2) {
+            return Ok(()); // the PIN is entered on the PED, not here
+        }
+        if let Some((i, slot, t)) = existing {
+            try_login(&instances[*i], *slot, pin).map_err(|rv| {
+                format!(
+                    "member {} of the group refused the PIN ({}): give the group's user PIN",
+                    serial_of(t),
+                    rv_name(rv)
+                )
+            })?;
+        }
+        try_login(&instances[new.0], new.1, pin).map_err(|rv| {
+            format!(
+                "token {serial} refused the group's PIN ({}): every member must have the same user PIN",
+                rv_name(rv)
+            )
+        })
+    })();
+    for inst in instances {
+        inst.retire(cfg.connect_timeout);
     }
-    Ok(())
+    result
+}
+
+/// A user login and logout in a session of its own.
+fn try_login(inst: &crate::provider::Instance, slot: CK_SLOT_ID, pin: &[u8]) -> Result<(), CK_RV> {
+    let h = inst
+        .open_session(slot, CKF_SERIAL_SESSION)
+        .map_err(|f| f.rv())?;
+    let pin = std::sync::Arc::new(zeroize::Zeroizing::new(pin.to_vec()));
+    let r = match inst.login(h, CKU_USER, Some(pin)) {
+        Ok(()) => {
+            let _ = inst.logout(h);
+            Ok(())
+        }
+        Err(f) if f.rv() == CKR_USER_ALREADY_LOGGED_IN => Ok(()),
+        Err(f) => Err(f.rv()),
+    };
+    let _ = inst.close_session(h);
+    r
 }

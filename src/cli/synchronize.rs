@@ -13,7 +13,8 @@
 //!
 //! [`after_addmember`] gives a member added to a synchronized group its cloning keys and objects.
 
-use super::VerbResult;
+/// This verb's results keep (CK_RV, message) errors; `run` converts them for the CLI.
+type VerbResult = Result<Vec<String>, (CK_RV, String)>;
 use crate::confedit::locate;
 use crate::config::{self, GroupConfig};
 use crate::ffi::sync_api;
@@ -23,7 +24,7 @@ use cryptoki_sys::*;
 use zeroize::Zeroizing;
 
 const USAGE: &str =
-    "synchronize -group <label> [-init-cloning-key | -show-owed | -prune | -check] \
+    "synchronize -group <label> [-init-cloning-key | -show-owed | -prune | -check | -enable | -disable] \
                      (PIN from P11HA_PIN, SO PIN from P11HA_SO_PIN)";
 
 fn bad(msg: impl Into<String>) -> (CK_RV, String) {
@@ -37,10 +38,16 @@ enum Action {
     ShowOwed,
     Prune,
     Check,
+    /// `-enable` / `-disable`: HASynchronize for the group, as Luna's `synchronize -enable`.
+    Switch(bool),
 }
 
 /// The `synchronize` verb.
-pub fn run(args: &[String]) -> VerbResult {
+pub fn run(args: &[String]) -> super::VerbResult {
+    run_verb(args).map_err(Into::into)
+}
+
+fn run_verb(args: &[String]) -> VerbResult {
     let mut label = None;
     let mut action = Action::Copy;
     let mut it = args.iter();
@@ -58,6 +65,8 @@ pub fn run(args: &[String]) -> VerbResult {
             "-show-owed" => Action::ShowOwed,
             "-prune" => Action::Prune,
             "-check" => Action::Check,
+            "-enable" => Action::Switch(true),
+            "-disable" => Action::Switch(false),
             _ => {
                 return Err(bad(format!(
                     "synchronize: unknown option {a:?}\nusage: p11ha {USAGE}"
@@ -66,7 +75,7 @@ pub fn run(args: &[String]) -> VerbResult {
         };
         if action != Action::Copy && action != chosen {
             return Err(bad(format!(
-                "synchronize: one of -init-cloning-key, -show-owed, -prune, -check\nusage: p11ha {USAGE}"
+                "synchronize: one of -init-cloning-key, -show-owed, -prune, -check, -enable, -disable\nusage: p11ha {USAGE}"
             )));
         }
         action = chosen;
@@ -76,6 +85,9 @@ pub fn run(args: &[String]) -> VerbResult {
             "synchronize: expected -group <label>\nusage: p11ha {USAGE}"
         ))
     })?;
+    if let Action::Switch(on) = action {
+        return super::set_synchronize(label, on).map_err(|e| (e.rv, e.message));
+    }
     let group = find_group(label)?;
     if !group.synchronize {
         return Err(bad(format!(

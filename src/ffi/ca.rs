@@ -81,6 +81,17 @@ fn cchar(b: u8) -> c_char {
     b as c_char
 }
 
+/// The members a status call reports: those in the configuration. A member removed from it
+/// (removemember, removestandby) stays in the group's list for sessions that still hold it, but
+/// is no longer reported; added back, it is a new member and reported once.
+fn listed(g: &Group) -> Vec<std::sync::Arc<crate::ha::member::Member>> {
+    g.members()
+        .iter()
+        .filter(|m| !m.is_removed())
+        .cloned()
+        .collect()
+}
+
 fn find_group(slot: c_ulong) -> Result<std::sync::Arc<Group>, c_ulong> {
     ha()?.group(slot).cloned()
 }
@@ -96,7 +107,7 @@ pub unsafe extern "C" fn CA_GetHAState(slot_id: c_ulong, p_state: *mut CK_HA_STA
         // SAFETY: the caller promises a writable CK_HA_STATUS (or NULL, refused).
         let st = unsafe { out(p_state) }?;
         copy_text(&mut st.groupSerial, &g.serial, uchar);
-        let members = g.members();
+        let members = listed(&g);
         let n = members.len().min(P11HA_MAX_MEMBERS);
         for (dst, m) in st.memberList.iter_mut().zip(members.iter()) {
             copy_text(&mut dst.memberSerial, &m.serial, uchar);
@@ -130,7 +141,7 @@ pub unsafe extern "C" fn p11ha_group_status(
         copy_text(&mut st.label, &g.label, cchar);
         copy_text(&mut st.serial, &g.serial, cchar);
         st.sessions = g.session_count() as c_ulong;
-        let members = g.members();
+        let members = listed(&g);
         st.member_count = members.len().min(P11HA_MAX_MEMBERS) as c_ulong;
         for (dst, m) in st.members.iter_mut().zip(members.iter()) {
             let h = m.health();

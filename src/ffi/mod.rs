@@ -12,3 +12,5 @@ mod functions;
 mod init;
 pub mod sync_api;
 pub mod table;
+
+pub use init::{set_tool_mode, ToolMode};

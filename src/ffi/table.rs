@@ -233,7 +233,12 @@ pub unsafe extern "C" fn C_GetInterface(
             let v = unsafe { (i.pFunctionList as *const CK_VERSION).read() };
             wanted.is_none_or(|w| w == (v.major, v.minor)) && i.flags & flags == flags
         });
-        *pp = found.ok_or(CKR_ARGUMENTS_BAD)? as *const CK_INTERFACE as *mut CK_INTERFACE;
+        let found = found.ok_or(CKR_ARGUMENTS_BAD)?;
+        // Handed out in writable memory of its own: pkcs11-spy (OpenSC 0.23, Debian 12's)
+        // writes its own table pointer into the CK_INTERFACE it gets, and crashed on the
+        // read-only static (fixed upstream, OpenSC PR 3275). 24 bytes per call; applications
+        // ask once.
+        *pp = Box::leak(Box::new(*found));
         Ok(())
     })
 }

@@ -3,6 +3,7 @@
 
 use super::member::Member;
 use crate::bounded;
+use crate::diag::diag;
 use crate::provider::table::Fns;
 use crate::provider::{Connected, Initializing, Instance, LoadError, Provider};
 use cryptoki_sys::*;
@@ -23,6 +24,10 @@ pub struct ProviderSlot {
     /// A function table that is not initialized (its instance was finalized, or its
     /// C_Initialize failed), to initialize again instead of asking for a new one.
     spare: Mutex<Option<Fns>>,
+    /// Set by [`discover`] when this provider got the very instance of an earlier provider (a
+    /// module that keeps one instance per process, loaded twice from one path): it is never
+    /// used, reconnected or finalized, since that would take the instance from the other.
+    shares_with: std::sync::OnceLock<u32>,
 }
 
 /// How long a recovery waits for the calls inside an instance it replaces; one still inside
@@ -38,6 +43,7 @@ impl ProviderSlot {
             retired: Mutex::new(Vec::new()),
             connecting: Mutex::new(None),
             spare: Mutex::new(None),
+            shares_with: std::sync::OnceLock::new(),
         }
     }
 
@@ -152,6 +158,13 @@ pub fn bind(m: &Member, f: &Found) {
 }
 
 /// Connects the providers in parallel and lists the tokens each one shows.
+///
+/// Two providers can get one and the same module instance: a module that keeps one instance
+/// per process (SoftHSM, most HSM vendors' libraries) configured twice with the same path. Only
+/// one `ProviderNNEnv` then took effect and the other provider's tokens are never seen; worse,
+/// replacing the second provider's "unused" instance during a recovery would finalize the
+/// first one's under its members. Such a provider is reported (on stderr, naming both and what
+/// to do) and left out for the life of this initialization.
 pub fn discover(providers: &[ProviderSlot], deadline: Instant) -> Vec<Found> {
     let pending: Vec<_> = providers
         .iter()
@@ -165,6 +178,18 @@ pub fn discover(providers: &[ProviderSlot], deadline: Instant) -> Vec<Found> {
         // connect() gives up at the deadline itself; the margin is for it to say so.
         let left = deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(500);
         let attempt = p.wait(left).unwrap_or(Err(LoadError::TimedOut));
+        if let Ok(Connected::Ready(inst)) = &attempt {
+            if let Some(first) = providers[..i].iter().find(|q| {
+                q.instance
+                    .lock()
+                    .as_ref()
+                    .is_some_and(|other| other.same_module(inst))
+            }) {
+                report_shared(first, &providers[i]);
+                let _ = providers[i].shares_with.set(first.provider.index);
+                continue;
+            }
+        }
         if let Ok(inst) = providers[i].take(attempt) {
             found.extend(list_tokens(&inst).into_iter().map(|(slot, token)| Found {
                 provider: i,
@@ -175,6 +200,21 @@ pub fn discover(providers: &[ProviderSlot], deadline: Instant) -> Vec<Found> {
         }
     }
     found
+}
+
+fn report_shared(first: &ProviderSlot, second: &ProviderSlot) {
+    let (a, b) = (first.provider.index, second.provider.index);
+    diag!(
+        Error,
+        "Provider{b:02} is not used: {} handed it the same module instance as Provider{a:02} \
+         (this module keeps one instance per process, so only one of the two ProviderNNEnv \
+         settings took effect and the other provider's tokens are not seen). Give each such \
+         provider a private copy of the library, e.g. cp {} /usr/local/lib/p11ha/provider{b:02}.so \
+         and set Provider{b:02}Library to the copy. p11-kit-client.so needs no copy: it makes a \
+         new instance for every provider.",
+        second.provider.library.display(),
+        second.provider.library.display()
+    );
 }
 
 /// Tokens present in an instance's slots; a failing slot is skipped.
@@ -200,6 +240,9 @@ pub fn find_member(
 ) -> Result<Found, CK_RV> {
     let mut last = CKR_TOKEN_NOT_PRESENT;
     for (i, p) in providers.iter().enumerate() {
+        if p.shares_with.get().is_some() {
+            continue;
+        }
         p.sweep_retired();
         let current = p.instance.lock().clone();
         if let Some(inst) = current.as_ref().filter(|inst| in_use(inst.origin)) {

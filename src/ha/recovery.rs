@@ -10,7 +10,7 @@ use super::member::Member;
 use super::sync::catchup::{catch_up, reintroduce};
 use crate::config;
 use crate::diag::diag;
-use crate::provider::Fault;
+use crate::provider::{is_deactivation, Fault};
 use cryptoki_sys::*;
 use std::sync::Arc;
 
@@ -61,8 +61,13 @@ pub fn poll(ha: &Ha) {
 }
 
 /// Applies what changed in the file since the last poll: members added to or removed from a
-/// group, and `HARecovery.<label>` counters that went up (manual recovery, also what
-/// `p11ha recover` does). Other settings take effect at the next C_Initialize.
+/// group (each logged: HALOG_NEWMEMBER, P11HA_MEMBER_REMOVED), and `HARecovery.<label>`
+/// counters that went up (manual recovery, also what `p11ha recover` does). Other settings take
+/// effect at the next C_Initialize.
+///
+/// A new member, or one a manual recovery re-arms, is tried by the rest of this same round
+/// ([`poll`]) when auto-recovery is on, and here only when it is off (`reconnAtt = 0`): one
+/// request is one attempt, never two in the same second.
 fn reread_config(ha: &Ha) {
     let cfg = match config::load(&ha.config.path) {
         Ok(c) => c,
@@ -82,6 +87,7 @@ fn reread_config(ha: &Ha) {
     };
     *ha.reread_error.lock() = None;
     crate::audit::config_reread(ha, &cfg);
+    let auto_off = ha.config.recovery.attempts == 0;
     for gc in &cfg.groups {
         let Some(g) = ha.ha_groups().find(|g| g.label == gc.label) else {
             continue;
@@ -95,13 +101,8 @@ fn reread_config(ha: &Ha) {
         for m in g.members().iter() {
             if !m.is_removed() && !wanted.iter().any(|(s, _)| **s == m.serial) {
                 m.remove();
+                g.log.member_removed(&g.serial, &m.serial);
                 crate::audit::member_removed(g, &m.serial);
-                diag!(
-                    Info,
-                    "member {} left group {} (configuration)",
-                    m.serial,
-                    g.label
-                );
             }
         }
         for (serial, standby) in &wanted {
@@ -115,7 +116,9 @@ fn reread_config(ha: &Ha) {
             g.add_member(m.clone());
             g.log.new_member(&g.serial, serial);
             crate::audit::member_added(g, serial, *standby);
-            recover(ha, g, &m, ha.config.recovery.attempts);
+            if auto_off {
+                recover(ha, g, &m, 0);
+            }
         }
         let asked = {
             let mut last = g.manual_recovery.lock();
@@ -128,7 +131,9 @@ fn reread_config(ha: &Ha) {
             for m in g.members().iter().filter(|m| !m.is_removed() && !m.is_up()) {
                 g.log.renable_member(&g.serial, &m.serial);
                 m.rearm();
-                recover(ha, g, m, ha.config.recovery.attempts);
+                if auto_off {
+                    recover(ha, g, m, 0);
+                }
             }
         }
     }
@@ -153,7 +158,10 @@ pub fn recover(ha: &Ha, g: &Group, m: &Member, limit: i64) -> bool {
                     Ok(o) if o.busy => return false,
                     Ok(o) => {
                         let c = &o.copied;
-                        g.log.reintroducing(&g.serial, attempt, c.copied, &m.serial);
+                        // The seed's line is for a member "at which some objects were cloned".
+                        if c.copied > 0 {
+                            g.log.reintroducing(&g.serial, attempt, c.copied, &m.serial);
+                        }
                         if let (n @ 1.., Some(first)) = (c.failed, &c.first) {
                             g.log.not_copied(&g.serial, attempt, n, &m.serial, first);
                         }
@@ -170,9 +178,14 @@ pub fn recover(ha: &Ha, g: &Group, m: &Member, limit: i64) -> bool {
                     }
                 }
             }
+            // HALOG_MEMBER_NOW_ACTIVATED is for a partition that was deactivated, not for
+            // every member that comes back.
+            let was_deactivated = is_deactivation(m.health().last_error);
             bind(m, &found);
             g.log.recovered(&g.serial, attempt, &m.serial);
-            g.log.member_now_activated(&g.serial, attempt, &m.serial);
+            if was_deactivated {
+                g.log.member_now_activated(&g.serial, attempt, &m.serial);
+            }
             crate::audit::member_recovered(g, &m.serial, attempt);
             true
         }

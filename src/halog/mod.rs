@@ -153,6 +153,9 @@ pub enum Event<'a> {
     RecoveryNotActivated { member: &'a str },
     /// No ID: recovery succeeded (member now activated).
     RecoveryNowActivated { member: &'a str },
+    /// p11ha's own: a member left the group's configuration (seed 003: the log shows
+    /// "add-member and delete-member events"; it gives a text for the first only).
+    MemberRemoved { member: &'a str },
     /// p11ha's own: a configuration error.
     ConfigError { message: &'a str },
     /// p11ha's own: the log or journal directory lets other users interfere (see
@@ -199,6 +202,7 @@ impl Event<'_> {
             Event::MemberNotActivated { .. }
             | Event::RecoveryNotActivated { .. }
             | Event::RecoveryNowActivated { .. } => "No ID",
+            Event::MemberRemoved { .. } => "P11HA_MEMBER_REMOVED",
             Event::ConfigError { .. } => "P11HA_CONFIG_ERROR",
             Event::UnsafeDirectory { .. } => "P11HA_UNSAFE_DIRECTORY",
             Event::MultipartNotReplayed { .. } => "P11HA_MULTIPART_NOT_REPLAYED",
@@ -308,6 +312,11 @@ impl fmt::Display for Event<'_> {
                  group.",
                 Clean(member)
             ),
+            Event::MemberRemoved { member } => write!(
+                f,
+                "removed member: {} (no longer in the configuration)",
+                Clean(member)
+            ),
             Event::ConfigError { message } => {
                 write!(f, "configuration error: {}", Clean(message))
             }
@@ -342,16 +351,19 @@ impl fmt::Display for Event<'_> {
 }
 
 /// The seed prefix: `Wed Oct  4 16:29:21 2017 : [17469] HA group: 11234840370164 ` (ctime layout,
-/// day of month space-padded to two columns, trailing space included).
+/// day of month space-padded to two columns, trailing space included). A record about no group
+/// (`group` empty: a configuration error, a warning about the log directory) reads
+/// `Wed Oct  4 16:29:21 2017 : [17469] HA configuration error: ...` instead of showing an empty
+/// group serial.
 pub fn prefix<Tz: TimeZone>(time: &DateTime<Tz>, pid: u32, group: &str) -> String
 where
     Tz::Offset: fmt::Display,
 {
-    format!(
-        "{} : [{pid}] HA group: {} ",
-        time.format("%a %b %e %H:%M:%S %Y"),
-        Clean(group)
-    )
+    let time = time.format("%a %b %e %H:%M:%S %Y");
+    if group.is_empty() {
+        return format!("{time} : [{pid}] HA ");
+    }
+    format!("{time} : [{pid}] HA group: {} ", Clean(group))
 }
 
 /// One complete record: prefix, event text and the terminating `\n`.
@@ -751,6 +763,10 @@ impl HaLog {
     /// Not a seed message: a member refused the carrier a key needed (key generation refused).
     pub fn carrier_refused(&self, group: &str, member: &str, carrier: &str) {
         self.event(group, Event::CarrierRefused { member, carrier })
+    }
+    /// Not a seed message: `member` left the group's configuration.
+    pub fn member_removed(&self, group: &str, member: &str) {
+        self.event(group, Event::MemberRemoved { member })
     }
     /// Not a seed message: a configuration error (already formatted with file:line: key).
     pub fn config_error(&self, group: &str, message: &str) {

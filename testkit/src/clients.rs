@@ -19,6 +19,7 @@ pub const CLIENTS: &[&str] = &[
     "p11tool",
     "ssh-keygen",
     "pykcs11",
+    "pkcs11-spy",
 ];
 
 /// Default time bound of one client run.
