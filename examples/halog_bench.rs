@@ -16,6 +16,8 @@ fn settings(dir: &std::path::Path) -> LogSettings {
         enabled: true,
         max_len: 10_000_000,
         to_stdout: false,
+        retain: 0,
+        to_syslog: false,
     }
 }
 

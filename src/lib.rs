@@ -6,6 +6,7 @@
 //! calls to other threads safely; [`confedit`] edits the configuration for the command line;
 //! [`safe_file`] opens and locks the files p11ha writes (HA log, journals).
 
+pub mod audit;
 pub mod bounded;
 pub mod cli;
 pub mod confedit;

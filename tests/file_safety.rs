@@ -38,6 +38,8 @@ fn settings(dir: &Path, max_len: u64) -> LogSettings {
         enabled: true,
         max_len,
         to_stdout: false,
+        retain: 0,
+        to_syslog: false,
     }
 }
 

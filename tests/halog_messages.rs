@@ -14,6 +14,8 @@ fn settings(dir: &std::path::Path) -> LogSettings {
         enabled: true,
         max_len: 0,
         to_stdout: false,
+        retain: 0,
+        to_syslog: false,
     }
 }
 

@@ -91,6 +91,7 @@ const VERBS: &[(&str, Verb, &str)] = &[
         |a| lib(cli::haonly(a)),
         "haonly -enable | -disable | -show",
     ),
+    ("audit", |a| lib(cli::audit::run(a)), "audit show|follow|clear|verify|init-key ... (p11ha audit for details)"),
     (
         "addprovider",
         |a| lib(cli::addprovider(a)),
@@ -218,6 +219,9 @@ const KEY_LEN: &str = "logLen";
 /// `p11ha halog`: the seed 003 `hagroup halog` command. Every option is checked before the file is
 /// changed; the file is written once.
 fn halog(args: &[String]) -> Result<Vec<String>, Failure> {
+    if args.iter().any(|a| a.eq_ignore_ascii_case("-follow")) {
+        return lib(cli::audit::follow_halog());
+    }
     let o = cli::parse("halog", args)?;
     let path = o.value("path").map(check_dir).transpose()?;
     let max_len = match o.value("maxlength") {

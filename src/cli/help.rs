@@ -161,8 +161,28 @@ pub const VERBS: &[Verb] = &[
             flag("enable", "haLogStatus = enabled"),
             flag("disable", "haLogStatus = disabled"),
             flag("show", "print the settings"),
+            flag("follow", "print new records of haErrorLog.txt as they are written, until interrupted"),
         ],
         examples: &["p11ha halog -path /var/log/p11ha -enable", "p11ha halog -show"],
+    },
+    Verb {
+        name: "audit",
+        summary: "The HA groups' audit trail (docs/AUDIT.md): audit show | follow | clear | verify \
+                  [FILES...] | init-key. The subcommand and files are positional; verify and \
+                  init-key need the user PIN in P11HA_PIN.",
+        options: &[
+            value("group", "<label>", "the HA group (default: the only one)"),
+            value("since", "<UTC time>", "show: records from this time"),
+            value("until", "<UTC time>", "show: records up to this time (the whole day/minute/second)"),
+            value("session", "<cid>", "show: one correlation id (8 hex digits)"),
+            value("member", "<serial>", "show: records involving this member"),
+            flag("json", "show, follow: one JSON object per record"),
+        ],
+        examples: &[
+            "p11ha audit show -since 2026-07-14 -session 5f3e9a01",
+            "P11HA_PIN=... p11ha audit verify",
+            "p11ha audit follow",
+        ],
     },
 ];
 
@@ -307,6 +327,15 @@ pub fn front(args: &[String]) -> Front {
         );
     };
     let rest = args[1..].to_vec();
+    if v.name == "audit" && rest.first().is_some_and(|a| !a.starts_with('-')) {
+        // `audit <subcommand> [options] [FILES...]`: positional words it parses itself.
+        let json = rest.iter().any(|a| a.eq_ignore_ascii_case("-json"));
+        return Front::Run {
+            verb: v.name,
+            json,
+            args: rest,
+        };
+    }
     match Opts::parse(v.name, v.options, &rest) {
         Ok(Parsed::Help) => Front::Print(verb_help(v)),
         Ok(Parsed::Run(o)) => Front::Run {

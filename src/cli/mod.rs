@@ -3,6 +3,7 @@
 //! the edited text with the library's own configuration reader before it is saved: a verb never
 //! writes a file that would make the next C_Initialize fail.
 
+pub mod audit;
 pub mod help;
 pub mod opts;
 mod pin;

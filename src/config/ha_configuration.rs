@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use super::echo::quoted;
 use super::validate::{check_text, Ctx, SEC_CONF};
-use super::{dirs, ConfigError, LogSettings, RawEntry};
+use super::{dirs, AuditSettings, ConfigError, LogSettings, RawEntry};
 
 /// Defaults (documented in config/README.md and config/Chrystoki.conf).
 pub const DEFAULT_LOG_LEN: u64 = 100_000_000;
@@ -14,6 +14,7 @@ pub const DEFAULT_RECONN_ATT: i64 = -1;
 pub const DEFAULT_RECONNECT_INTERVAL_S: u64 = 60;
 pub const DEFAULT_RECEIVE_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
+pub const DEFAULT_AUDIT_LEN: u64 = 10_000_000;
 
 /// A setting's value and where the file set it (`None`: the default).
 #[derive(Debug, Default, Clone)]
@@ -39,6 +40,12 @@ pub(crate) struct Settings {
     pub receive_timeout: Set<u64>,
     pub multipart_replay_limit: Set<u64>,
     pub connect_timeout: Set<u64>,
+    pub log_retain: Set<u64>,
+    pub log_to_syslog: Set<bool>,
+    pub audit_log: Set<bool>,
+    pub audit_path: Set<Option<PathBuf>>,
+    pub audit_len: Set<u64>,
+    pub audit_key_use: Set<bool>,
 }
 
 type Field<T> = fn(&mut Settings) -> &mut Set<T>;
@@ -211,6 +218,67 @@ pub(crate) const KEYS: &[Key] = &[
         },
         doc: "Directory of the synchronized groups' fallback journals: records of what down members are owed that no live member could take (default: none, kept in each process).",
     },
+    Key {
+        name: "haLogRetain",
+        lunasa: false,
+        kind: Kind::Unsigned {
+            what: "a number of rotated files (0 = keep every one)",
+            min: 0,
+            max: 1_000_000,
+            default: 0,
+            field: |s| &mut s.log_retain,
+        },
+        doc:
+            "Rotated files kept per log (HA log and audit trail); older ones are deleted. 0 = all.",
+    },
+    Key {
+        name: "haLogToSyslog",
+        lunasa: false,
+        kind: Kind::Bool {
+            default: false,
+            field: |s| &mut s.log_to_syslog,
+        },
+        doc: "Also send HA log and audit records to syslog (journald reads it).",
+    },
+    Key {
+        name: "haAuditLog",
+        lunasa: false,
+        kind: Kind::Bool {
+            default: false,
+            field: |s| &mut s.audit_log,
+        },
+        doc: "Write the HA groups' audit trail (docs/AUDIT.md).",
+    },
+    Key {
+        name: "haAuditPath",
+        lunasa: false,
+        kind: Kind::Dir {
+            if_missing: "no audit trail is written",
+            field: |s| &mut s.audit_path,
+        },
+        doc: "Directory of the audit trail files (default: the haLogPath directory).",
+    },
+    Key {
+        name: "haAuditLen",
+        lunasa: false,
+        kind: Kind::Unsigned {
+            what: "a number of bytes (a positive integer)",
+            min: 1,
+            max: u64::MAX,
+            default: DEFAULT_AUDIT_LEN,
+            field: |s| &mut s.audit_len,
+        },
+        doc: "Rotate a group's audit file once a record takes it to this many bytes.",
+    },
+    Key {
+        name: "haAuditKeyUse",
+        lunasa: false,
+        kind: Kind::Bool {
+            default: false,
+            field: |s| &mut s.audit_key_use,
+        },
+        doc: "Also audit every use of a key (sign, decrypt, ... initializations).",
+    },
 ];
 
 fn row(key: &str) -> Option<&'static Key> {
@@ -318,6 +386,25 @@ impl Settings {
             enabled: self.log_path.value.is_some() && self.log_status.value,
             max_len: self.log_len.value,
             to_stdout: self.log_to_stdout.value,
+            retain: self.log_retain.value,
+            to_syslog: self.log_to_syslog.value,
+        }
+    }
+
+    /// The audit trail: `haAuditPath`, else the `haLogPath` directory.
+    pub fn audit(&self) -> AuditSettings {
+        let dir = self
+            .audit_path
+            .value
+            .clone()
+            .or_else(|| self.log_path.value.clone());
+        AuditSettings {
+            enabled: self.audit_log.value && dir.is_some(),
+            dir,
+            max_len: self.audit_len.value,
+            retain: self.log_retain.value,
+            key_use: self.audit_key_use.value,
+            to_syslog: self.log_to_syslog.value,
         }
     }
 
@@ -348,6 +435,16 @@ pub(crate) fn read(
                 let names: Vec<String> = KEYS.iter().map(|k| k.name.to_string()).collect();
                 ctx.unknown_key(e, SEC_CONF, &names);
             }
+        }
+    }
+    if s.audit_log.value && s.audit_path.value.is_none() && s.log_path.value.is_none() {
+        if let Some((line, key)) = &s.audit_log.at {
+            ctx.warn(
+                *line,
+                key,
+                "haAuditLog is enabled but neither haAuditPath nor haLogPath is set: no audit \
+                 trail is written",
+            );
         }
     }
     if s.log_status.value && s.log_path.value.is_none() {

@@ -30,7 +30,7 @@ mod validate;
 pub use echo::ECHO_CHARS;
 pub use groups::{derive_group_serial, MAX_LABEL_LEN, MAX_SERIAL_LEN};
 pub use ha_configuration::{
-    DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_LOG_LEN, DEFAULT_RECEIVE_TIMEOUT_MS,
+    DEFAULT_AUDIT_LEN, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_LOG_LEN, DEFAULT_RECEIVE_TIMEOUT_MS,
     DEFAULT_RECONNECT_INTERVAL_S, DEFAULT_RECONN_ATT,
 };
 pub use module_check::P11HA_SYMBOL;
@@ -47,6 +47,8 @@ pub struct HaConfig {
     /// `HAConfiguration.HAOnly`: list only the virtual slots.
     pub ha_only: bool,
     pub log: LogSettings,
+    /// The HA groups' audit trail (`haAuditLog`, ...; see `crate::audit`).
+    pub audit: AuditSettings,
     pub recovery: RecoverySettings,
     /// `HAConfiguration.failover_on_deactivation`.
     pub failover_on_deactivation: bool,
@@ -101,6 +103,27 @@ pub struct LogSettings {
     pub max_len: u64,
     /// `haLogToStdout = enabled`.
     pub to_stdout: bool,
+    /// `haLogRetain`: rotated files kept; older ones are deleted (0 = keep every one).
+    pub retain: u64,
+    /// `haLogToSyslog = enabled`: records also go to syslog.
+    pub to_syslog: bool,
+}
+
+/// The HA groups' audit trail (`crate::audit`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditSettings {
+    /// `haAuditLog = enabled` and a directory to write in.
+    pub enabled: bool,
+    /// `haAuditPath`, else `haLogPath`.
+    pub dir: Option<PathBuf>,
+    /// `haAuditLen`: rotate after a record takes a group's file to this many bytes.
+    pub max_len: u64,
+    /// `haLogRetain`: rotated files kept per group (0 = every one).
+    pub retain: u64,
+    /// `haAuditKeyUse = enabled`: every key use is a record too.
+    pub key_use: bool,
+    /// `haLogToSyslog = enabled`.
+    pub to_syslog: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -208,6 +208,7 @@ pub(crate) fn build(sections: &[RawSection], file: &Path) -> Result<HaConfig, Co
         providers,
         ha_only: settings.ha_only.value,
         log: settings.log(),
+        audit: settings.audit(),
         recovery: RecoverySettings {
             mode,
             attempts: settings.attempts.value,

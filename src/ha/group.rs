@@ -42,6 +42,7 @@ pub struct Group {
     /// another member (0: none, a failed member's fed operation fails).
     pub replay_limit: usize,
     pub log: HaLog,
+    pub audit: crate::audit::Audit,
     login: Mutex<Option<Login>>,
     /// The group's authentication kind (true: PED / protected authentication path), fixed by
     /// the first member that came up. Members of the other kind are refused.
@@ -94,6 +95,7 @@ impl Group {
             failover_on_deactivation: true,
             replay_limit: super::session::DEFAULT_REPLAY_LIMIT as usize,
             log,
+            audit: Default::default(),
             login: Mutex::new(None),
             ped: Mutex::new(None),
             manual_recovery: Mutex::new(None),
@@ -240,6 +242,7 @@ impl Group {
             if !self.any_up() {
                 self.log.members_offline(&self.serial);
             }
+            crate::audit::member_dropped(self, &m.serial, fault);
         }
     }
 

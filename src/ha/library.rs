@@ -70,6 +70,7 @@ impl Ha {
                 log.clone(),
             );
             group.failover_on_deactivation = config.failover_on_deactivation;
+            group.audit = crate::audit::Audit::open(&config, &group.serial);
             group.replay_limit =
                 usize::try_from(config.multipart_replay_limit).unwrap_or(usize::MAX);
             for m in group.members().iter() {
@@ -203,6 +204,7 @@ impl Ha {
     pub fn shutdown(&self) {
         self.stopping.store(true, Ordering::Release);
         let drain = self.config.connect_timeout;
+        crate::audit::finalizing(self);
         let all: Vec<_> = self.sessions.write().drain().map(|(_, s)| s).collect();
         for s in all {
             s.close();

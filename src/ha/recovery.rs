@@ -79,12 +79,14 @@ fn reread_config(ha: &Ha) {
                     Warn,
                     "configuration not re-read, keeping the running one: {msg}"
                 );
+                crate::audit::config_refused(ha, &msg);
                 *last = Some(msg);
             }
             return;
         }
     };
     *ha.reread_error.lock() = None;
+    crate::audit::config_reread(ha, &cfg);
     let auto_off = ha.config.recovery.attempts == 0;
     for gc in &cfg.groups {
         let Some(g) = ha.ha_groups().find(|g| g.label == gc.label) else {
@@ -100,6 +102,7 @@ fn reread_config(ha: &Ha) {
             if !m.is_removed() && !wanted.iter().any(|(s, _)| **s == m.serial) {
                 m.remove();
                 g.log.member_removed(&g.serial, &m.serial);
+                crate::audit::member_removed(g, &m.serial);
             }
         }
         for (serial, standby) in &wanted {
@@ -112,6 +115,7 @@ fn reread_config(ha: &Ha) {
             let m = Arc::new(Member::new((*serial).clone(), *standby));
             g.add_member(m.clone());
             g.log.new_member(&g.serial, serial);
+            crate::audit::member_added(g, serial, *standby);
             if auto_off {
                 recover(ha, g, &m, 0);
             }
@@ -182,6 +186,7 @@ pub fn recover(ha: &Ha, g: &Group, m: &Member, limit: i64) -> bool {
             if was_deactivated {
                 g.log.member_now_activated(&g.serial, attempt, &m.serial);
             }
+            crate::audit::member_recovered(g, &m.serial, attempt);
             true
         }
         Err(rv) => {

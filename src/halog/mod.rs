@@ -564,13 +564,14 @@ impl HaLog {
         if !settings.enabled {
             return HaLog::disabled();
         }
-        let file = match LogFile::open(dir, settings.max_len) {
-            Ok(file) => file,
-            Err(reason) => {
-                diag!(Error, "HA log disabled: {}: {reason}", dir.display());
-                return HaLog::disabled();
-            }
-        };
+        let file =
+            match LogFile::open(dir, settings.max_len).map(|f| f.with_retention(settings.retain)) {
+                Ok(file) => file,
+                Err(reason) => {
+                    diag!(Error, "HA log disabled: {}: {reason}", dir.display());
+                    return HaLog::disabled();
+                }
+            };
         let warning = file
             .warning()
             .filter(|w| crate::safe_file::is_new(w))

@@ -21,6 +21,10 @@
 //! to: when `haErrorLog.txt` is something else by then, it is left alone.
 //!
 //! `max_len == 0` means no rotation.
+//!
+//! Retention (`haLogRetain`, [`LogFile::with_retention`]): after a rotation, under the same lock,
+//! the oldest rotated files beyond the count kept are deleted ([`prune_rotated`]); 0 keeps every
+//! one (and the writer then never deletes anything).
 
 use chrono::{DateTime, Utc};
 use std::ffi::CString;
@@ -44,6 +48,8 @@ pub struct LogFile {
     file: Option<(File, (u64, u64))>,
     /// What is risky about the directory, to be said once (see [`safe_file::check_dir`]).
     warning: Option<String>,
+    /// Rotated files kept (0: all).
+    retain: u64,
 }
 
 impl LogFile {
@@ -62,10 +68,17 @@ impl LogFile {
             max_len,
             file: None,
             warning,
+            retain: 0,
         };
         // Without the lock another process may be rotating; `append` checks again under it.
         log.current().map_err(|e| e.to_string())?;
         Ok(log)
+    }
+
+    /// Keeps at most `keep` rotated files (0: every one), deleting the oldest after a rotation.
+    pub fn with_retention(mut self, keep: u64) -> LogFile {
+        self.retain = keep;
+        self
     }
 
     /// What is risky about the directory, if anything (see [`safe_file::check_dir`]).
@@ -159,7 +172,11 @@ impl LogFile {
             }
         }
         self.file = None;
-        self.store_last_rotation(stamp)
+        self.store_last_rotation(stamp)?;
+        if self.retain > 0 {
+            prune_rotated(&self.dir, is_rotated_name, self.retain)?;
+        }
+        Ok(())
     }
 
     fn last_rotation(&mut self) -> u128 {
@@ -183,6 +200,51 @@ pub fn rotated_name(stamp_ns: u128) -> String {
     let nanos = (stamp_ns % 1_000_000_000) as u32;
     let time = DateTime::<Utc>::from_timestamp(secs, nanos).unwrap_or_default();
     format!("haErrorLog.{}.{nanos:09}Z", time.format("%Y%m%dT%H%M%S"))
+}
+
+/// The rotated files of a log in `dir`, oldest first: the names `is_rotated` accepts. Rotated
+/// names carry their UTC stamp, so name order is time order.
+pub fn rotated_files(dir: &Path, is_rotated: impl Fn(&str) -> bool) -> io::Result<Vec<String>> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| is_rotated(n))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Whether `name` is a rotated `haErrorLog.<stamp>Z[_NNN].txt`.
+pub fn is_rotated_name(name: &str) -> bool {
+    name.starts_with("haErrorLog.") && name.ends_with(".txt") && name != LOG_FILE_NAME
+}
+
+/// Deletes the oldest rotated files of a log beyond the `keep` newest (see [`rotated_files`]);
+/// returns the names deleted, oldest first. Only regular files of this process's user with one
+/// link are deleted (what is not p11ha's is left alone); a link is removed as a name, never
+/// followed.
+pub fn prune_rotated(
+    dir: &Path,
+    is_rotated: impl Fn(&str) -> bool,
+    keep: u64,
+) -> io::Result<Vec<String>> {
+    use std::os::unix::fs::MetadataExt;
+    let names = rotated_files(dir, is_rotated)?;
+    let excess = names
+        .len()
+        .saturating_sub(usize::try_from(keep).unwrap_or(usize::MAX));
+    let mut removed = Vec::new();
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    for name in names.into_iter().take(excess) {
+        let path = dir.join(&name);
+        let ours = std::fs::symlink_metadata(&path)
+            .is_ok_and(|m| m.file_type().is_file() && m.uid() == me && m.nlink() == 1);
+        if ours && std::fs::remove_file(&path).is_ok() {
+            removed.push(name);
+        }
+    }
+    Ok(removed)
 }
 
 fn cstring(path: &Path) -> io::Result<CString> {
@@ -240,6 +302,25 @@ mod tests {
         // A collision suffix sorts after the plain name and before the next stamp.
         assert!(format!("{a}.txt") < format!("{a}_001.txt"));
         assert!(format!("{a}_999.txt") < format!("{b}.txt"));
+    }
+
+    #[test]
+    fn retention_deletes_the_oldest_rotated_files_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let names = [
+            "haErrorLog.20230101T000000.000000000Z.txt",
+            "haErrorLog.20230101T000000.000000001Z.txt",
+            "haErrorLog.20230102T000000.000000000Z.txt",
+        ];
+        for n in names.iter().chain(&["haErrorLog.txt", "other.txt"]) {
+            std::fs::write(d.join(n), "x").unwrap();
+        }
+        let removed = prune_rotated(d, is_rotated_name, 1).unwrap();
+        assert_eq!(removed, names[..2]);
+        assert!(d.join(names[2]).exists());
+        assert!(d.join("haErrorLog.txt").exists() && d.join("other.txt").exists());
+        assert!(prune_rotated(d, is_rotated_name, 1).unwrap().is_empty());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use crate::provider::{Data, Fault, Output};
 use cryptoki_sys::*;
 
 impl Session {
-    pub fn generate_key(
+    pub(crate) fn generate_key_unaudited(
         &self,
         mech: OwnedMechanism,
         template: Vec<Attr>,
@@ -35,7 +35,7 @@ impl Session {
         member_template(Some(class), &template)
     }
 
-    pub fn generate_key_pair(
+    pub(crate) fn generate_key_pair_unaudited(
         &self,
         mech: OwnedMechanism,
         public: Vec<Attr>,
@@ -74,7 +74,7 @@ impl Session {
         .map(|(v, _)| v)
     }
 
-    pub fn unwrap_key(
+    pub(crate) fn unwrap_key_unaudited(
         &self,
         mech: OwnedMechanism,
         unwrapping: CK_OBJECT_HANDLE,
@@ -94,7 +94,7 @@ impl Session {
         .map(|v| v[0])
     }
 
-    pub fn derive_key(
+    pub(crate) fn derive_key_unaudited(
         &self,
         mech: OwnedMechanism,
         base: CK_OBJECT_HANDLE,

@@ -9,7 +9,7 @@ use cryptoki_sys::*;
 impl Session {
     /// Logs every up member in with one PIN. The first member's verdict on the PIN is final:
     /// a wrong PIN is reported once and never tried on the others.
-    pub fn login(&self, user: CK_USER_TYPE, pin: Option<Pin>) -> CkResult<()> {
+    pub(crate) fn login_unaudited(&self, user: CK_USER_TYPE, pin: Option<Pin>) -> CkResult<()> {
         let group = &self.group;
         if user == CKU_CONTEXT_SPECIFIC {
             return self.context_login(pin);
@@ -98,7 +98,7 @@ impl Session {
             })
     }
 
-    pub fn logout(&self) -> CkResult<()> {
+    pub(crate) fn logout_unaudited(&self) -> CkResult<()> {
         let group = &self.group;
         if group.login().is_none() {
             // Not logged in: what the member says to that (SoftHSM says CKR_OK).

@@ -73,6 +73,7 @@ fn keeps_active(out: &Output, cap: Option<CK_ULONG>) -> bool {
 impl Session {
     pub fn new(handle: CK_SESSION_HANDLE, group: Arc<Group>, flags: CK_FLAGS) -> Self {
         let n = group.members().len();
+        crate::audit::session_opened(&group, handle, flags);
         Session {
             handle,
             group,
@@ -108,6 +109,7 @@ impl Session {
 
     /// Closes the member sessions (best effort: a dead member has closed them already).
     pub fn close(&self) {
+        crate::audit::session_closing(self);
         let st = std::mem::take(&mut *self.st.lock());
         for (idx, ms) in st.member_sessions.iter().enumerate() {
             let (Some((inst_id, h)), Some(b)) =

@@ -285,7 +285,10 @@ impl Session {
         out
     }
 
-    pub fn create_object(&self, template: Vec<Attr>) -> CkResult<CK_OBJECT_HANDLE> {
+    pub(crate) fn create_object_unaudited(
+        &self,
+        template: Vec<Attr>,
+    ) -> CkResult<CK_OBJECT_HANDLE> {
         let template = if self.syncs() {
             let class = find(&template, CKA_CLASS).and_then(Attr::as_ulong);
             member_template(class, &template)
@@ -298,7 +301,7 @@ impl Session {
         .map(|v| v[0])
     }
 
-    pub fn copy_object(
+    pub(crate) fn copy_object_unaudited(
         &self,
         obj: CK_OBJECT_HANDLE,
         template: Vec<Attr>,
@@ -319,7 +322,7 @@ impl Session {
 
     /// Destroys the object on every member that holds a twin; members that are down have it
     /// destroyed when they are reintroduced.
-    pub fn destroy_object(&self, obj: CK_OBJECT_HANDLE) -> CkResult<()> {
+    pub(crate) fn destroy_object_unaudited(&self, obj: CK_OBJECT_HANDLE) -> CkResult<()> {
         let mut st = self.st.lock();
         let identity = self.group.objects.identity(obj);
         let syncs = self.syncs();
@@ -449,7 +452,11 @@ impl Session {
     }
 
     /// Sets attributes on every member that holds the object, then refreshes its identity.
-    pub fn set_attributes(&self, obj: CK_OBJECT_HANDLE, template: Vec<Attr>) -> CkResult<()> {
+    pub(crate) fn set_attributes_unaudited(
+        &self,
+        obj: CK_OBJECT_HANDLE,
+        template: Vec<Attr>,
+    ) -> CkResult<()> {
         let before = self.group.objects.identity(obj);
         let mut st = self.st.lock();
         let (_, first) = self.attempt(&mut st, &[obj], None, |t| {

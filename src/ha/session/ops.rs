@@ -17,7 +17,7 @@ use cryptoki_sys::*;
 const DIGEST_KEY: &str = "C_DigestKey fed it a key, which is not replayed";
 
 impl Session {
-    pub fn op_init(
+    pub(crate) fn op_init_unaudited(
         &self,
         kind: OpKind,
         mech: Option<OwnedMechanism>,

@@ -29,7 +29,9 @@ impl Session {
         let mut seen = HashSet::new();
         let found: Vec<_> = found
             .into_iter()
-            .filter(|v| seen.insert(*v) && !(self.syncs() && self.is_cloning(*v)))
+            .filter(|v| {
+                seen.insert(*v) && !(self.syncs() && self.is_cloning(*v)) && !self.is_audit_key(*v)
+            })
             .collect();
         st.found = Some(found.into_iter());
         Ok(())

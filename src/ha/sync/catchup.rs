@@ -53,7 +53,9 @@ pub fn reintroduce(
     target: &Arc<Instance>,
     slot: CK_SLOT_ID,
 ) -> MemberResult<Outcome> {
-    bring_up_to_date(g, serial, target, slot, false).map_err(|(_, f)| f)
+    bring_up_to_date(g, serial, target, slot, false)
+        .map_err(|(_, f)| f)
+        .inspect(|o| crate::audit::reintroduced(g, serial, o.copied.copied))
 }
 
 /// [`reintroduce`], saying which side failed; with `only_if_owed`, nothing is compared when the

@@ -1,0 +1,776 @@
+//! One group's audit stream on this host: its files, and appending to them from any number of
+//! processes without a gap, a repeat or a torn record.
+//!
+//! Files in the audit directory, all created mode 0600 through [`safe_file`] (no link followed,
+//! no other user's file written):
+//!
+//! - `haAudit.<serial>.txt`: the file being written (`<serial>` is the group serial with every
+//!   character other than `A-Z a-z 0-9 _ -` written `_`);
+//! - `haAudit.<serial>.<UTC yyyymmddTHHMMSS>.<ns>Z.txt`: rotated files; names sort in time order
+//!   (the stamp is `max(now, last + 1 ns)`, a name that exists gets `_001`, ...);
+//! - `.haAudit.<serial>.state`: the lock (`flock`) every writer holds while it appends, and the
+//!   stream's state under it: the next sequence number, the restart counter, the chain value and
+//!   MAC field of the last record ([`super::chain`]), and which file, up to which size, that
+//!   state describes;
+//! - `haAudit.<serial>.<stamp>Z.archive/`: what `p11ha audit clear` moved away (never deleted).
+//!
+//! Under the lock a writer reads the state, takes what the files hold beyond it into account (a
+//! writer that died between its `write` and its state update: its records are read back and
+//! chained, never numbered again; a record cut short is ended with a newline, and `verify`
+//! reports it), numbers its records, chains and seals them, writes them with one `write(2)` per
+//! file, and stores the state. The first record of every file is a header (`AUDIT_STREAM_START`,
+//! `AUDIT_FILE_START` after a rotation, `AUDIT_CLEARED` after a clear) that carries the chain
+//! value before it, so a file can be verified without the files before it. A record that takes
+//! the file to `max_len` bytes or more is its last; the file is then renamed, and when
+//! `haLogRetain` is set the oldest rotated files beyond that count are deleted, each deletion
+//! recorded (`AUDIT_FILE_REMOVED`, with the last sequence number it held) as the first records of
+//! the next file. A lost state file is rebuilt from the newest file, so sequence numbers never
+//! start over.
+
+use super::chain::{self, GENESIS};
+use super::event::{hex32, parse_hex32, unescape, ChainPoint, Event, Op};
+use super::record::{self, Raw, UNSEALED};
+use crate::diag::diag;
+use crate::halog::writer::{rename_noreplace, rotated_files};
+use crate::safe_file::{self, Access, LockKind, Locker};
+use chrono::{DateTime, Utc};
+use cryptoki_sys::CKR_OK;
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// `haAudit.<serial>`: the stem of every file of the stream.
+pub fn base_name(serial: &str) -> String {
+    let safe: String = serial
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("haAudit.{safe}")
+}
+
+pub fn current_name(serial: &str) -> String {
+    format!("{}.txt", base_name(serial))
+}
+
+fn state_name(serial: &str) -> String {
+    format!(".{}.state", base_name(serial))
+}
+
+/// Whether `name` is a rotated file of the stream `base` (`<base>.<stamp>Z[_NNN].txt`).
+pub fn is_rotated(base: &str, name: &str) -> bool {
+    let Some(rest) = name
+        .strip_prefix(base)
+        .and_then(|r| r.strip_prefix('.'))
+        .and_then(|r| r.strip_suffix(".txt"))
+    else {
+        return false;
+    };
+    let (stamp, suffix) = match rest.split_once('_') {
+        Some((s, n)) => (s, Some(n)),
+        None => (rest, None),
+    };
+    let b = stamp.as_bytes();
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
+    b.len() == 26
+        && digits(0..8)
+        && b[8] == b'T'
+        && digits(9..15)
+        && b[15] == b'.'
+        && digits(16..25)
+        && b[25] == b'Z'
+        && suffix.is_none_or(|n| n.len() == 3 && n.bytes().all(|c| c.is_ascii_digit()))
+}
+
+/// The stream's files in `dir`, in order: the rotated ones, oldest first, then the current one
+/// (when it exists).
+pub fn stream_files(dir: &Path, serial: &str) -> io::Result<Vec<PathBuf>> {
+    let base = base_name(serial);
+    let mut files: Vec<PathBuf> = rotated_files(dir, |n| is_rotated(&base, n))?
+        .into_iter()
+        .map(|n| dir.join(n))
+        .collect();
+    let current = dir.join(current_name(serial));
+    if current.exists() {
+        files.push(current);
+    }
+    Ok(files)
+}
+
+fn stamp_text(stamp_ns: u128) -> String {
+    let secs = (stamp_ns / 1_000_000_000) as i64;
+    let nanos = (stamp_ns % 1_000_000_000) as u32;
+    let time = DateTime::<Utc>::from_timestamp(secs, nanos).unwrap_or_default();
+    format!("{}.{nanos:09}Z", time.format("%Y%m%dT%H%M%S"))
+}
+
+fn now_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// What the state file holds.
+#[derive(Debug, Clone, PartialEq)]
+struct State {
+    /// The last restart number given to a writer.
+    restart: u32,
+    next: u64,
+    last_seq: Option<u64>,
+    h: [u8; 32],
+    mac: String,
+    /// The current file this state describes, and how much of it.
+    file: Option<(u64, u64)>,
+    size: u64,
+    /// The last rotated file's name (named by the next file's header).
+    prev_file: String,
+    /// The last rotation stamp (ns).
+    stamp: u128,
+}
+
+const STATE_MAGIC: &str = "p11ha-audit-state 1";
+
+impl State {
+    fn genesis() -> State {
+        State {
+            restart: 0,
+            next: 0,
+            last_seq: None,
+            h: GENESIS,
+            mac: UNSEALED.to_string(),
+            file: None,
+            size: 0,
+            prev_file: String::new(),
+            stamp: 0,
+        }
+    }
+
+    fn text(&self) -> String {
+        format!(
+            "{STATE_MAGIC}\nrestart {}\nnext {}\nlast_seq {}\nh {}\nmac {}\nfile {}\nsize {}\n\
+             prev_file {}\nstamp {}\n",
+            self.restart,
+            self.next,
+            self.last_seq.map_or("-".into(), |s| s.to_string()),
+            hex32(&self.h),
+            self.mac,
+            self.file.map_or("-".into(), |(d, i)| format!("{d}:{i}")),
+            self.size,
+            if self.prev_file.is_empty() {
+                "-"
+            } else {
+                &self.prev_file
+            },
+            self.stamp
+        )
+    }
+
+    fn parse(text: &str) -> Option<State> {
+        let mut lines = text.lines();
+        if lines.next()? != STATE_MAGIC {
+            return None;
+        }
+        let mut st = State::genesis();
+        let mut seen = 0;
+        for l in lines {
+            let (k, v) = l.split_once(' ')?;
+            seen += 1;
+            match k {
+                "restart" => st.restart = v.parse().ok()?,
+                "next" => st.next = v.parse().ok()?,
+                "last_seq" => {
+                    st.last_seq = if v == "-" {
+                        None
+                    } else {
+                        Some(v.parse().ok()?)
+                    }
+                }
+                "h" => st.h = parse_hex32(v)?,
+                "mac" => {
+                    (v == UNSEALED || parse_hex32(v).is_some()).then_some(())?;
+                    st.mac = v.to_string();
+                }
+                "file" => {
+                    st.file = if v == "-" {
+                        None
+                    } else {
+                        let (d, i) = v.split_once(':')?;
+                        Some((d.parse().ok()?, i.parse().ok()?))
+                    }
+                }
+                "size" => st.size = v.parse().ok()?,
+                "prev_file" => st.prev_file = if v == "-" { String::new() } else { v.into() },
+                "stamp" => st.stamp = v.parse().ok()?,
+                _ => return None,
+            }
+        }
+        (seen == 9).then_some(st)
+    }
+
+    /// Takes one record read back from a file into account.
+    fn chain(&mut self, r: &record::Record) {
+        self.h = chain::next(&self.h, &self.mac, &r.body);
+        self.mac = r.mac_text.clone();
+        self.last_seq = Some(r.seq);
+        self.next = r.seq + 1;
+        self.restart = self.restart.max(r.restart);
+    }
+
+    fn point(&self) -> ChainPoint {
+        ChainPoint {
+            seq: self.last_seq,
+            h: self.h,
+            mac: self.mac.clone(),
+        }
+    }
+}
+
+/// Produces the MAC of a chain value, or `None` (the record is written unsealed).
+pub type Seal<'a> = &'a mut dyn FnMut(&[u8; 32]) -> Option<[u8; 32]>;
+
+/// What `clear` did.
+#[derive(Debug, Clone)]
+pub struct ClearReport {
+    pub archive: PathBuf,
+    pub files: usize,
+    pub last_seq: Option<u64>,
+    pub last_mac: String,
+}
+
+/// A group's audit stream, as one process writes it.
+pub struct Stream {
+    dir: PathBuf,
+    serial: String,
+    base: String,
+    current: PathBuf,
+    max_len: u64,
+    retain: u64,
+    state_file: File,
+    locker: Locker,
+    /// The current file's descriptor and the (dev, ino) it refers to.
+    file: Option<(File, (u64, u64))>,
+    /// This writer's restart number, given at its first append.
+    restart: Option<u32>,
+    warning: Option<String>,
+}
+
+impl Stream {
+    /// Checks the directory and opens (creating it) the state file; takes no lock, so it never
+    /// waits. The error is a short reason for one stderr line.
+    pub fn open(dir: &Path, serial: &str, max_len: u64, retain: u64) -> Result<Stream, String> {
+        let warning = safe_file::check_dir(dir).map_err(|e| e.to_string())?;
+        let state_file = safe_file::open(&dir.join(state_name(serial)), Access::ReadWrite)
+            .map_err(|e| e.to_string())?;
+        Ok(Stream {
+            dir: dir.to_path_buf(),
+            serial: serial.to_string(),
+            base: base_name(serial),
+            current: dir.join(current_name(serial)),
+            max_len,
+            retain,
+            state_file,
+            locker: Locker::new(state_name(serial)),
+            file: None,
+            restart: None,
+            warning,
+        })
+    }
+
+    pub fn warning(&self) -> Option<&str> {
+        self.warning.as_deref()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Numbers, chains, seals and appends `raws`, rotating as needed (see the module docs).
+    /// Returns the lines written. Waits for the lock at most [`safe_file::LOCK_WAIT`] (an error
+    /// of kind `TimedOut`: nothing was written, the caller keeps the records).
+    pub fn append(&mut self, raws: &[Raw], seal: Seal) -> io::Result<Vec<String>> {
+        let lock = self.state_file.try_clone()?;
+        let _held = self.locker.lock(&lock, LockKind::Exclusive)?;
+        let mut st = self.load_state()?;
+        let restart = self.restart_number(&mut st);
+        let mut queue: VecDeque<Raw> = raws.iter().cloned().collect();
+        let mut written = Vec::new();
+        while !queue.is_empty() {
+            if st.size == 0 {
+                let header = if st.last_seq.is_none() {
+                    Event::StreamStart
+                } else {
+                    Event::FileStart {
+                        prev: st.point(),
+                        prev_file: st.prev_file.clone(),
+                    }
+                };
+                let op = if st.last_seq.is_none() {
+                    Op::StreamStart
+                } else {
+                    Op::FileStart
+                };
+                queue.push_front(own(op, header));
+            }
+            let mut segment = Vec::new();
+            let mut projected = st.size;
+            // The stream's own records (header, removals) never end a file: each rotation
+            // needs a caller's record, so a tiny haAuditLen cannot rotate for ever.
+            let mut callers = false;
+            while let Some(r) = queue.pop_front() {
+                projected += 200;
+                callers |= !is_own(r.op);
+                segment.push(r);
+                if callers && self.max_len > 0 && projected >= self.max_len {
+                    break;
+                }
+            }
+            written.extend(self.write_segment(&mut st, restart, segment, seal)?);
+            if callers && self.max_len > 0 && st.size >= self.max_len {
+                for (file, through_seq) in self.rotate(&mut st)?.into_iter().rev() {
+                    queue.push_front(own(
+                        Op::FileRemoved,
+                        Event::FileRemoved { file, through_seq },
+                    ));
+                }
+            }
+        }
+        Ok(written)
+    }
+
+    /// Moves every file of the stream into a new archive directory and starts the stream again
+    /// with an `AUDIT_CLEARED` record naming who cleared it and where the chain stood.
+    pub fn clear(&mut self, by: &str, uid: u32, pid: u32, seal: Seal) -> io::Result<ClearReport> {
+        let lock = self.state_file.try_clone()?;
+        let _held = self.locker.lock(&lock, LockKind::Exclusive)?;
+        let mut st = self.load_state()?;
+        let restart = self.restart_number(&mut st);
+        let stamp = now_ns().max(st.stamp + 1);
+        let archive_name = format!("{}.{}.archive", self.base, stamp_text(stamp));
+        let archive = self.dir.join(&archive_name);
+        std::fs::DirBuilder::new().mode(0o700).create(&archive)?;
+        let files = stream_files(&self.dir, &self.serial)?;
+        for f in &files {
+            let name = f.file_name().unwrap_or_default();
+            rename_noreplace(f, &archive.join(name))?;
+        }
+        self.file = None;
+        st.file = None;
+        st.size = 0;
+        st.prev_file = String::new();
+        st.stamp = stamp;
+        let report = ClearReport {
+            archive,
+            files: files.len(),
+            last_seq: st.last_seq,
+            last_mac: st.mac.clone(),
+        };
+        let cleared = Event::Cleared {
+            by: by.to_string(),
+            uid,
+            pid,
+            archive: archive_name,
+            prev: st.point(),
+        };
+        self.write_segment(&mut st, restart, vec![own(Op::Cleared, cleared)], seal)?;
+        Ok(report)
+    }
+
+    fn restart_number(&mut self, st: &mut State) -> u32 {
+        *self.restart.get_or_insert_with(|| {
+            st.restart = st.restart.wrapping_add(1);
+            st.restart
+        })
+    }
+
+    /// Writes `raws` to the current file in one `write(2)` and stores the state.
+    fn write_segment(
+        &mut self,
+        st: &mut State,
+        restart: u32,
+        raws: Vec<Raw>,
+        seal: Seal,
+    ) -> io::Result<Vec<String>> {
+        let pid = std::process::id();
+        let sealed = chain::sealed_positions(raws.len());
+        let mut next = st.clone();
+        let mut lines = Vec::with_capacity(raws.len());
+        for (raw, want) in raws.iter().zip(sealed) {
+            let body = record::body(raw, pid, next.next, restart, &self.serial);
+            let h = chain::next(&next.h, &next.mac, &body);
+            let mac = if want { seal(&h) } else { None };
+            let mac = mac.map_or(UNSEALED.to_string(), |m| hex32(&m));
+            lines.push(record::line(&body, &mac));
+            next.h = h;
+            next.mac = mac;
+            next.last_seq = Some(next.next);
+            next.next += 1;
+        }
+        let text = lines.concat();
+        let (file, id) = self.current_file()?;
+        file.write_all(text.as_bytes())?;
+        next.size = file.metadata()?.len();
+        next.file = Some(id);
+        *st = next;
+        self.store_state(st)?;
+        Ok(lines)
+    }
+
+    /// The current file as it is on disk (created when missing), with its (dev, ino).
+    fn current_file(&mut self) -> io::Result<(&mut File, (u64, u64))> {
+        let on_disk = safe_file::id_at(&self.current)?;
+        let stale = match (&self.file, on_disk) {
+            (Some((_, id)), Some(disk)) => *id != disk,
+            _ => true,
+        };
+        if stale {
+            self.file = None;
+            let f = safe_file::open(&self.current, Access::Append)?;
+            let id = safe_file::id_of(&f)?;
+            self.file = Some((f, id));
+        }
+        let (f, id) = self.file.as_mut().expect("opened above");
+        Ok((f, *id))
+    }
+
+    fn read_state_text(&mut self) -> io::Result<String> {
+        let mut text = String::new();
+        self.state_file.seek(SeekFrom::Start(0))?;
+        (&self.state_file).take(4096).read_to_string(&mut text)?;
+        Ok(text)
+    }
+
+    fn store_state(&mut self, st: &State) -> io::Result<()> {
+        let text = st.text();
+        self.state_file.set_len(0)?;
+        self.state_file.seek(SeekFrom::Start(0))?;
+        self.state_file.write_all(text.as_bytes())
+    }
+
+    /// The state, brought up to date with what the files hold (call with the lock held).
+    fn load_state(&mut self) -> io::Result<State> {
+        let text = self.read_state_text().unwrap_or_default();
+        let mut st = match State::parse(&text) {
+            Some(st) => st,
+            None => self.rebuild(!text.is_empty())?,
+        };
+        match safe_file::id_at(&self.current)? {
+            None => {
+                st.file = None;
+                st.size = 0;
+            }
+            Some(id) => {
+                let len = std::fs::symlink_metadata(&self.current)?.len();
+                if st.file != Some(id) {
+                    // A file the state does not describe: written by a writer that died before
+                    // storing the state. What it holds continues the chain.
+                    st.file = Some(id);
+                    st.size = 0;
+                }
+                if len > st.size {
+                    self.replay(&mut st)?;
+                } else if len < st.size {
+                    // Cut short by someone: the chain goes on from the state (verify reports).
+                    st.size = len;
+                }
+            }
+        }
+        Ok(st)
+    }
+
+    /// Chains the records the current file holds beyond `st.size`; ends a record cut short
+    /// with a newline so the next one starts on its own line.
+    fn replay(&mut self, st: &mut State) -> io::Result<()> {
+        let mut f = safe_file::open(&self.current, Access::ReadAppend)?;
+        f.seek(SeekFrom::Start(st.size))?;
+        let mut tail = Vec::new();
+        f.read_to_end(&mut tail)?;
+        let complete = tail.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        for line in String::from_utf8_lossy(&tail[..complete]).lines() {
+            match record::parse(line) {
+                Ok(r) if r.seq == st.next => st.chain(&r),
+                _ => {}
+            }
+        }
+        if complete < tail.len() {
+            f.write_all(b"\n")?;
+        }
+        st.size = f.metadata()?.len();
+        Ok(())
+    }
+
+    /// A state from the newest file, when the state file is missing or unreadable: sequence
+    /// numbers must never start over while records exist.
+    fn rebuild(&mut self, unreadable: bool) -> io::Result<State> {
+        let mut st = State::genesis();
+        let files = stream_files(&self.dir, &self.serial)?;
+        let Some(newest) = files.last() else {
+            return Ok(st);
+        };
+        if unreadable {
+            diag!(
+                Warn,
+                "audit trail {}: the state file was unreadable; rebuilt from {}",
+                self.dir.display(),
+                newest.display()
+            );
+        }
+        let bytes = std::fs::read(newest)?;
+        let text = String::from_utf8_lossy(&bytes);
+        let mut records = text.lines().filter_map(|l| record::parse(l).ok());
+        if let Some(first) = records.next() {
+            if let Some(p) = header_point(&first) {
+                st.h = p.h;
+                st.mac = p.mac;
+                st.last_seq = p.seq;
+            }
+            st.next = first.seq;
+            st.chain(&first);
+            for r in records {
+                if r.seq == st.next {
+                    st.chain(&r);
+                }
+            }
+        }
+        if newest == &self.current {
+            st.file = safe_file::id_at(newest)?;
+            // A record cut short at the end is for load_state's replay to end.
+            st.size = bytes
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |i| i as u64 + 1);
+        } else {
+            st.prev_file = newest
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+        }
+        Ok(st)
+    }
+
+    /// Renames the full current file and applies the retention (call with the lock held).
+    /// Returns the rotated files deleted with the last sequence number each held.
+    fn rotate(&mut self, st: &mut State) -> io::Result<Vec<(String, u64)>> {
+        if safe_file::id_at(&self.current)? != st.file {
+            st.file = None;
+            st.size = 0;
+            return Ok(Vec::new());
+        }
+        let stamp = now_ns().max(st.stamp + 1);
+        let base = format!("{}.{}", self.base, stamp_text(stamp));
+        let mut name = format!("{base}.txt");
+        let mut n = 0;
+        loop {
+            match rename_noreplace(&self.current, &self.dir.join(&name)) {
+                Ok(()) => break,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < 999 => {
+                    n += 1;
+                    name = format!("{base}_{n:03}.txt");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.file = None;
+        st.file = None;
+        st.size = 0;
+        st.prev_file = name;
+        st.stamp = stamp;
+        self.store_state(st)?;
+        if self.retain == 0 {
+            return Ok(Vec::new());
+        }
+        let rotated = rotated_files(&self.dir, |n| is_rotated(&self.base, n))?;
+        let excess = rotated
+            .len()
+            .saturating_sub(usize::try_from(self.retain).unwrap_or(usize::MAX));
+        let mut removed = Vec::new();
+        for name in rotated.into_iter().take(excess) {
+            let path = self.dir.join(&name);
+            let Some(last) = last_seq_of(&path) else {
+                continue;
+            };
+            if is_ours(&path) && std::fs::remove_file(&path).is_ok() {
+                removed.push((name, last));
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// Records the stream writes about itself (see `append`).
+fn is_own(op: Op) -> bool {
+    matches!(op, Op::StreamStart | Op::FileStart | Op::FileRemoved)
+}
+
+/// A record p11ha writes about the stream itself.
+fn own(op: Op, event: Event) -> Raw {
+    Raw::now(op, CKR_OK, 0, Vec::new(), event)
+}
+
+/// The chain point a header record carries (`AUDIT_FILE_START`, `AUDIT_CLEARED`); genesis for
+/// `AUDIT_STREAM_START`; `None` for any other record.
+pub fn header_point(r: &record::Record) -> Option<ChainPoint> {
+    match r.opcode()? {
+        Op::StreamStart => Some(ChainPoint {
+            seq: None,
+            h: GENESIS,
+            mac: UNSEALED.into(),
+        }),
+        Op::FileStart | Op::Cleared => {
+            let seq = match r.field("prev_seq")? {
+                "-" => None,
+                s => Some(u64::from_str_radix(s, 16).ok()?),
+            };
+            let h = parse_hex32(r.field("prev_h")?)?;
+            let mac = String::from_utf8(unescape(r.field("prev_mac")?)).ok()?;
+            Some(ChainPoint { seq, h, mac })
+        }
+        _ => None,
+    }
+}
+
+fn is_ours(path: &Path) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    std::fs::symlink_metadata(path)
+        .is_ok_and(|m| m.file_type().is_file() && m.uid() == me && m.nlink() == 1)
+}
+
+/// The sequence number of the last complete record of a file (read from its end).
+fn last_seq_of(path: &Path) -> Option<u64> {
+    let mut f = File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    let from = len.saturating_sub(64 * 1024);
+    f.seek(SeekFrom::Start(from)).ok()?;
+    let mut tail = Vec::new();
+    f.read_to_end(&mut tail).ok()?;
+    String::from_utf8_lossy(&tail)
+        .lines()
+        .rev()
+        .find_map(|l| record::parse(l).ok())
+        .map(|r| r.seq)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::record::parse;
+
+    fn login() -> Raw {
+        Raw::now(
+            Op::Login,
+            CKR_OK,
+            7,
+            vec!["m1".into()],
+            Event::Login { user: 1 },
+        )
+    }
+
+    fn read(path: &Path) -> Vec<record::Record> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| parse(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn rotated_names_are_recognized_exactly() {
+        let b = base_name("12.34");
+        assert_eq!(b, "haAudit.12_34");
+        assert!(is_rotated(
+            &b,
+            "haAudit.12_34.20260714T093105.000000001Z.txt"
+        ));
+        assert!(is_rotated(
+            &b,
+            "haAudit.12_34.20260714T093105.000000001Z_002.txt"
+        ));
+        assert!(!is_rotated(&b, "haAudit.12_34.txt"));
+        assert!(!is_rotated(
+            &b,
+            "haAudit.12_345.20260714T093105.000000001Z.txt"
+        ));
+        assert!(!is_rotated(
+            &b,
+            "haAudit.12_34.20260714T093105.000000001Z.archive"
+        ));
+    }
+
+    #[test]
+    fn numbers_run_on_across_writers_rotations_and_a_lost_state() {
+        let d = tempfile::tempdir().unwrap();
+        let mut none = |_: &[u8; 32]| None;
+        let mut a = Stream::open(d.path(), "g1", 600, 0).unwrap();
+        a.append(&[login(), login()], &mut none).unwrap();
+        let mut b = Stream::open(d.path(), "g1", 600, 0).unwrap();
+        b.append(&vec![login(); 5], &mut none).unwrap();
+        std::fs::remove_file(d.path().join(".haAudit.g1.state")).unwrap();
+        let mut c = Stream::open(d.path(), "g1", 600, 0).unwrap();
+        c.append(&[login()], &mut none).unwrap();
+        let files = stream_files(d.path(), "g1").unwrap();
+        assert!(files.len() >= 2, "{files:?}");
+        let all: Vec<_> = files.iter().flat_map(|f| read(f)).collect();
+        let seqs: Vec<u64> = all.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>());
+        // Every file starts with a header; the writers got restart numbers 1, 2, 3 (the last
+        // after the state was rebuilt from the files).
+        for f in &files {
+            assert!(read(f)[0].opcode().unwrap().is_header(), "{f:?}");
+        }
+        let restarts: Vec<u32> = all
+            .iter()
+            .filter(|r| r.op == "C_Login")
+            .map(|r| r.restart)
+            .collect();
+        assert_eq!(restarts, vec![1, 1, 2, 2, 2, 2, 2, 3]);
+    }
+
+    #[test]
+    fn a_writer_that_died_before_its_state_update_is_chained_not_renumbered() {
+        let d = tempfile::tempdir().unwrap();
+        let mut none = |_: &[u8; 32]| None;
+        let mut a = Stream::open(d.path(), "g", 0, 0).unwrap();
+        a.append(&[login()], &mut none).unwrap();
+        let state = std::fs::read(d.path().join(".haAudit.g.state")).unwrap();
+        a.append(&[login()], &mut none).unwrap();
+        // As if the second append never stored its state, and left half a record.
+        std::fs::write(d.path().join(".haAudit.g.state"), state).unwrap();
+        let cur = d.path().join("haAudit.g.txt");
+        let mut f = std::fs::OpenOptions::new().append(true).open(&cur).unwrap();
+        f.write_all(b"2026-07-14T09:31:05.123456Z 1 0000").unwrap();
+        let mut b = Stream::open(d.path(), "g", 0, 0).unwrap();
+        b.append(&[login()], &mut none).unwrap();
+        let text = std::fs::read_to_string(&cur).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 5, "{text}");
+        assert!(parse(lines[3]).is_err());
+        assert_eq!(parse(lines[4]).unwrap().seq, 3);
+    }
+
+    #[test]
+    fn retention_records_what_it_deletes() {
+        let d = tempfile::tempdir().unwrap();
+        let mut none = |_: &[u8; 32]| None;
+        let mut a = Stream::open(d.path(), "g", 400, 1).unwrap();
+        for _ in 0..6 {
+            a.append(&[login()], &mut none).unwrap();
+        }
+        let files = stream_files(d.path(), "g").unwrap();
+        assert_eq!(files.len(), 2, "{files:?}");
+        let removed: Vec<_> = files
+            .iter()
+            .flat_map(|f| read(f))
+            .filter(|r| r.op == "AUDIT_FILE_REMOVED")
+            .collect();
+        assert!(!removed.is_empty());
+    }
+}
