@@ -174,6 +174,7 @@ impl Session {
         let mut missing_object = false;
         let mut refreshed: Vec<usize> = Vec::new();
         let mut suspects: Vec<(usize, Arc<Instance>)> = Vec::new();
+        let mut suspect_rv = None;
         loop {
             let next = {
                 let prefer = if refreshed.last().is_some_and(|r| !tried.contains(r)) {
@@ -204,8 +205,8 @@ impl Session {
                 }
             };
             let Some(idx) = next else {
-                if !suspects.is_empty() {
-                    return Err(CKR_DEVICE_ERROR);
+                if let Some(rv) = suspect_rv {
+                    return Err(rv);
                 }
                 // No member to ask: p11ha's own answer to a handle it does not know.
                 return Err(if missing_object || asking {
@@ -279,7 +280,13 @@ impl Session {
                 // same session is only suspect: the next member decides. If it serves the call,
                 // the suspects are dropped; if every member answers so, it was the caller's
                 // input, and no member is dropped for it.
-                Err(Fault::Rv(CKR_DEVICE_ERROR)) if target.still_answers() => {
+                // CKR_GENERAL_ERROR the same way: SoftHSM answers it now and then when several
+                // processes write one token at once, and a module may answer it to input it
+                // cannot handle.
+                Err(Fault::Rv(rv @ (CKR_DEVICE_ERROR | CKR_GENERAL_ERROR)))
+                    if target.still_answers() =>
+                {
+                    suspect_rv.get_or_insert(rv);
                     suspects.push((idx, b.instance.clone()));
                 }
                 Ok(v) => {
