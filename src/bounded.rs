@@ -435,6 +435,34 @@ mod tests {
     }
 
     #[test]
+    fn a_call_waited_for_on_another_thread_wakes_that_thread() {
+        // As a C_Initialize still running is waited for by the recovery thread: the answer must
+        // wake the thread that waits now, not only the one that started the call.
+        let (release_tx, release_rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let pending = start(move || {
+            let _ = release_rx.recv();
+            9
+        });
+        let pending = match pending.wait(Duration::from_millis(10)) {
+            Err(Unfinished::Running(p)) => p,
+            _ => panic!("answered before it was released"),
+        };
+        let waiter = std::thread::spawn(move || {
+            let t0 = Instant::now();
+            let r = pending.wait(Duration::from_secs(20)).ok();
+            (r, t0.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        release_tx.send(()).unwrap();
+        let (r, waited) = waiter.join().unwrap();
+        assert_eq!(r, Some(9));
+        assert!(
+            waited < Duration::from_secs(10),
+            "slept to its deadline: {waited:?}"
+        );
+    }
+
+    #[test]
     fn many_concurrent_calls_all_complete() {
         let handles: Vec<_> = (0..16)
             .map(|i| std::thread::spawn(move || run(Duration::from_secs(10), move || i * 2)))
