@@ -3,7 +3,7 @@
 //! answers one-line commands on stdin. One contender per process: p11ha and SoftHSM keep
 //! process-wide state.
 
-use crate::stats::{mono_ns, Stats};
+use crate::stats::{cpu_ns, mono_ns, Stats};
 use cryptoki_sys::*;
 use p11ha_testkit::raw::Module;
 use p11ha_testkit::{AES_ID, EC_ID, HMAC_ID, RSA_ID};
@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 /// The operations measured.
 pub const OPS: &[&str] = &["ecdsa", "rsa", "hmac", "aesgcm", "random", "sessinfo"];
 
+/// The multi-part stream of part 8: SHA-256 over `MP_PARTS` parts of `MP_PART` bytes (1 MiB).
+pub const MP_PART: usize = 4096;
+pub const MP_PARTS: usize = 256;
+
 /// One thread's session, keys and buffers for one operation.
 struct Worker {
     m: Arc<Module>,
@@ -25,6 +29,8 @@ struct Worker {
     out: Vec<u8>,
     iv: [u8; 12],
     gcm: CK_GCM_PARAMS,
+    /// The digest of the first stream ("sha256mp"): every later one must give the same.
+    reference: Option<Vec<u8>>,
 }
 
 impl Worker {
@@ -37,6 +43,7 @@ impl Worker {
             "aesgcm" => (CKO_SECRET_KEY, AES_ID, 1024, 1024 + 16),
             "random" => (0, 0, 0, 32),
             "sessinfo" => (0, 0, 0, 0),
+            "sha256mp" => (0, 0, MP_PART, 32),
             _ => return Err(format!("unknown op {op}")),
         };
         let key = if id == 0 { 0 } else { m.find(h, class, id)? };
@@ -56,6 +63,7 @@ impl Worker {
                 ulAADLen: 0,
                 ulTagBits: 128,
             },
+            reference: None,
         });
         // The box does not move: the IV pointer stays valid.
         w.gcm.pIv = w.iv.as_mut_ptr();
@@ -87,7 +95,51 @@ impl Worker {
                 m.encrypt(self.h, &mut mech, self.key, &mut self.data, &mut self.out)
             }
             "random" => m.random(self.h, &mut self.out),
+            "sha256mp" => self.digest_stream(),
             _ => m.session_info(self.h),
+        }
+    }
+
+    /// One multi-part SHA-256 over 1 MiB; a digest unlike the first stream's is a failure
+    /// (CKR_GENERAL_ERROR): a replayed stream must give what an uninterrupted one gives.
+    fn digest_stream(&mut self) -> CK_RV {
+        let fl = self.m.functions();
+        let mut mech = CK_MECHANISM {
+            mechanism: CKM_SHA256,
+            pParameter: std::ptr::null_mut(),
+            ulParameterLen: 0,
+        };
+        // SAFETY: the function list of a loaded module; buffers live for each call.
+        unsafe {
+            let rv = (fl.C_DigestInit.unwrap())(self.h, &mut mech);
+            if rv != CKR_OK {
+                return rv;
+            }
+            for i in 0..MP_PARTS {
+                self.data[0] = i as u8;
+                let rv = (fl.C_DigestUpdate.unwrap())(
+                    self.h,
+                    self.data.as_mut_ptr(),
+                    self.data.len() as CK_ULONG,
+                );
+                if rv != CKR_OK {
+                    return rv;
+                }
+            }
+            let mut len = self.out.len() as CK_ULONG;
+            let rv = (fl.C_DigestFinal.unwrap())(self.h, self.out.as_mut_ptr(), &mut len);
+            if rv != CKR_OK {
+                return rv;
+            }
+            self.out.truncate(len as usize);
+        }
+        match &self.reference {
+            None => {
+                self.reference = Some(self.out.clone());
+                CKR_OK
+            }
+            Some(r) if *r == self.out => CKR_OK,
+            Some(_) => CKR_GENERAL_ERROR,
         }
     }
 }
@@ -242,6 +294,7 @@ fn serve(module: &str, label: &str) -> Result<(), String> {
         match a.first().copied() {
             // run <op> <threads> <ms>: throughput and latency.
             Some("run") => {
+                let cpu0 = cpu_ns();
                 let (_, mut lats, fails, el) = run(
                     &m,
                     slot,
@@ -250,7 +303,10 @@ fn serve(module: &str, label: &str) -> Result<(), String> {
                     Duration::from_millis(num(3)),
                     false,
                 )?;
-                let s = Stats::of(&mut lats, fails, el);
+                let s = Stats {
+                    cpu: cpu_ns() - cpu0,
+                    ..Stats::of(&mut lats, fails, el)
+                };
                 say(format!("res {}", s.encode()));
             }
             // load <op> <threads> <ms>: keep every operation for a later `window`.
@@ -347,6 +403,12 @@ fn serve(module: &str, label: &str) -> Result<(), String> {
                 say(format!("destroyed {} {fails} {ns}", n - fails));
             }
             Some("rss") => say(format!("rss {}", vm_rss_kb())),
+            // idle <ms>: no calls for that long; the CPU time the process used meanwhile.
+            Some("idle") => {
+                let cpu0 = cpu_ns();
+                std::thread::sleep(Duration::from_millis(num(1)));
+                say(format!("idle {}", cpu_ns() - cpu0));
+            }
             Some("quit") | None => break,
             Some(other) => say(format!("error unknown command {other}")),
         }

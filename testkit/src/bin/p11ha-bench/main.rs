@@ -8,7 +8,12 @@
 //! target/release/p11ha-bench --quick                           # smoke run (< 60 s)
 //! target/release/p11ha-bench --parts 7                         # only part 7 (reintroduction)
 //! ```
-//! `P11HA_LIB` selects the libp11ha.so to measure (default: next to this executable).
+//! Parts: 1 in-process overhead, 2 remote members, 3 failover, 4 recovery, 5 C_Initialize,
+//! 6 memory, 7 reintroduction, 8 multi-part SHA-256 with and without replay (issue 14), 9 CPU of
+//! an idle application. Throughput parts report CPU time per operation beside ops/s.
+//!
+//! `P11HA_LIB` selects the libp11ha.so to measure (default: next to this executable);
+//! `P11HA_LIB_BEFORE` adds an older one to parts 1 and 2, compared in the same run.
 //! `P11HA_BENCH_KEEP=1` keeps the temporary directory (server and child logs).
 //! Exit status 1 when part 7 reintroduced the wrong objects (numbers are never judged).
 
@@ -56,7 +61,7 @@ fn main() {
             .get(i + 1)
             .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
             .unwrap_or_default(),
-        None => (1..=7).collect(),
+        None => (1..=9).collect(),
     };
     let known =
         |i: usize, a: &str| a == "--quick" || a == "--parts" || (i > 1 && args[i - 1] == "--parts");
@@ -100,6 +105,12 @@ fn main() {
     }
     if on(2) {
         out.push(part2(&w, &lib, &p));
+    }
+    if on(8) {
+        out.push(part8(&w, &lib, &p));
+    }
+    if on(9) {
+        out.push(part9(&w, &lib, &p));
     }
     // Part 5 runs before the fault parts, while every member is fresh.
     let p5 = on(5).then(|| part5(&w, &lib, &p));
@@ -232,6 +243,45 @@ fn p11kit_child(w: &Cluster, i: usize) -> ChildProc {
     )
 }
 
+/// `P11HA_LIB_BEFORE`: an older libp11ha.so measured in the same run as `P11HA_LIB` (parts 1
+/// and 2), so that before and after see the same machine load.
+fn before_lib() -> Option<std::path::PathBuf> {
+    std::env::var_os("P11HA_LIB_BEFORE").map(Into::into)
+}
+
+/// A row name, its direct result, and (before, after) per column.
+type BeforeAfterRow = (String, Summary, Vec<(Summary, Summary)>);
+
+/// The before/after table of a part run with [`before_lib`]: per row, the ratio to direct and
+/// the CPU ratio to direct of the old and the new library. `rows`: (name, direct, [(before,
+/// after)] per column).
+fn before_after(title: &str, cols: &[&str], rows: &[BeforeAfterRow]) -> String {
+    let mut s = format!(
+        "\n{title}: before = P11HA_LIB_BEFORE, after = P11HA_LIB, same run. Cell: ops/s ratio to \
+         direct before → after; CPU per operation ÷ direct before → after.\n\n| |"
+    );
+    for c in cols {
+        s += &format!(" {c} |");
+    }
+    s += "\n|---|";
+    s += &"---|".repeat(cols.len());
+    s += "\n";
+    for (name, d, cells) in rows {
+        s += &format!("| {name} |");
+        for (b, a) in cells {
+            s += &format!(
+                " {:.3} → {:.3}; CPU ÷ {:.2} → {:.2} |",
+                b.ops / d.ops,
+                a.ops / d.ops,
+                b.cpu / d.cpu,
+                a.cpu / d.cpu
+            );
+        }
+        s += "\n";
+    }
+    s
+}
+
 fn run(c: &mut ChildProc, op: &str, threads: usize, ms: u64) -> Stats {
     let r = c.ask(&format!("run {op} {threads} {ms}"), "res", T);
     Stats::decode(&r).unwrap_or_else(|| panic!("bad result from {}: {r}", c.name))
@@ -276,34 +326,65 @@ fn part1(w: &Cluster, lib: &Path, p: &Params) -> String {
         ha_child(w, lib, "p11ha-1", &conf(&[0], true)),
         ha_child(w, lib, "p11ha-3", &conf(&[0, 1, 2], true)),
     ];
+    let before = before_lib();
+    if let Some(b) = &before {
+        cs.push(ha_child(w, b, "before-1", &conf(&[0], true)));
+        cs.push(ha_child(w, b, "before-3", &conf(&[0, 1, 2], true)));
+    }
     let cells: Vec<(&str, usize)> = child::OPS.iter().map(|&o| (o, 1)).collect();
     let res = alternate(&mut cs, &cells, p);
     let mut s = String::from(
         "## 1. Overhead per operation, 1 thread (SoftHSM members loaded in-process)\n\n\
-         Cell: ops/s, p50 / p99 latency. Ratio = p11ha ops/s ÷ direct ops/s; Δ/call = extra time per \
-         call of p11ha over direct (from the throughputs).\n\n\
-         | operation | direct SoftHSM | p11ha, 1 member | ratio | Δ/call | p11ha, 3 members | ratio | Δ/call | failed |\n\
-         |---|---|---|---|---|---|---|---|---|\n",
+         Cell: ops/s, p50 / p99 latency, CPU time (user + sys, whole process) per operation. Ratio = \
+         p11ha ops/s ÷ direct ops/s; Δ/call = extra time per call of p11ha over direct (from the \
+         throughputs); CPU ÷ = p11ha CPU per operation ÷ direct CPU per operation.\n\n\
+         | operation | direct SoftHSM | p11ha, 1 member | ratio | Δ/call | CPU ÷ | p11ha, 3 members | ratio | Δ/call | CPU ÷ | failed |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for (ci, &(op, _)) in cells.iter().enumerate() {
         let [d, h1, h3] = [res[ci][0], res[ci][1], res[ci][2]];
-        let cell = |x: Summary| format!("{} /s, {} / {}", ops(x.ops), fmt_ns(x.p50), fmt_ns(x.p99));
+        let cell = |x: Summary| {
+            format!(
+                "{} /s, {} / {}, CPU {}",
+                ops(x.ops),
+                fmt_ns(x.p50),
+                fmt_ns(x.p99),
+                fmt_ns(x.cpu)
+            )
+        };
         let delta = |x: Summary| {
             let v: f64 = 1e9 / x.ops - 1e9 / d.ops;
             format!("{}{}", if v < 0.0 { "−" } else { "+" }, fmt_ns(v.abs()))
         };
         s += &format!(
-            "| {} | {} | {} | {:.3} | {} | {} | {:.3} | {} | {} |\n",
+            "| {} | {} | {} | {:.3} | {} | {:.2} | {} | {:.3} | {} | {:.2} | {} |\n",
             op_name(op),
             cell(d),
             cell(h1),
             h1.ops / d.ops,
             delta(h1),
+            h1.cpu / d.cpu,
             cell(h3),
             h3.ops / d.ops,
             delta(h3),
+            h3.cpu / d.cpu,
             d.fails + h1.fails + h3.fails
         );
+    }
+    if before.is_some() {
+        let rows: Vec<_> = cells
+            .iter()
+            .enumerate()
+            .map(|(ci, &(op, _))| {
+                let r = &res[ci];
+                (
+                    op_name(op).to_string(),
+                    r[0],
+                    vec![(r[3], r[1]), (r[4], r[2])],
+                )
+            })
+            .collect();
+        s += &before_after("Part 1", &["1 member", "3 members"], &rows);
     }
     s
 }
@@ -327,12 +408,18 @@ fn part2(w: &Cluster, lib: &Path, p: &Params) -> String {
         ha_child(w, lib, "p11ha-r2", &conf(&[0, 1], false)),
         ha_child(w, lib, "p11ha-r3", &conf(&[0, 1, 2], false)),
     ];
+    let before = before_lib();
+    if let Some(b) = &before {
+        cs.push(ha_child(w, b, "before-r1", &conf(&[0], false)));
+        cs.push(ha_child(w, b, "before-r3", &conf(&[0, 1, 2], false)));
+    }
     let threads = [1usize, 2, 4, 8];
     let cells: Vec<(&str, usize)> = threads.iter().map(|&t| ("ecdsa", t)).collect();
     let res = alternate(&mut cs, &cells, p);
     let mut s = String::from(
         "## 2. Remote members through `p11-kit server`, ECDSA P-256 sign\n\n\
-         Cell: ops/s (ratio to p11-kit-client direct), p50 / p99.\n\n\
+         Cell: ops/s (ratio to p11-kit-client direct), p50 / p99, CPU time of the application \
+         process per operation (ratio to direct).\n\n\
          | threads | p11-kit-client direct | p11ha, 1 member | p11ha, 2 members | p11ha, 3 members | failed |\n\
          |---|---|---|---|---|---|\n",
     );
@@ -340,11 +427,13 @@ fn part2(w: &Cluster, lib: &Path, p: &Params) -> String {
         let d = res[ci][0];
         let cell = |x: Summary| {
             format!(
-                "{} /s (×{:.2}), {} / {}",
+                "{} /s (×{:.2}), {} / {}, CPU {} (×{:.2})",
                 ops(x.ops),
                 x.ops / d.ops,
                 fmt_ns(x.p50),
-                fmt_ns(x.p99)
+                fmt_ns(x.p99),
+                fmt_ns(x.cpu),
+                x.cpu / d.cpu
             )
         };
         s += &format!(
@@ -355,6 +444,157 @@ fn part2(w: &Cluster, lib: &Path, p: &Params) -> String {
             cell(res[ci][3]),
             res[ci].iter().map(|x| x.fails).sum::<u64>()
         );
+    }
+    if before.is_some() {
+        let rows: Vec<_> = threads
+            .iter()
+            .enumerate()
+            .map(|(ci, th)| {
+                let r = &res[ci];
+                (
+                    format!("{th} threads"),
+                    r[0],
+                    vec![(r[4], r[1]), (r[5], r[3])],
+                )
+            })
+            .collect();
+        s += &before_after("Part 2", &["1 member", "3 members"], &rows);
+    }
+    s
+}
+
+/// The p11ha group of part 8, with `MultipartReplayLimit` = `limit` (None: the default).
+fn mp_conf(members: &[usize], direct: bool, limit: Option<u64>) -> ConfigOpts {
+    ConfigOpts {
+        extra_ha_lines: limit
+            .map(|l| vec![format!("MultipartReplayLimit = {l};")])
+            .unwrap_or_default(),
+        ..conf(members, direct)
+    }
+}
+
+fn part8(w: &Cluster, lib: &Path, p: &Params) -> String {
+    progress("part 8: multi-part SHA-256, replay on / off / direct, and a failover mid-stream");
+    let mib = (child::MP_PART * child::MP_PARTS) as f64 / (1 << 20) as f64;
+    let mut s = format!(
+        "## 8. Multi-part SHA-256 over {mib} MiB in {} parts of {} KiB (issue 14), 1 thread\n\n\
+         Replay on = default MultipartReplayLimit ({} bytes: the whole stream is kept); off = \
+         MultipartReplayLimit = 0. Cell: MiB/s (ratio to direct), p50 per stream, CPU per stream \
+         (ratio to direct). Every stream's digest is checked against the thread's first one \
+         (failed counts mismatches too).\n\n\
+         | members | direct | p11ha, replay on | p11ha, replay off | failed |\n\
+         |---|---|---|---|---|\n",
+        child::MP_PARTS,
+        child::MP_PART / 1024,
+        p11ha::ha::session::DEFAULT_REPLAY_LIMIT,
+    );
+    let cells = [("sha256mp", 1usize)];
+    for remote in [false, true] {
+        let mut cs = if remote {
+            vec![
+                p11kit_child(w, 0),
+                ha_child(w, lib, "p11ha-mp-on", &mp_conf(&[0, 1, 2], false, None)),
+                ha_child(w, lib, "p11ha-mp-off", &mp_conf(&[0, 1, 2], false, Some(0))),
+            ]
+        } else {
+            vec![
+                softhsm_child(w),
+                ha_child(w, lib, "p11ha-mp-on", &mp_conf(&[0], true, None)),
+                ha_child(w, lib, "p11ha-mp-off", &mp_conf(&[0], true, Some(0))),
+            ]
+        };
+        let res = alternate(&mut cs, &cells, p);
+        let d = res[0][0];
+        let cell = |x: Summary| {
+            format!(
+                "{:.1} MiB/s (×{:.2}), {}, CPU {} (×{:.2})",
+                x.ops * mib,
+                x.ops / d.ops,
+                fmt_ns(x.p50),
+                fmt_ns(x.cpu),
+                x.cpu / d.cpu
+            )
+        };
+        s += &format!(
+            "| {} | {} | {} | {} | {} |\n",
+            if remote {
+                "3 remote (p11-kit server); direct = p11-kit-client to m0"
+            } else {
+                "1 in-process SoftHSM; direct = SoftHSM"
+            },
+            cell(d),
+            cell(res[0][1]),
+            cell(res[0][2]),
+            res[0].iter().map(|x| x.fails).sum::<u64>()
+        );
+    }
+    s += "\nFailover mid-stream: 4 threads streaming on p11ha over 3 remote members, m0's server \
+          SIGKILLed after 1 s. Streams overlapping fault ± 0.5 s; stall = slowest such stream − \
+          p50 stream.\n\n\
+          | replay | streams in run | failed in run | streams in window | p50 | max | stall |\n\
+          |---|---|---|---|---|---|---|\n";
+    for (name, limit) in [("on (default limit)", None), ("off (limit 0)", Some(0))] {
+        let mut c = ha_child(w, lib, "p11ha-mp-fail", &mp_conf(&[0, 1, 2], false, limit));
+        c.send("load sha256mp 4 2500");
+        std::thread::sleep(Duration::from_millis(1000));
+        let t = kill_server(w, 0);
+        let loaded = c.expect("loaded", T);
+        let mut it = loaded
+            .split_whitespace()
+            .map(|x| x.parse::<u64>().unwrap_or(0));
+        let (n, fails) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+        let r = c.ask(
+            &format!("window {} {}", t - 500_000_000, t + 500_000_000),
+            "res",
+            T,
+        );
+        drop(c);
+        start_server(w, 0);
+        let st = Stats::decode(&r).expect("window stats");
+        s += &format!(
+            "| {name} | {n} | {fails} | {} | {} | {} | {} |\n",
+            st.n,
+            fmt_ns(st.p50 as f64),
+            fmt_ns(st.max as f64),
+            fmt_ns(st.max.saturating_sub(st.p50) as f64)
+        );
+    }
+    s
+}
+
+fn part9(w: &Cluster, lib: &Path, p: &Params) -> String {
+    let ms = if p.rounds == 1 { 2000 } else { 10_000 };
+    progress(&format!("part 9: CPU of an idle application, {ms} ms"));
+    let mut cs = [
+        ("p11-kit-client to m0, logged in", p11kit_child(w, 0)),
+        (
+            "p11ha over 3 remote members, logged in",
+            ha_child(w, lib, "p11ha-idle", &conf(&[0, 1, 2], false)),
+        ),
+        (
+            "p11ha over 3 in-process SoftHSM members, logged in",
+            ha_child(w, lib, "p11ha-idle-direct", &conf(&[0, 1, 2], true)),
+        ),
+    ];
+    // One signing second first, so that the pool threads exist; then all idle side by side.
+    for (_, c) in cs.iter_mut() {
+        run(c, "ecdsa", 4, 300);
+    }
+    for (_, c) in cs.iter_mut() {
+        c.send(&format!("idle {ms}"));
+    }
+    let mut s = format!(
+        "## 9. Idle: CPU time (user + sys) of the application process over {} s with no calls\n\n\
+         After 0.3 s of 4-thread ECDSA signing (pool threads started), all contenders side by side.\n\n\
+         | application uses | CPU while idle |\n|---|---|\n",
+        ms / 1000
+    );
+    for (name, c) in cs.iter_mut() {
+        let cpu: f64 = c
+            .expect("idle", T + Duration::from_millis(ms))
+            .parse()
+            .unwrap_or(f64::NAN);
+        s += &format!("| {name} | {} |\n", fmt_ns(cpu));
     }
     s
 }

@@ -11,7 +11,17 @@ pub fn mono_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// One measurement: operations, failures, latency percentiles (ns), elapsed time (ns).
+/// CPU time (user + system) this process used so far, every thread included, in ns.
+pub fn cpu_ns() -> u64 {
+    // SAFETY: plain syscall into a local struct.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1000;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// One measurement: operations, failures, latency percentiles (ns), elapsed time (ns), CPU
+/// time of the whole process meanwhile (ns).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Stats {
     pub n: u64,
@@ -20,6 +30,7 @@ pub struct Stats {
     pub p99: u64,
     pub max: u64,
     pub elapsed: u64,
+    pub cpu: u64,
 }
 
 impl Stats {
@@ -40,6 +51,7 @@ impl Stats {
             p99: pct(0.99),
             max: lats.last().copied().map_or(0, u64::from),
             elapsed,
+            cpu: 0,
         }
     }
 
@@ -51,10 +63,19 @@ impl Stats {
         }
     }
 
+    /// CPU time per operation, ns.
+    pub fn cpu_per_op(&self) -> f64 {
+        if self.n == 0 {
+            0.0
+        } else {
+            self.cpu as f64 / self.n as f64
+        }
+    }
+
     pub fn encode(&self) -> String {
         format!(
-            "{} {} {} {} {} {}",
-            self.n, self.fails, self.p50, self.p99, self.max, self.elapsed
+            "{} {} {} {} {} {} {}",
+            self.n, self.fails, self.p50, self.p99, self.max, self.elapsed, self.cpu
         )
     }
 
@@ -63,13 +84,14 @@ impl Stats {
             .split_whitespace()
             .map(|x| x.parse().ok())
             .collect::<Option<_>>()?;
-        (v.len() == 6).then(|| Stats {
+        (v.len() == 7).then(|| Stats {
             n: v[0],
             fails: v[1],
             p50: v[2],
             p99: v[3],
             max: v[4],
             elapsed: v[5],
+            cpu: v[6],
         })
     }
 }
@@ -88,12 +110,14 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// Rounds of one contender in one cell: median ops/s, p50, p99 and the total failures.
+/// Rounds of one contender in one cell: median ops/s, p50, p99, CPU per operation and the
+/// total failures.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Summary {
     pub ops: f64,
     pub p50: f64,
     pub p99: f64,
+    pub cpu: f64,
     pub fails: u64,
 }
 
@@ -102,6 +126,7 @@ pub fn summarize(rounds: &[Stats]) -> Summary {
         ops: median(rounds.iter().map(Stats::ops_per_s).collect()),
         p50: median(rounds.iter().map(|s| s.p50 as f64).collect()),
         p99: median(rounds.iter().map(|s| s.p99 as f64).collect()),
+        cpu: median(rounds.iter().map(Stats::cpu_per_op).collect()),
         fails: rounds.iter().map(|s| s.fails).sum(),
     }
 }
