@@ -45,13 +45,6 @@ pub struct Target {
     pub objects: Vec<CK_OBJECT_HANDLE>,
 }
 
-impl Target {
-    /// Whether the member still answers on this session (a probe after CKR_DEVICE_ERROR).
-    fn still_answers(&self) -> bool {
-        self.inst.session_info(self.session).is_ok()
-    }
-}
-
 impl Session {
     pub(super) fn usable(&self, st: &State, idx: usize, b: &Binding) -> bool {
         if self.group.mode == RecoveryMode::Enhanced || b.joined <= self.opened_seq {
@@ -284,7 +277,7 @@ impl Session {
                 // processes write one token at once, and a module may answer it to input it
                 // cannot handle.
                 Err(Fault::Rv(rv @ (CKR_DEVICE_ERROR | CKR_GENERAL_ERROR)))
-                    if target.still_answers() =>
+                    if self.still_answers(st, idx, &b.instance) =>
                 {
                     suspect_rv.get_or_insert(rv);
                     suspects.push((idx, b.instance.clone()));
@@ -309,7 +302,8 @@ impl Session {
         }
     }
 
-    /// Whether member `idx` still answers on this session's member session there.
+    /// Whether member `idx` still answers on this session's member session there: the probe
+    /// that makes a member answering CKR_DEVICE_ERROR only a suspect (`attempt`, searches).
     pub(super) fn still_answers(&self, st: &State, idx: usize, inst: &Instance) -> bool {
         match st.member_sessions.get(idx).copied().flatten() {
             Some((id, h)) if id == inst.id => inst.session_info(h).is_ok(),
