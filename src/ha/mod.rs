@@ -1,5 +1,6 @@
 //! The HA core in safe Rust: groups of members, virtual sessions and objects, failover.
 
+pub(crate) mod credential;
 pub mod discovery;
 pub mod group;
 pub mod journal;

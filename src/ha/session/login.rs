@@ -2,6 +2,7 @@
 //! credential.
 
 use super::{standbys, CkResult, Session};
+use crate::ha::credential::{self, Verdict};
 use crate::ha::group::{Login, Pin};
 use crate::provider::{Fault, Instance, MemberResult};
 use cryptoki_sys::*;
@@ -44,25 +45,33 @@ impl Session {
                 }
                 Err(f) => return Err(f.rv()),
             };
-            match login_retrying(&b.instance, session, user, &pin) {
-                Ok(()) | Err(Fault::Rv(CKR_USER_ALREADY_LOGGED_IN)) => accepted = true,
-                Err(f) if f.fails_member() => self.drop_member(idx, &b.instance, f),
+            let m = group.member(idx);
+            match credential::present(&b.instance, session, user, &pin) {
+                Verdict::Accepted => accepted = true,
+                Verdict::Undecided(f) if f.fails_member() => self.drop_member(idx, &b.instance, f),
                 // Not a verdict on the PIN: the member is dropped (recovery logs it in again)
                 // and the next member judges the PIN.
-                Err(f @ Fault::Rv(CKR_GENERAL_ERROR)) => self.drop_member(idx, &b.instance, f),
-                Err(f) if !accepted || f == Fault::Panicked => {
-                    // The verdict on the PIN is this member's: say which one gave it, so that a
-                    // member whose PIN was changed on its own shows up in the HA log.
-                    let m = group.member(idx);
-                    group.log.login_failed(&group.serial, &m.serial, f.rv());
-                    return Err(f.rv());
+                Verdict::Undecided(f @ Fault::Rv(CKR_GENERAL_ERROR)) => {
+                    self.drop_member(idx, &b.instance, f)
                 }
-                Err(f) => {
-                    let m = group.member(idx);
-                    group.log.login_failed(&group.serial, &m.serial, f.rv());
+                // The first member to answer judges the caller's PIN and arguments: a wrong PIN
+                // is reported once and never tried on the others. Its serial goes to the HA log,
+                // so that a member whose PIN was changed on its own shows up there.
+                v if !accepted || v == Verdict::Undecided(Fault::Panicked) => {
+                    let rv = v.rv();
+                    group.log.login_failed(&group.serial, &m.serial, rv);
+                    return Err(rv);
+                }
+                // A later member refuses the PIN the first one took: it is not this group's
+                // any more. Never tried again there (no lock-outs).
+                Verdict::WrongPin(rv) | Verdict::Revoked(rv) => {
+                    group.log.login_failed(&group.serial, &m.serial, rv);
                     m.set_auto_recovery(false);
-                    self.drop_member(idx, &b.instance, f);
+                    self.drop_member(idx, &b.instance, Fault::Rv(rv));
                 }
+                // A later member's own trouble says nothing about the PIN: dropped, and
+                // recovery tries it again.
+                Verdict::Undecided(f) => self.drop_member(idx, &b.instance, f),
             }
         }
         if !accepted {
@@ -171,24 +180,4 @@ impl Session {
             Err(CKR_DEVICE_ERROR)
         }
     }
-}
-
-/// C_Login on one member session. SoftHSM answers CKR_GENERAL_ERROR now and then when several
-/// processes log in to one token at the same instant (its token files are being rewritten): a
-/// few short retries, then the answer stands.
-fn login_retrying(
-    inst: &Instance,
-    session: CK_SESSION_HANDLE,
-    user: CK_USER_TYPE,
-    pin: &Option<Pin>,
-) -> MemberResult<()> {
-    let mut r = inst.login(session, user, pin.clone());
-    for wait_ms in [5, 20, 50] {
-        if r != Err(Fault::Rv(CKR_GENERAL_ERROR)) {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(wait_ms));
-        r = inst.login(session, user, pin.clone());
-    }
-    r
 }

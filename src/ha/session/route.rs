@@ -3,6 +3,7 @@
 
 use super::{forget, CkResult, Session, State};
 use crate::config::RecoveryMode;
+use crate::ha::credential::{self, Verdict};
 use crate::ha::group::Login;
 use crate::ha::member::Binding;
 use crate::ha::objects::find_twin;
@@ -79,16 +80,22 @@ impl Session {
         st.member_sessions[idx] = Some((b.instance.id, h));
         b.open_sessions.fetch_add(1, Ordering::AcqRel);
         if let Some(Login { user, pin }) = self.group.login() {
-            match b.instance.login(h, user, pin) {
-                Ok(()) | Err(Fault::Rv(CKR_USER_ALREADY_LOGGED_IN)) => {}
-                Err(f) if f.fails_member() || f == Fault::Panicked => return Err(f),
-                Err(f) => {
+            match credential::present(&b.instance, h, user, &pin) {
+                Verdict::Accepted => {}
+                Verdict::WrongPin(rv) | Verdict::Revoked(rv) => {
                     // The cached PIN no longer works here: never retry it (no lock-outs).
                     let m = self.group.member(idx);
                     self.group
                         .log
-                        .login_failed(&self.group.serial, &m.serial, f.rv());
+                        .login_failed(&self.group.serial, &m.serial, rv);
                     m.set_auto_recovery(false);
+                    self.drop_member(idx, &b.instance, Fault::Rv(rv));
+                    return Err(Fault::Rv(CKR_DEVICE_ERROR));
+                }
+                Verdict::Undecided(f) if f.fails_member() || f == Fault::Panicked => return Err(f),
+                // The member's own trouble, not a verdict on the PIN: dropped, and recovery
+                // logs it in again.
+                Verdict::Undecided(f) => {
                     self.drop_member(idx, &b.instance, f);
                     return Err(Fault::Rv(CKR_DEVICE_ERROR));
                 }
