@@ -59,13 +59,14 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// Reads the identity of `obj` from a member.
+    /// Reads the identity of `obj` from a member: CKR_OBJECT_HANDLE_INVALID when it is gone,
+    /// even halfway through (another process destroyed it).
     pub fn read(
         inst: &Instance,
         session: CK_SESSION_HANDLE,
         obj: CK_OBJECT_HANDLE,
     ) -> MemberResult<Self> {
-        let base = inst.read_attributes(session, obj, BASE_KINDS.to_vec())?;
+        let base = inst.read_existing_attributes(session, obj, BASE_KINDS.to_vec())?;
         let mut attrs: Vec<Attr> = BASE_KINDS
             .iter()
             .zip(base)
@@ -77,7 +78,7 @@ impl Identity {
             .and_then(Attr::as_ulong);
         if let Some(class) = class {
             let kinds = value_kinds(class).to_vec();
-            let values = inst.read_attributes(session, obj, kinds.clone())?;
+            let values = inst.read_existing_attributes(session, obj, kinds.clone())?;
             attrs.extend(
                 kinds
                     .into_iter()

@@ -356,13 +356,38 @@ impl Instance {
         })
     }
 
-    /// Reads attributes whole (two-phase); unreadable ones are `None`.
+    /// Reads attributes whole (two-phase); unreadable ones are `None` (also all of them when
+    /// the object is gone: the member's answer to the caller's request comes later).
     pub fn read_attributes(
         &self,
         h: CK_SESSION_HANDLE,
         obj: CK_OBJECT_HANDLE,
         kinds: Vec<CK_ATTRIBUTE_TYPE>,
     ) -> MemberResult<Vec<Option<Vec<u8>>>> {
+        self.read_attributes_as(h, obj, kinds, false)
+    }
+
+    /// [`Instance::read_attributes`] of an object that must exist: one that is gone
+    /// (CKR_OBJECT_HANDLE_INVALID, also when another process destroys it between two of these
+    /// one-attribute calls) is an error, never a partial answer. Half an identity would make
+    /// it a twin of any object of its class.
+    pub fn read_existing_attributes(
+        &self,
+        h: CK_SESSION_HANDLE,
+        obj: CK_OBJECT_HANDLE,
+        kinds: Vec<CK_ATTRIBUTE_TYPE>,
+    ) -> MemberResult<Vec<Option<Vec<u8>>>> {
+        self.read_attributes_as(h, obj, kinds, true)
+    }
+
+    fn read_attributes_as(
+        &self,
+        h: CK_SESSION_HANDLE,
+        obj: CK_OBJECT_HANDLE,
+        kinds: Vec<CK_ATTRIBUTE_TYPE>,
+        must_exist: bool,
+    ) -> MemberResult<Vec<Option<Vec<u8>>>> {
+        let gone = move |rv| must_exist && rv == CKR_OBJECT_HANDLE_INVALID;
         self.try_call(move |f| {
             let mut out = Vec::with_capacity(kinds.len());
             for t in kinds {
@@ -372,7 +397,7 @@ impl Instance {
                     ulValueLen: 0,
                 };
                 let rv = ck!(f, C_GetAttributeValue(h, obj, &mut a, 1));
-                if Fault::Rv(rv).fails_member() {
+                if Fault::Rv(rv).fails_member() || gone(rv) {
                     return Err(Fault::Rv(rv));
                 }
                 let n = usize_of(a.ulValueLen);
@@ -386,7 +411,7 @@ impl Instance {
                 let mut buf = buffer(n)?;
                 a.pValue = buf.as_mut_ptr() as *mut _;
                 let rv = ck!(f, C_GetAttributeValue(h, obj, &mut a, 1));
-                if Fault::Rv(rv).fails_member() {
+                if Fault::Rv(rv).fails_member() || gone(rv) {
                     return Err(Fault::Rv(rv));
                 }
                 buf.truncate(usize_of(a.ulValueLen).min(n));

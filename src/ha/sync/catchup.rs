@@ -23,7 +23,7 @@ use crate::diag::diag;
 use crate::ha::group::Group;
 use crate::ha::objects::Identity;
 use crate::mechanism::Attr;
-use crate::provider::{Instance, MemberResult};
+use crate::provider::{Fault, Instance, MemberResult};
 use cryptoki_sys::*;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -318,8 +318,10 @@ fn drop_forgotten(held: &[Held], o: &Opened, view: &View) {
 fn twins(end: &End, identity: &Identity) -> MemberResult<Vec<CK_OBJECT_HANDLE>> {
     let mut out = Vec::new();
     for h in end.inst.find_all(end.session, identity.search_template())? {
-        if Identity::read(end.inst, end.session, h)?.matches(identity) {
-            out.push(h);
+        match Identity::read(end.inst, end.session, h) {
+            Ok(twin) if twin.matches(identity) => out.push(h),
+            Ok(_) | Err(Fault::Rv(CKR_OBJECT_HANDLE_INVALID)) => {} // not it, or gone meanwhile
+            Err(f) => return Err(f),
         }
     }
     Ok(out)
@@ -353,6 +355,8 @@ fn apply_owed(
                     }
                     match to.inst.destroy_object(to.session, h) {
                         Err(f) if f.fails_member() => return Err((Side::Target, f)),
+                        // Another settler destroyed it first: done all the same.
+                        Err(Fault::Rv(CKR_OBJECT_HANDLE_INVALID)) => {}
                         Err(f) => refused(r, "a destroy", f.rv()),
                         Ok(()) => {}
                     }

@@ -382,14 +382,19 @@ fn carry(
         .unwrap_key(to.session, mech, unwrapping, wrapped, template))
 }
 
-/// Token objects of a member with their identities (the cloning key left out).
+/// Token objects of a member with their identities (p11ha's own objects left out). An object
+/// another process destroys while this one lists them (a settler's claim, a settled record) is
+/// left out too: it is gone.
 fn token_objects(end: &End) -> MemberResult<Vec<(CK_OBJECT_HANDLE, Identity)>> {
     let mut out = Vec::new();
     for h in end
         .inst
         .find_all(end.session, vec![Attr::bool(CKA_TOKEN, true)])?
     {
-        let identity = Identity::read(end.inst, end.session, h)?;
+        let identity = match Identity::read(end.inst, end.session, h) {
+            Err(Fault::Rv(CKR_OBJECT_HANDLE_INVALID)) => continue,
+            r => r?,
+        };
         if is_cloning_object(&identity) {
             continue;
         }
