@@ -26,8 +26,11 @@ pub enum Stalled {
     Panicked,
 }
 
-/// How long an idle worker waits before it exits.
-const IDLE_EXIT: Duration = Duration::from_secs(30);
+/// How long an idle worker waits before it exits. Calls that hung while a member was stopped
+/// leave extra workers behind once they return; they are gone this long after the faults end
+/// (tokio's blocking pool keeps idle threads as long). Starting a thread again costs tens of
+/// microseconds, nothing next to a member call that follows 10 s of idleness.
+pub const IDLE_EXIT: Duration = Duration::from_secs(10);
 
 /// How long the caller polls for its answer, and a worker that has just answered for its next
 /// job, before it parks. A member call usually answers, and an application's next call (C_Sign
@@ -72,9 +75,12 @@ fn poll(limit: Duration, polling: &AtomicUsize, done: impl Fn() -> bool) -> bool
     got
 }
 
-/// A job handed to a worker: one call's closure, run once.
+/// A job handed to a worker: one call's closure, run once. `ready_again` runs after the
+/// closure and before the answer is published: the worker is back in the idle list by the time
+/// its caller can see the answer, so a caller's next call (C_Sign after C_SignInit) finds it
+/// there instead of starting a thread (which is how a pool under steady load used to grow).
 trait Job: Send + Sync {
-    fn run(&self);
+    fn run(&self, ready_again: &dyn Fn());
 }
 
 const RUNNING: u8 = 0;
@@ -97,10 +103,13 @@ struct Call<T, F> {
 unsafe impl<T: Send, F: Send> Sync for Call<T, F> {}
 
 impl<T: Send, F: FnOnce() -> T + Send> Job for Call<T, F> {
-    fn run(&self) {
+    fn run(&self, ready_again: &dyn Fn()) {
         // SAFETY: see the Sync impl; `run` is called once, by one thread.
         let f = unsafe { (*self.f.get()).take() };
-        let Some(f) = f else { return };
+        let Some(f) = f else {
+            ready_again();
+            return;
+        };
         let state = match catch_unwind(AssertUnwindSafe(f)) {
             Ok(v) => {
                 // SAFETY: nobody reads `value` before DONE is stored below.
@@ -109,6 +118,7 @@ impl<T: Send, F: FnOnce() -> T + Send> Job for Call<T, F> {
             }
             Err(_) => PANICKED,
         };
+        ready_again();
         self.state.store(state, Ordering::Release);
         // Under the lock: a waiter that registers itself later sees the state (it checks after).
         if let Some(t) = self.waiter.lock().as_ref() {
@@ -287,7 +297,7 @@ where
         waiter: Mutex::new(Some(std::thread::current())),
     });
     if is_inline() {
-        without_sigpipe(|| call.run());
+        without_sigpipe(|| call.run(&|| {}));
     } else {
         submit(call.clone());
     }
@@ -323,7 +333,7 @@ fn spawn_worker(p: &'static Pool, first: Arc<dyn Job>) {
         // No thread: run the job here rather than leave the caller waiting for nobody.
         p.alive.fetch_sub(1, Ordering::Relaxed);
         if let Some(job) = slot.lock().take() {
-            without_sigpipe(|| job.run());
+            without_sigpipe(|| job.run(&|| {}));
         }
     }
 }
@@ -369,11 +379,12 @@ fn worker(p: &'static Pool, first: Option<Arc<dyn Job>>) {
         thread: std::thread::current(),
     });
     let mut next = first;
+    let ready_again = || p.idle.lock().push(me.clone());
     loop {
-        if let Some(job) = next.take() {
-            job.run();
+        match next.take() {
+            Some(job) => job.run(&ready_again),
+            None => ready_again(),
         }
-        p.idle.lock().push(me.clone());
         poll(POLL_WORKER, &POLLING_WORKERS, || {
             me.ready.load(Ordering::Acquire)
         });
