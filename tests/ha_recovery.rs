@@ -40,6 +40,7 @@ in_every_setup!(
     reconn_att_n_gives_up_after_n_attempts_and_a_counter_bump_rearms,
     members_join_and_leave_through_the_file_while_running,
     a_restarted_member_comes_back_for_the_group_and_its_own_slot,
+    a_member_that_flaps_comes_back_after_its_last_return,
 );
 
 fn a_member_returns_under_load_and_old_sessions_use_it_again(setup: Setup) {
@@ -361,4 +362,64 @@ fn a_restarted_member_comes_back_for_the_group_and_its_own_slot(setup: Setup) {
     });
     assert!(own, "m0's own slot never served again after its restart");
     cluster.revive(1);
+}
+
+/// A member that dies again soon after it returned, several times (the chaos test's schedule
+/// kills and restarts p11-kit servers within half a second: once a member never came back in
+/// any client), must still come back after its last return, and then carry the group alone.
+/// The pauses fall before, around and after the recovery round (AutoReconnectInterval = 1 s).
+fn a_member_that_flaps_comes_back_after_its_last_return(setup: Setup) {
+    let _g = serial();
+    let cluster = Group::new(setup, 2, ConfigOpts::default());
+    let ha = cluster.ha().unwrap();
+    let s = ha.session().unwrap();
+    let key = rsa(&ha, &s);
+    let m1 = cluster.members[1].serial.clone();
+    for pause_ms in [300, 700, 1100, 500, 1500] {
+        cluster.die(1);
+        // Calls through the group find out that m1 is gone.
+        for _ in 0..4 {
+            sign(&s, key).expect("m0 serves while m1 flaps");
+        }
+        cluster.revive(1);
+        thread::sleep(Duration::from_millis(pause_ms));
+    }
+    let back = wait_until(Duration::from_secs(15), || {
+        ha.pkcs11
+            .get_slots_with_token()
+            .ok()
+            .and_then(|slots| slots.into_iter().next())
+            .and_then(|slot| ha.pkcs11.get_token_info(slot).ok())
+            .is_some()
+            && cluster
+                .ha_log_lines()
+                .last_member_event(&m1)
+                .is_some_and(|l| l.contains("succeeded"))
+    });
+    assert!(
+        back,
+        "m1 did not come back after flapping: {:#?}",
+        cluster.ha_log_lines()
+    );
+    cluster.die(0);
+    for _ in 0..4 {
+        sign(&s, key).expect("m1 carries the group after m0 died");
+    }
+    cluster.revive(0);
+}
+
+/// The last HA log line about a member's drop or recovery.
+trait LastMemberEvent {
+    fn last_member_event(&self, serial: &str) -> Option<&String>;
+}
+
+impl LastMemberEvent for Vec<String> {
+    fn last_member_event(&self, serial: &str) -> Option<&String> {
+        self.iter().rev().find(|l| {
+            l.contains(serial)
+                && (l.contains("has dropped member")
+                    || l.contains("succeeded for member")
+                    || l.contains("failed for member"))
+        })
+    }
 }
