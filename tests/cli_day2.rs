@@ -2,7 +2,9 @@
 //! output and the exact resulting file (expected texts written by hand): help and version,
 //! lunacm's habits (prefixes, `hagroup`, any case, "did you mean"), `-json` as one document,
 //! providers added from nothing, a stable group serial, the PIN checked on addmember, and the
-//! HA log left alone by the command.
+//! HA log left alone by the command; removals tracked by a running application (CA_GetHAState,
+//! HA log), providers that would share one module instance, seed 003 fidelity of the recovery
+//! lines, a quiet stderr, and the PIN asked on a terminal without echo.
 
 mod support;
 
@@ -1030,4 +1032,54 @@ sys.exit(os.waitstatus_to_exitcode(status))
         )
     );
     assert!(!transcript.contains(USER_PIN));
+}
+
+/// Issue 16 item 11, the other half: a member taken down by a deactivation (the fault module
+/// answers C_SignInit with CKR_TOKEN_NOT_PRESENT) gets seed 003's HALOG_MEMBER_NOW_ACTIVATED
+/// right after its "succeeded" line when it comes back.
+#[test]
+fn a_deactivated_member_that_returns_is_now_activated() {
+    use cryptoki::mechanism::Mechanism;
+    use cryptoki::object::ObjectClass;
+    let _one = in_process();
+    let group = Group::with_fault_module(
+        Setup::DIRECT_HA_ONLY_1,
+        2,
+        ConfigOpts {
+            group_serial: Some("4713".into()),
+            ..Default::default()
+        },
+        &[0],
+    );
+    let m0 = &group.members[0].serial;
+    let ha = group.ha().unwrap();
+    let s = ha.session().unwrap();
+    let key = ha.find(&s, ObjectClass::PRIVATE_KEY, RSA_ID).unwrap();
+    group.set_faults(0, "C_SignInit 0xE0\n");
+    for n in 0..6u8 {
+        s.sign(&Mechanism::Sha256RsaPkcs, key, &[n])
+            .expect("failed over to the active member");
+    }
+    group.set_faults(0, "");
+    let g = "HA group: 4713";
+    let deactivated = format!("{g} member: {m0} deactivated");
+    let activated = format!(
+        "{g} recovery attempt 1 member {m0} is now activated and will be reintroduce back into \
+         the HA group."
+    );
+    let ok = wait_until(std::time::Duration::from_secs(10), || {
+        ha_log_texts(&group).contains(&activated)
+    });
+    let t = ha_log_texts(&group);
+    assert!(ok, "{t:#?}");
+    let at = |text: &str| t.iter().position(|l| l == text);
+    assert!(at(&deactivated) < at(&activated), "{t:#?}");
+    assert_eq!(
+        at(&format!(
+            "{g} recovery attempt 1 succeeded for member: {m0}"
+        ))
+        .map(|i| i + 1),
+        at(&activated),
+        "{t:#?}"
+    );
 }
