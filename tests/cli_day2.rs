@@ -2,7 +2,9 @@
 //! output and the exact resulting file (expected texts written by hand): help and version,
 //! lunacm's habits (prefixes, `hagroup`, any case, "did you mean"), `-json` as one document,
 //! providers added from nothing, a stable group serial, the PIN checked on addmember, and the
-//! HA log left alone by the command.
+//! HA log left alone by the command; removals tracked by a running application (CA_GetHAState,
+//! HA log), providers that would share one module instance, seed 003 fidelity of the recovery
+//! lines, a quiet stderr, and the PIN asked on a terminal without echo.
 
 mod support;
 
@@ -481,5 +483,603 @@ fn the_command_run_as_root_leaves_the_ha_log_to_the_application_user() {
     assert!(
         text.contains("HA group: 1700 management thread started"),
         "{text}"
+    );
+}
+
+/// Tests that load `libp11ha.so` into this process take turns: one library instance per process.
+static IN_PROCESS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+fn in_process() -> std::sync::MutexGuard<'static, ()> {
+    IN_PROCESS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The member serials `CA_GetHAState` lists for slot 0 of the library loaded in this process
+/// (Luna's layout: groupSerial[20], 32 x { memberSerial[20], CK_RV }, listSize).
+fn ha_state_members() -> Vec<String> {
+    // SAFETY: the library is loaded already (the caller's client); CA_GetHAState takes a slot
+    // and a writable CK_HA_STATUS.
+    unsafe {
+        let lib = libloading::Library::new(p11ha_lib()).unwrap();
+        let get: libloading::Symbol<unsafe extern "C" fn(libc::c_ulong, *mut u8) -> libc::c_ulong> =
+            lib.get(b"CA_GetHAState\0").unwrap();
+        let mut st = [0u8; 24 + 32 * 32 + 8];
+        assert_eq!(get(0, st.as_mut_ptr()), 0, "CA_GetHAState");
+        let n = u64::from_ne_bytes(st[24 + 32 * 32..].try_into().unwrap());
+        (0..n as usize)
+            .map(|i| {
+                let raw = &st[24 + 32 * i..24 + 32 * i + 20];
+                let end = raw.iter().position(|b| *b == 0).unwrap_or(20);
+                String::from_utf8_lossy(&raw[..end]).into_owned()
+            })
+            .collect()
+    }
+}
+
+/// The HA log lines after their prefix (`<date> : [<pid>] `), of this process only.
+fn ha_log_texts(cluster: &Cluster) -> Vec<String> {
+    let me = format!(" : [{}] ", std::process::id());
+    cluster
+        .ha_log_lines()
+        .iter()
+        .filter_map(|l| l.split_once(&me).map(|(_, t)| t.to_string()))
+        .collect()
+}
+
+fn wait_listed(want: &[&String]) {
+    let mut seen = Vec::new();
+    let ok = wait_until(std::time::Duration::from_secs(10), || {
+        seen = ha_state_members();
+        seen.iter().collect::<Vec<_>>() == want
+    });
+    assert!(ok, "CA_GetHAState lists {seen:?}, expected {want:?}");
+}
+
+/// Issue 16 item 9: a running application sees removemember/removestandby and the member's
+/// return, in CA_GetHAState (listed once) and in its HA log.
+#[test]
+fn removal_is_tracked_by_ca_get_ha_state_and_the_ha_log() {
+    let _one = in_process();
+    let cluster = Cluster::started(2);
+    let conf = cluster.write_config(&ConfigOpts {
+        group_serial: Some("4711".into()),
+        ..Default::default()
+    });
+    let (m0, m1) = (&cluster.members[0].serial, &cluster.members[1].serial);
+    let ha = cluster.ha_client(&conf, GROUP_LABEL).unwrap();
+    let _s = ha.session().unwrap();
+    wait_listed(&[m0, m1]);
+    let pin = [("P11HA_PIN", USER_PIN)];
+    let edit = |verb: &str, said: String| {
+        let (code, out, err) = p11ha_env(
+            &conf,
+            &[verb, "-group", GROUP_LABEL, "-serialnumber", m1],
+            &pin,
+        );
+        assert_eq!(
+            (code, out.as_str()),
+            (0, ok(&said).as_str()),
+            "{verb}: {err}"
+        );
+    };
+    let removed = format!("HA group: 4711 removed member: {m1} (no longer in the configuration)");
+    let added = format!("HA group: 4711 detected new member member: {m1}");
+    // The HA log is written by its own thread: wait for the line, then count exactly.
+    let count = |text: &str, n: usize| {
+        let count = || {
+            ha_log_texts(&cluster)
+                .iter()
+                .filter(|l| l.as_str() == text)
+                .count()
+        };
+        wait_until(std::time::Duration::from_secs(5), || count() >= n);
+        assert_eq!(count(), n, "{text:?}: {:#?}", cluster.ha_log_lines());
+    };
+
+    edit(
+        "removemember",
+        format!("member {m1} removed from group {GROUP_LABEL}."),
+    );
+    wait_listed(&[m0]);
+    count(&removed, 1);
+
+    edit(
+        "addstandby",
+        format!("{m1} added as standby member of group {GROUP_LABEL}."),
+    );
+    wait_listed(&[m0, m1]);
+    count(&added, 1);
+    // Two more management rounds: still listed once.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert_eq!(ha_state_members(), [m0.clone(), m1.clone()]);
+
+    edit(
+        "removestandby",
+        format!("standby member {m1} removed from group {GROUP_LABEL}."),
+    );
+    wait_listed(&[m0]);
+    count(&removed, 2);
+
+    edit(
+        "addmember",
+        format!("{m1} added as member of group {GROUP_LABEL}."),
+    );
+    wait_listed(&[m0, m1]);
+    count(&added, 2);
+}
+
+/// Issue 16 item 10: SoftHSM keeps one instance per process, so two providers on its one file
+/// cannot both serve. addprovider refuses the second and says what to do; a file written by
+/// hand gets the same advice on the application's stderr; followed, both members are live.
+#[test]
+fn two_providers_on_one_softhsm_file_are_refused_with_what_to_do() {
+    let cluster = Cluster::new(2);
+    let (m0, m1) = (&cluster.members[0], &cluster.members[1]);
+    let conf = cluster.dir().join("Chrystoki.conf");
+    let group = format!(
+        "VirtualToken = {{\n   VirtualToken00Label = g;\n   VirtualToken00SN = 4242;\n   \
+         VirtualToken00Members = {}, {};\n}}\n",
+        m0.serial, m1.serial
+    );
+    let provider = |n: u32, lib: &Path, m: &Member| {
+        format!(
+            "   Provider{n:02}Library = {};\n   Provider{n:02}Env = SOFTHSM2_CONF={};\n",
+            lib.display(),
+            m.conf.display()
+        )
+    };
+    let first = format!(
+        "{group}HAProviders = {{\n{}}}\n",
+        provider(0, Path::new(SOFTHSM_LIB), m0)
+    );
+    std::fs::write(&conf, &first).unwrap();
+    let env1 = format!("SOFTHSM2_CONF={}", m1.conf.display());
+
+    let (code, out, err) = p11ha(
+        &conf,
+        &["addprovider", "-library", SOFTHSM_LIB, "-env", &env1],
+    );
+    assert_eq!(code, 2, "{out}");
+    assert_eq!(
+        err,
+        format!(
+            "p11ha: addprovider: {SOFTHSM_LIB} handed Provider01 the module instance of \
+             Provider00 (this module keeps one instance per process), so this provider's -env \
+             would not take effect and its tokens would not be seen. Give this provider a \
+             private copy of the library, e.g. cp {SOFTHSM_LIB} \
+             /usr/local/lib/p11ha/provider01.so, and add that path instead\n"
+        )
+    );
+    assert_eq!(std::fs::read_to_string(&conf).unwrap(), first);
+
+    // Written by hand: the application starts, one member is down, and stderr says why.
+    std::fs::write(
+        &conf,
+        format!(
+            "{group}HAProviders = {{\n{}{}}}\n",
+            provider(0, Path::new(SOFTHSM_LIB), m0),
+            provider(1, Path::new(SOFTHSM_LIB), m1)
+        ),
+    )
+    .unwrap();
+    let list = || {
+        let mut app = Command::new("pkcs11-tool");
+        app.arg("--module")
+            .arg(p11ha_lib())
+            .arg("-L")
+            .env("P11HA_CONF", &conf);
+        run_cmd(app, std::time::Duration::from_secs(30))
+    };
+    let run = list();
+    assert!(run.success(), "{}", run.describe());
+    assert_eq!(
+        run.stderr,
+        format!(
+            "p11ha: Provider01 is not used: {SOFTHSM_LIB} handed it the same module instance as \
+             Provider00 (this module keeps one instance per process, so only one of the two \
+             ProviderNNEnv settings took effect and the other provider's tokens are not seen). \
+             Give each such provider a private copy of the library, e.g. cp {SOFTHSM_LIB} \
+             /usr/local/lib/p11ha/provider01.so and set Provider01Library to the copy. \
+             p11-kit-client.so needs no copy: it makes a new instance for every provider.\n"
+        )
+    );
+    let (_, out, _) = p11ha(&conf, &["listgroups", "-json"]);
+    assert!(out.contains("\"members_down\":1,"), "{out}");
+
+    // The advice followed: a private copy for the second provider, and both members serve.
+    std::fs::write(&conf, &first).unwrap();
+    let copy = cluster.softhsm_copy(1);
+    let copy_s = copy.to_str().unwrap();
+    let (code, out, err) = p11ha(&conf, &["addprovider", "-library", copy_s, "-env", &env1]);
+    assert_eq!(
+        (code, out.as_str()),
+        (0, ok(&format!("Provider01 added: {copy_s}.")).as_str()),
+        "{err}"
+    );
+    let (code, out, err) = p11ha(&conf, &["listgroups", "-json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("\"degraded\":false,\"members_down\":0,"),
+        "{out}"
+    );
+    for m in [m0, m1] {
+        assert!(
+            out.contains(&format!(
+                "{{\"serial\":\"{}\",\"standby\":false,\"alive\":true,",
+                m.serial
+            )),
+            "{out}"
+        );
+    }
+    let run = list();
+    assert!(run.success(), "{}", run.describe());
+    assert_eq!(run.stderr, "", "{}", run.describe());
+}
+
+/// Issue 16 item 11: `halog -show` and `listgroups` say the same about the HA log, and a
+/// refused file's HA log line names no empty group.
+#[test]
+fn halog_show_and_listgroups_agree_and_config_errors_read_well() {
+    let d = dir();
+    let log = d.path().join("log");
+    std::fs::create_dir(&log).unwrap();
+    let file = log.join("haErrorLog.txt");
+    for (status, logging, show) in [
+        (
+            "enabled",
+            format!("enabled ({})", file.display()),
+            "enabled",
+        ),
+        ("disabled", "disabled".to_string(), "disabled"),
+    ] {
+        let conf = written(
+            &d,
+            &format!(
+                "{LONELY}HAConfiguration = {{\n   haLogPath = {};\n   haLogStatus = {status};\n}}\n",
+                log.display()
+            ),
+        );
+        let (_, out, _) = p11ha(&conf, &["listgroups"]);
+        assert!(
+            out.contains(&format!("\n         HA logging:  {logging}\n")),
+            "{status}: {out}"
+        );
+        let (code, out, _) = p11ha(&conf, &["halog", "-show"]);
+        assert_eq!(
+            (code, out),
+            (
+                0,
+                format!(
+                    "         HA Log: {show}\n       Log File: {}\nMax File Length: 100000000 \
+                     bytes\n\nCommand Result : No Error\n",
+                    file.display()
+                )
+            ),
+            "{status}"
+        );
+    }
+
+    let text = format!(
+        "{LONELY}HAConfiguration = {{\n   haLogPath = {};\n   reconnAtt = abc;\n}}\n",
+        log.display()
+    );
+    let conf = written(&d, &text);
+    let mut app = Command::new("pkcs11-tool");
+    app.arg("--module")
+        .arg(p11ha_lib())
+        .arg("-L")
+        .env("P11HA_CONF", &conf);
+    let run = run_cmd(app, std::time::Duration::from_secs(30));
+    assert!(!run.success(), "{}", run.describe());
+    let line = text.lines().position(|l| l.contains("abc")).unwrap() + 1;
+    let why = format!(
+        "configuration error: {}:{line}: reconnAtt: expected a number of recovery attempts (-1 = \
+         unlimited, 0 = no auto-recovery, N >= 1), found \"abc\"",
+        conf.display()
+    );
+    assert!(
+        run.stderr.starts_with(&format!("p11ha: {why}\n")),
+        "{}",
+        run.describe()
+    );
+    let logged = std::fs::read_to_string(&file).unwrap();
+    let pid = logged
+        .split_once(" : [")
+        .unwrap()
+        .1
+        .split_once(']')
+        .unwrap()
+        .0;
+    assert_eq!(
+        logged.split_once(" : [").unwrap().1,
+        format!("{pid}] HA {why}\n"),
+        "{logged}"
+    );
+}
+
+/// Issue 16 item 11: one `p11ha recover` is one attempt (reconnAtt = 2 is not spent at once);
+/// a member that died and came back is "recovery attempt N succeeded", never "is now activated"
+/// (seed 003 keeps that for a deactivated partition); "reintroducing N token objects" only
+/// when N > 0.
+#[test]
+fn one_recover_is_one_attempt_and_recovery_lines_follow_seed_003() {
+    let _one = in_process();
+    let cluster = Cluster::started(2);
+    let conf = cluster.write_config(&ConfigOpts {
+        group_serial: Some("4712".into()),
+        reconn_att: 2,
+        auto_reconnect_interval: 2,
+        ha_synchronize: Some(true),
+        ..Default::default()
+    });
+    let m1 = &cluster.members[1].serial;
+    let (code, out, err) = p11ha_env(
+        &conf,
+        &["synchronize", "-group", GROUP_LABEL, "-init-cloning-key"],
+        &[("P11HA_SO_PIN", SO_PIN)],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let ha = cluster.ha_client(&conf, GROUP_LABEL).unwrap();
+    let s = ha.session().unwrap();
+    let note = |label: &str| {
+        use cryptoki::object::{Attribute, ObjectClass};
+        s.create_object(&[
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Label(label.as_bytes().to_vec()),
+            Attribute::Value(label.as_bytes().to_vec()),
+        ])
+        .unwrap()
+    };
+    let g = "HA group: 4712";
+    let failed = |n: u32| format!("{g} recovery attempt {n} failed for member: {m1}. Code: 0x");
+    let exhausted = format!(
+        "{g} exceeded maximum number of autorecovery attempts for member: {m1}. Autorecovery \
+         will be disabled"
+    );
+    let texts = || ha_log_texts(&cluster);
+    let wait_count = |text: &str, n: usize| {
+        let ok = wait_until(std::time::Duration::from_secs(20), || {
+            texts().iter().filter(|l| l.as_str() == text).count() >= n
+        });
+        assert!(
+            ok,
+            "waiting for {n} x {text:?}: {:#?}",
+            cluster.ha_log_lines()
+        );
+    };
+    let recover = || {
+        let (code, out, err) = p11ha(&conf, &["recover", "-group", GROUP_LABEL]);
+        assert_eq!(code, 0, "{out}{err}");
+    };
+
+    cluster.kill(1);
+    note("while-m1-down");
+    wait_count(&exhausted, 1);
+    recover();
+    wait_count(
+        &format!("{g} Re-enable auto recovery process for member: {m1}"),
+        1,
+    );
+    wait_count(&exhausted, 2);
+    // The two attempts after the request: in two rounds (2 s apart), not in one.
+    let lines = cluster.ha_log_lines();
+    let renable = lines
+        .iter()
+        .position(|l| l.contains("Re-enable auto recovery"))
+        .unwrap();
+    let at = |text: &str| {
+        let l = lines[renable..]
+            .iter()
+            .find(|l| l.contains(text))
+            .unwrap_or_else(|| panic!("no {text:?} after the request: {lines:#?}"));
+        chrono::NaiveDateTime::parse_from_str(&l[..24], "%a %b %e %H:%M:%S %Y").unwrap()
+    };
+    let gap = at(&failed(2)) - at(&failed(1));
+    assert!(
+        gap.num_seconds() >= 1,
+        "one recover request spent two attempts at once: {lines:#?}"
+    );
+
+    // Back with one object owed: reintroducing 1, then succeeded, and no "now activated".
+    cluster.restart(1);
+    recover();
+    let reintroduced =
+        format!("{g} recovery attempt 1 reintroducing 1 token objects to recovered token {m1}");
+    let succeeded = format!("{g} recovery attempt 1 succeeded for member: {m1}");
+    wait_count(&succeeded, 1);
+    let t = texts();
+    let pos = |text: &str| t.iter().position(|l| l.as_str() == text);
+    assert!(
+        pos(&reintroduced).is_some_and(|r| Some(r + 1) == pos(&succeeded)),
+        "{t:#?}"
+    );
+
+    // Dropped and back with nothing owed: no "reintroducing 0".
+    let before = t.len();
+    cluster.kill(1);
+    cluster.restart(1);
+    let ok = wait_until(std::time::Duration::from_secs(20), || {
+        // Calls find out that m1's connection died.
+        let _ = s.generate_random_vec(16);
+        texts()[before..].iter().any(|l| {
+            l.starts_with(&format!("{g} recovery attempt "))
+                && l.ends_with(&format!("succeeded for member: {m1}"))
+        })
+    });
+    assert!(ok, "{:#?}", cluster.ha_log_lines());
+    let t = texts();
+    assert!(!t.iter().any(|l| l.contains("reintroducing 0 ")), "{t:#?}");
+    assert!(!t.iter().any(|l| l.contains("is now activated")), "{t:#?}");
+}
+
+/// Issue 16 item 11: a normal start writes nothing on the application's stderr, not even for an
+/// application that forbids threads (CKF_LIBRARY_CANT_CREATE_OS_THREADS: that note used to be
+/// printed at every start) or a synchronized group without haJournalPath; P11HA_DEBUG shows it.
+#[test]
+fn a_normal_start_is_quiet_on_stderr() {
+    let cluster = Cluster::started(2);
+    let conf = cluster.write_config(&ConfigOpts {
+        ha_synchronize: Some(true),
+        ..Default::default()
+    });
+    let mut app = Command::new("pkcs11-tool");
+    app.arg("--module")
+        .arg(p11ha_lib())
+        .arg("-L")
+        .env("P11HA_CONF", &conf)
+        .env_remove("P11HA_DEBUG");
+    let run = run_cmd(app, std::time::Duration::from_secs(30));
+    assert!(run.success(), "{}", run.describe());
+    assert_eq!(run.stderr, "", "{}", run.describe());
+
+    let exe = cluster.build_c_client();
+    let no_threads = |debug: Option<&str>| {
+        let mut cmd = c_client_cmd(
+            &exe,
+            &p11ha_lib(),
+            GROUP_LABEL,
+            &["-T", "-n", "1", "-c", "20", "-q"],
+        );
+        cmd.env("P11HA_CONF", &conf).env_remove("P11HA_DEBUG");
+        if let Some(d) = debug {
+            cmd.env("P11HA_DEBUG", d);
+        }
+        let run = run_cmd(cmd, std::time::Duration::from_secs(60));
+        assert!(run.success(), "{}", run.describe());
+        run
+    };
+    let quiet = no_threads(None);
+    assert!(!quiet.stderr.contains("p11ha:"), "{}", quiet.describe());
+    let told = no_threads(Some("info"));
+    assert!(
+        told.stderr.contains(
+            "p11ha: the application forbids threads (CKF_LIBRARY_CANT_CREATE_OS_THREADS): \
+             members are recovered during application calls\n"
+        ),
+        "{}",
+        told.describe()
+    );
+}
+
+/// Issue 16 item 12: no -password and no P11HA_PIN, on a terminal: the PIN is asked for with
+/// echo off, and the command goes on with it.
+#[test]
+fn the_pin_is_asked_on_a_terminal_without_echo() {
+    let cluster = Cluster::started(2);
+    let conf = cluster.write_config(&ConfigOpts {
+        members: Some(vec![0]),
+        ..Default::default()
+    });
+    let m1 = &cluster.members[1].serial;
+    // A pseudo-terminal: the child's stdin, stdout and stderr, and its controlling terminal.
+    // The script types the PIN after the prompt and prints the whole transcript.
+    let script = r#"
+import os, pty, sys, select, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+out = b""
+typed = False
+deadline = time.time() + 60
+while time.time() < deadline:
+    r, _, _ = select.select([fd], [], [], 0.5)
+    if not r:
+        continue
+    try:
+        chunk = os.read(fd, 4096)
+    except OSError:
+        break
+    if not chunk:
+        break
+    out += chunk
+    if not typed and out.endswith(b"PIN: "):
+        os.write(fd, sys.stdin.buffer.read())
+        typed = True
+_, status = os.waitpid(pid, 0)
+sys.stdout.buffer.write(out)
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.args(["-c", script, env!("CARGO_BIN_EXE_p11ha")])
+        .args(["addmember", "-group", GROUP_LABEL, "-serialnumber", m1])
+        .env("P11HA_CONF", &conf)
+        .env_remove("P11HA_PIN")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{USER_PIN}\n").as_bytes())
+        .unwrap();
+    let done = child.wait_with_output().unwrap();
+    let transcript = String::from_utf8_lossy(&done.stdout);
+    assert_eq!(
+        done.status.code(),
+        Some(0),
+        "{transcript}{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    // The terminal turns "\n" into "\r\n"; with echo off the PIN never shows.
+    assert_eq!(
+        transcript.replace("\r\n", "\n"),
+        format!(
+            "Enter the group's user PIN: \n{}",
+            ok(&format!("{m1} added as member of group {GROUP_LABEL}."))
+        )
+    );
+    assert!(!transcript.contains(USER_PIN));
+}
+
+/// Issue 16 item 11, the other half: a member taken down by a deactivation (the fault module
+/// answers C_SignInit with CKR_TOKEN_NOT_PRESENT) gets seed 003's HALOG_MEMBER_NOW_ACTIVATED
+/// right after its "succeeded" line when it comes back.
+#[test]
+fn a_deactivated_member_that_returns_is_now_activated() {
+    use cryptoki::mechanism::Mechanism;
+    use cryptoki::object::ObjectClass;
+    let _one = in_process();
+    let group = Group::with_fault_module(
+        Setup::DIRECT_HA_ONLY_1,
+        2,
+        ConfigOpts {
+            group_serial: Some("4713".into()),
+            ..Default::default()
+        },
+        &[0],
+    );
+    let m0 = &group.members[0].serial;
+    let ha = group.ha().unwrap();
+    let s = ha.session().unwrap();
+    let key = ha.find(&s, ObjectClass::PRIVATE_KEY, RSA_ID).unwrap();
+    group.set_faults(0, "C_SignInit 0xE0\n");
+    for n in 0..6u8 {
+        s.sign(&Mechanism::Sha256RsaPkcs, key, &[n])
+            .expect("failed over to the active member");
+    }
+    group.set_faults(0, "");
+    let g = "HA group: 4713";
+    let deactivated = format!("{g} member: {m0} deactivated");
+    let activated = format!(
+        "{g} recovery attempt 1 member {m0} is now activated and will be reintroduce back into \
+         the HA group."
+    );
+    let ok = wait_until(std::time::Duration::from_secs(10), || {
+        ha_log_texts(&group).contains(&activated)
+    });
+    let t = ha_log_texts(&group);
+    assert!(ok, "{t:#?}");
+    let at = |text: &str| t.iter().position(|l| l == text);
+    assert!(at(&deactivated) < at(&activated), "{t:#?}");
+    assert_eq!(
+        at(&format!(
+            "{g} recovery attempt 1 succeeded for member: {m0}"
+        ))
+        .map(|i| i + 1),
+        at(&activated),
+        "{t:#?}"
     );
 }

@@ -38,6 +38,10 @@ pub struct Health {
     pub auto_recovery: bool,
     /// Last token info seen, so the virtual token can be described while members are down.
     pub token: Option<CK_TOKEN_INFO>,
+    /// Taken down by a deactivation (HALOG_MEMBER_DEACTIVATED), until it is up again. Kept
+    /// apart from `last_error`, which failed recovery attempts overwrite with their own errors
+    /// (a p11-kit member whose server is gone is CKR_TOKEN_NOT_PRESENT, like a deactivation).
+    pub deactivated: bool,
 }
 
 pub struct Member {
@@ -71,6 +75,7 @@ impl Member {
                 attempts: 0,
                 auto_recovery: true,
                 token: None,
+                deactivated: false,
             }),
             in_flight: AtomicUsize::new(0),
         }
@@ -113,6 +118,7 @@ impl Member {
         h.last_error = 0;
         h.attempts = 0;
         h.token = Some(token);
+        h.deactivated = false;
         binding
     }
 
@@ -130,6 +136,7 @@ impl Member {
                 h.binding = None;
                 h.last_error = rv;
                 h.attempts = 0;
+                h.deactivated = crate::provider::is_deactivation(rv);
                 true
             }
             _ => false,

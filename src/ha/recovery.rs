@@ -11,7 +11,7 @@ use super::member::Member;
 use super::sync::catchup::{catch_up, reintroduce};
 use crate::config;
 use crate::diag::diag;
-use crate::provider::{is_deactivation, Fault};
+use crate::provider::Fault;
 use cryptoki_sys::*;
 use std::sync::Arc;
 
@@ -176,7 +176,7 @@ pub fn recover(ha: &Ha, g: &Group, m: &Member, limit: i64) -> bool {
             }
             // HALOG_MEMBER_NOW_ACTIVATED is for a partition that was deactivated, not for
             // every member that comes back.
-            let was_deactivated = is_deactivation(m.health().last_error);
+            let was_deactivated = m.health().deactivated;
             bind(m, &found);
             g.log.recovered(&g.serial, attempt, &m.serial);
             if was_deactivated {
