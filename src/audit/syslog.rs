@@ -8,17 +8,27 @@
 //! `<PRI>Mmm dd hh:mm:ss IDENT[PID]: TEXT`, with `IDENT` `p11ha-audit` (facility `LOG_AUTHPRIV`,
 //! where hosts keep security records, level info) or `p11ha-halog` (`LOG_USER`, notice).
 //!
-//! The socket is non-blocking: a syslog daemon that is slow or gone never holds up a writer (on
-//! the caller's thread when the application forbids threads). A record that cannot be sent is
-//! not retried — the files are the record of what happened — and the first failure of each
-//! process and log is said once on stderr, with the socket's path.
+//! A send waits at most [`SEND_WAIT`] for a daemon that is behind (a local datagram socket
+//! holds only a few messages: 10 by default, `net.unix.max_dgram_qlen`), so a burst reaches a
+//! daemon that keeps up. One that does not answer in time, or is gone, must not hold up the
+//! writers (they write the files, and run on the caller's thread when the application forbids
+//! threads): nothing is sent for [`PAUSE`] after a failure. A record that is not sent is not
+//! retried — the files are the record of what happened — and the first failure of each process
+//! and log is said once on stderr, with the socket's path.
 
 use crate::diag::diag;
 use chrono::Local;
+use parking_lot::Mutex;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Longest wait for room on the socket, per record.
+pub const SEND_WAIT: Duration = Duration::from_millis(250);
+/// How long nothing is sent after a failed send.
+pub const PAUSE: Duration = Duration::from_secs(5);
 
 /// Which log a line belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,34 +76,43 @@ pub fn datagram(source: Source, line: &str) -> String {
     )
 }
 
-/// One unbound, non-blocking socket per process, shared by every log and thread (`sendto` on a
-/// datagram socket needs no lock).
+/// One unbound socket per process, shared by every log and thread (`sendto` on a datagram
+/// socket needs no lock).
 fn socket() -> Option<&'static UnixDatagram> {
     static SOCKET: OnceLock<Option<UnixDatagram>> = OnceLock::new();
     SOCKET
         .get_or_init(|| {
             let s = UnixDatagram::unbound().ok()?;
-            s.set_nonblocking(true).ok()?;
+            s.set_write_timeout(Some(SEND_WAIT)).ok()?;
             Some(s)
         })
         .as_ref()
 }
 
+/// Until when nothing is sent, after a failure.
+static PAUSED_UNTIL: Mutex<Option<Instant>> = Mutex::new(None);
+
 /// Sends each of `lines` to the syslog socket at `path` (`haSyslogSocket`, by default
 /// [`crate::config::DEFAULT_SYSLOG_SOCKET`]).
 pub fn send(source: Source, path: &Path, lines: &[String]) {
+    if lines.is_empty() || PAUSED_UNTIL.lock().is_some_and(|t| Instant::now() < t) {
+        return;
+    }
     for line in lines {
         let sent = match socket() {
             Some(s) => s.send_to(datagram(source, line).as_bytes(), path).map(drop),
             None => Err(std::io::Error::other("no socket could be created")),
         };
         if let Err(e) = sent {
+            *PAUSED_UNTIL.lock() = Some(Instant::now() + PAUSE);
             if !source.failure_said().swap(true, Ordering::Relaxed) {
                 diag!(
                     Warn,
-                    "haLogToSyslog: {} records not sent to {}: {e} (said once per process)",
+                    "haLogToSyslog: {} records not sent to {}: {e} (said once per process; \
+                     nothing is sent for {} s after a failure)",
                     source.ident(),
-                    path.display()
+                    path.display(),
+                    PAUSE.as_secs()
                 );
             }
             return;
