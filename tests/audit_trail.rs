@@ -105,11 +105,31 @@ impl Trail {
     }
 
     /// `libp11ha.so` in this process; one test at a time (the module is loaded once per
-    /// process). The client is dropped (C_Finalize) before the lock.
-    fn client(&self) -> (MemberClient, MutexGuard<'static, ()>) {
+    /// process: a second C_Initialize before the first client's C_Finalize would fail, or run
+    /// on the other test's configuration).
+    fn client(&self) -> InProcess {
         static IN_PROCESS: Mutex<()> = Mutex::new(());
-        let guard = IN_PROCESS.lock().unwrap_or_else(|p| p.into_inner());
-        (self.c.ha_client(&self.conf, GROUP_LABEL).unwrap(), guard)
+        let one = IN_PROCESS.lock().unwrap_or_else(|p| p.into_inner());
+        InProcess {
+            client: self.c.ha_client(&self.conf, GROUP_LABEL).unwrap(),
+            _one: one,
+        }
+    }
+}
+
+/// A client of `libp11ha.so` in this process and the lock that makes it the only one. Fields
+/// drop in order: the client (C_Finalize) before the lock. (A `(client, guard)` tuple bound
+/// with `let (ha, _one)` drops the guard first, so the next test's C_Initialize could run
+/// while this one's C_Finalize still flushed the trail.)
+struct InProcess {
+    client: MemberClient,
+    _one: MutexGuard<'static, ()>,
+}
+
+impl std::ops::Deref for InProcess {
+    type Target = MemberClient;
+    fn deref(&self) -> &MemberClient {
+        &self.client
     }
 }
 
@@ -159,7 +179,7 @@ fn lines_of(p: &Path) -> Vec<String> {
 /// and destroyed; with `logout`, a C_Logout (the records after it stay unsealed until the next
 /// login); without, C_Finalize ends the login after sealing what is left.
 fn application_run(t: &Trail, logout: bool) {
-    let (ha, _one) = t.client();
+    let ha = t.client();
     let s = ha.pkcs11.open_rw_session(ha.slot).unwrap();
     let refused = s.login(UserType::User, Some(&AuthPin::new(WRONG_PIN.into())));
     assert!(
@@ -559,7 +579,7 @@ fn clear_archives_and_starts_with_the_clear() {
 fn records_before_a_login_are_sealed_when_one_happens() {
     let t = trail(NO_ROTATION);
     {
-        let (ha, _one) = t.client();
+        let ha = t.client();
         let s = ha.pkcs11.open_rw_session(ha.slot).unwrap();
         drop(s);
     }
@@ -612,7 +632,7 @@ fn follow_shows_new_records_across_a_rotation() {
     for round in 0..6 {
         let before = t.files().len();
         {
-            let (ha, _one) = t.client();
+            let ha = t.client();
             drop(ha.session().unwrap());
         }
         // The record is on disk now (C_Finalize waited for it): follow has 1 s to show it.
@@ -805,7 +825,7 @@ fn an_unwritable_audit_directory_loses_nothing_and_the_ha_log_says_where() {
     let failed = format!("audit trail write failed: {}: ", current.display());
     let resumed = format!("audit trail written again: {}: ", current.display());
     {
-        let (ha, _one) = t.client();
+        let ha = t.client();
         let s = ha.pkcs11.open_rw_session(ha.slot).unwrap();
         s.login(UserType::User, Some(&AuthPin::new(USER_PIN.into())))
             .unwrap();
@@ -858,7 +878,7 @@ fn an_unwritable_audit_directory_loses_nothing_and_the_ha_log_says_where() {
     // A process that ends while the file cannot be written: its last records are lost, and
     // the next record written says how many; verify reports it.
     {
-        let (ha, _one) = t.client();
+        let ha = t.client();
         let outage = Outage::start(&t);
         let s = ha.pkcs11.open_rw_session(ha.slot).unwrap();
         drop(s);
