@@ -59,6 +59,16 @@ fn trail_with(audit_len: u64, served: bool) -> Trail {
 
 /// [`trail_with`], with `extra` lines in HAConfiguration.
 fn trail_lines(audit_len: u64, served: bool, extra: Vec<String>) -> Trail {
+    trail_prepared(audit_len, served, extra, |_| {})
+}
+
+/// [`trail_lines`]; `prepare` gets the audit directory before anything is written there.
+fn trail_prepared(
+    audit_len: u64,
+    served: bool,
+    extra: Vec<String>,
+    prepare: impl FnOnce(&Path),
+) -> Trail {
     let c = if served {
         Cluster::started(2)
     } else {
@@ -66,6 +76,7 @@ fn trail_lines(audit_len: u64, served: bool, extra: Vec<String>) -> Trail {
     };
     let dir = c.dir().join("audit");
     std::fs::create_dir(&dir).unwrap();
+    prepare(&dir);
     let conf = c.write_config(&ConfigOpts {
         direct: !served,
         group_serial: Some(SERIAL.into()),
@@ -914,4 +925,111 @@ fn an_unwritable_audit_directory_loses_nothing_and_the_ha_log_says_where() {
         "{}",
         r.describe()
     );
+}
+
+/// A small tmpfs mounted on a directory for one test, unmounted when dropped.
+struct SmallFs(PathBuf);
+
+impl SmallFs {
+    /// `None` where this process may not mount (not root, or no CAP_SYS_ADMIN).
+    fn mount(dir: &Path, size: &str) -> Option<SmallFs> {
+        use std::os::unix::ffi::OsStrExt;
+        let target = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
+        let opts = std::ffi::CString::new(format!("size={size},mode=0700")).unwrap();
+        // SAFETY: NUL-terminated strings that outlive the call.
+        let rc = unsafe {
+            libc::mount(
+                c"tmpfs".as_ptr(),
+                target.as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                opts.as_ptr().cast(),
+            )
+        };
+        (rc == 0).then(|| SmallFs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        use std::os::unix::ffi::OsStrExt;
+        let target = std::ffi::CString::new(self.0.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path; MNT_DETACH also when a file there is still open.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+#[test]
+fn a_full_file_system_leaves_no_torn_record_and_loses_nothing() {
+    let mut fs = None;
+    let t = trail_prepared(NO_ROTATION, false, Vec::new(), |dir| {
+        fs = SmallFs::mount(dir, "128k");
+    });
+    let Some(_fs) = fs else {
+        eprintln!("not run: this process may not mount a tmpfs");
+        return;
+    };
+    let current = t.dir.join(format!("haAudit.{SERIAL}.txt"));
+    let failed = format!("audit trail write failed: {}: ", current.display());
+    let resumed = format!("audit trail written again: {}: ", current.display());
+    let ha_log_has = |what: &str| t.c.ha_log_lines().iter().any(|l| l.contains(what));
+    let labels: Vec<String>;
+    {
+        let ha = t.client();
+        let s = ha.session().unwrap();
+        object_round_trip(&s, "before-full");
+        // Fill the file system (root's reserve does not apply to tmpfs).
+        let filler = t.dir.join("filler");
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![b'x'; 4096];
+        while std::io::Write::write_all(&mut f, &block).is_ok() {}
+        drop(f);
+        // Records go on until one no longer fits in the file's last page: that write is cut
+        // short by the file system.
+        let mut made = Vec::new();
+        for i in 0..400 {
+            let label = format!("during-full-{i}");
+            object_round_trip(&s, &label);
+            made.push(label);
+            if ha_log_has(&failed) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        labels = made;
+        let line =
+            t.c.ha_log_lines()
+                .into_iter()
+                .find(|l| l.contains(&failed))
+                .expect("the HA log says the write failed");
+        assert!(line.contains("No space left on device"), "{line}");
+        // Nothing torn is left in the file meanwhile.
+        records(&t.files());
+        std::fs::remove_file(&filler).unwrap();
+        wait_until("the HA log line about the file written again", || {
+            ha_log_has(&resumed)
+        });
+        object_round_trip(&s, "after-full");
+    }
+    let all = records(&t.files());
+    for (i, (f, l, r)) in all.iter().enumerate() {
+        assert_eq!(r.seq, i as u64, "{}:{l}: sequence broken", f.display());
+    }
+    for label in labels
+        .iter()
+        .map(String::as_str)
+        .chain(["before-full", "after-full"])
+    {
+        let made = all
+            .iter()
+            .filter(|(_, _, r)| {
+                r.op == "C_CreateObject"
+                    && r.body.split(' ').any(|w| w.ends_with(&format!(",{label}")))
+            })
+            .count();
+        assert_eq!(made, 1, "{label}");
+    }
+    assert!(!all.iter().any(|(_, _, r)| r.op == "AUDIT_RECORDS_LOST"));
+    let r = t.cli(&["audit", "verify"], true);
+    assert!(r.success(), "{}", r.describe());
 }
