@@ -16,9 +16,12 @@
 //! The application's thread only takes the time and its thread id and puts the record on a
 //! bounded queue ([`QUEUE_CAPACITY`]); one writer thread per group numbers, formats, chains,
 //! seals and writes. A full queue never blocks the application: the record is counted, and the
-//! next record written is `AUDIT_RECORDS_LOST count=N`, which `verify` reports. When the
-//! application forbids threads (`CKF_LIBRARY_CANT_CREATE_OS_THREADS`) the caller's thread
-//! writes.
+//! next record written is `AUDIT_RECORDS_LOST count=N`, which `verify` reports. A file that
+//! cannot be written (a full file system, the directory gone) holds the records in memory, to
+//! be written when it can again, and the group's HA log says so with the file's path; what a
+//! process could still not write when it ended is counted in the stream's state for the next
+//! writer to record (docs/AUDIT.md, "When a record cannot be written"). When the application
+//! forbids threads (`CKF_LIBRARY_CANT_CREATE_OS_THREADS`) the caller's thread writes.
 
 pub mod chain;
 pub mod event;
