@@ -377,8 +377,8 @@ impl fmt::Display for Event<'_> {
                 lost,
             } => write!(
                 f,
-                "audit trail written again: {}: {written} records held were written, {lost} \
-                 lost (recorded as AUDIT_RECORDS_LOST)",
+                "audit trail written again: {}: {written} records written, {lost} lost while \
+                 it could not be (recorded as AUDIT_RECORDS_LOST)",
                 Clean(path)
             ),
             Event::AuditRecordsLost { path, count, why } => write!(
