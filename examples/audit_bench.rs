@@ -225,7 +225,7 @@ fn main() {
     // The record alone, on the caller's thread: what a hook does (time, thread id, the event's
     // fields, the hand-over to the writer), N in a row, the writer draining meanwhile.
     let cfg = p11ha::config::load(&confs[1]).unwrap();
-    let audit = p11ha::audit::Audit::open(&cfg, "77099");
+    let audit = p11ha::audit::Audit::open(&cfg, "77099", &p11ha::halog::HaLog::disabled());
     let object = p11ha::audit::ObjectId {
         class: Some(0),
         key_type: None,

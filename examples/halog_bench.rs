@@ -18,6 +18,7 @@ fn settings(dir: &std::path::Path) -> LogSettings {
         to_stdout: false,
         retain: 0,
         to_syslog: false,
+        syslog_socket: p11ha::config::DEFAULT_SYSLOG_SOCKET.into(),
     }
 }
 

@@ -16,6 +16,7 @@ fn settings(dir: &Path, max_len: u64) -> LogSettings {
         to_stdout: false,
         retain: 0,
         to_syslog: false,
+        syslog_socket: p11ha::config::DEFAULT_SYSLOG_SOCKET.into(),
     }
 }
 

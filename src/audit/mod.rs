@@ -16,9 +16,12 @@
 //! The application's thread only takes the time and its thread id and puts the record on a
 //! bounded queue ([`QUEUE_CAPACITY`]); one writer thread per group numbers, formats, chains,
 //! seals and writes. A full queue never blocks the application: the record is counted, and the
-//! next record written is `AUDIT_RECORDS_LOST count=N`, which `verify` reports. When the
-//! application forbids threads (`CKF_LIBRARY_CANT_CREATE_OS_THREADS`) the caller's thread
-//! writes.
+//! next record written is `AUDIT_RECORDS_LOST count=N`, which `verify` reports. A file that
+//! cannot be written (a full file system, the directory gone) holds the records in memory, to
+//! be written when it can again, and the group's HA log says so with the file's path; what a
+//! process could still not write when it ended is counted in the stream's state for the next
+//! writer to record (docs/AUDIT.md, "When a record cannot be written"). When the application
+//! forbids threads (`CKF_LIBRARY_CANT_CREATE_OS_THREADS`) the caller's thread writes.
 
 pub mod chain;
 pub mod event;
@@ -39,10 +42,12 @@ pub use hooks::{
 
 use crate::config::HaConfig;
 use crate::diag::diag;
+use crate::halog::{Event as HaEvent, HaLog};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use parking_lot::Mutex;
 use record::Raw;
 use seal::{Pool, Sealer};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
@@ -98,37 +103,51 @@ enum Msg {
 struct Writer {
     stream: Stream,
     sealer: Sealer,
-    to_syslog: bool,
-    /// Records that could not be written (an error other than a held lock), and why: the next
-    /// write starts with a record saying so.
-    lost: u64,
-    lost_why: String,
-    /// Records waiting for a lock another process holds too long.
+    /// `haLogToSyslog`: the socket every record written is also sent to.
+    syslog: Option<PathBuf>,
+    /// The group's HA log, where a file that cannot be written is said (with its path).
+    log: HaLog,
+    serial: String,
+    /// Records not written yet, oldest first (the file could not be written, or another process
+    /// held the lock too long); at most [`QUEUE_CAPACITY`] and one `AUDIT_RECORDS_LOST` for the
+    /// ones beyond.
     held: Vec<Raw>,
-    error_reported: bool,
+    /// The file cannot be written since the HA log said why; records lost meanwhile.
+    outage: Option<u64>,
+}
+
+/// `AUDIT_RECORDS_LOST count=count why=why`.
+fn lost_record(count: u64, why: &str) -> Raw {
+    Raw::now(
+        Op::RecordsLost,
+        cryptoki_sys::CKR_OK,
+        0,
+        Vec::new(),
+        Event::RecordsLost {
+            count,
+            why: why.into(),
+        },
+    )
+}
+
+/// How many records `raws` stand for (an `AUDIT_RECORDS_LOST` for its count).
+fn count_of(raws: &[Raw]) -> u64 {
+    raws.iter()
+        .map(|r| match r.event {
+            Event::RecordsLost { count, .. } => count,
+            _ => 1,
+        })
+        .sum()
 }
 
 impl Writer {
-    /// Writes `raws` (after what is held); `queue_lost` records were dropped at a full queue.
+    /// Writes what is held, then `raws`; `queue_lost` records were dropped at a full queue.
+    /// What cannot be written is held for the next try; on the `last_try` (the process ends)
+    /// it is lost, and the stream's state says so for the next writer.
     fn write(&mut self, raws: Vec<Raw>, pool: Option<&Pool>, queue_lost: u64, last_try: bool) {
         let mut all = std::mem::take(&mut self.held);
-        let lost = |count: u64, why: &str| {
-            Raw::now(
-                Op::RecordsLost,
-                cryptoki_sys::CKR_OK,
-                0,
-                Vec::new(),
-                Event::RecordsLost {
-                    count,
-                    why: why.into(),
-                },
-            )
-        };
-        if self.lost > 0 {
-            all.insert(0, lost(self.lost, &self.lost_why.clone()));
-        }
         if queue_lost > 0 {
-            all.push(lost(queue_lost, "queue full"));
+            all.push(lost_record(queue_lost, "queue full"));
         }
         all.extend(raws);
         if all.is_empty() {
@@ -137,46 +156,69 @@ impl Writer {
         let Writer { stream, sealer, .. } = self;
         let result = stream.append(&all, &mut |h| sealer.mac(pool, h));
         sealer.end_batch();
-        match result {
-            Ok(lines) => {
-                self.lost = 0;
-                if self.to_syslog {
-                    lines
-                        .iter()
-                        .for_each(|l| syslog::send(syslog::Source::Audit, l));
-                }
+        let path = self.stream.current_path().display().to_string();
+        let (written, failure) = match result {
+            Ok(lines) => (lines, None),
+            Err(e) => (e.written, Some((e.error, e.unwritten))),
+        };
+        if let Some(socket) = &self.syslog {
+            syslog::send(syslog::Source::Audit, socket, &written);
+        }
+        let Some((error, unwritten)) = failure else {
+            if let Some(lost) = self.outage.take() {
+                self.log.event(
+                    &self.serial,
+                    HaEvent::AuditWriteResumed {
+                        path: &path,
+                        written: written.len() as u64,
+                        lost,
+                    },
+                );
             }
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut && !last_try => {
-                // Another process holds the lock: keep the records (the lost-records record
-                // among them) and try again; at most a queue's worth wait.
-                self.lost = 0;
-                self.held = all;
-                if self.held.len() > QUEUE_CAPACITY {
-                    let excess = self.held.len() - QUEUE_CAPACITY;
-                    self.held.drain(..excess);
-                    self.lost = excess as u64;
-                    self.lost_why = e.to_string();
-                }
-            }
-            Err(e) => {
-                // Every record is lost, and those the lost-records records counted.
-                self.lost = all
-                    .iter()
-                    .map(|r| match r.event {
-                        Event::RecordsLost { count, .. } => count,
-                        _ => 1,
-                    })
-                    .sum();
-                self.lost_why = e.to_string();
-                if !self.error_reported {
-                    self.error_reported = true;
-                    diag!(
-                        Error,
-                        "audit trail write failed: {}: {e}; records are counted as lost and \
-                         the next record written says how many",
-                        self.stream.dir().display()
-                    );
-                }
+            return;
+        };
+        let why = error.to_string();
+        // Another process holding the lock is no failure of the file.
+        if error.kind() != std::io::ErrorKind::TimedOut && self.outage.is_none() {
+            self.outage = Some(0);
+            diag!(Error, "audit trail write failed: {path}: {why}");
+            self.log.event(
+                &self.serial,
+                HaEvent::AuditWriteFailed {
+                    path: &path,
+                    why: &why,
+                },
+            );
+        }
+        if last_try {
+            let count = count_of(&unwritten);
+            let noted = match self.stream.note_lost(count, &why) {
+                Ok(()) => "the next record written says so".to_string(),
+                Err(e) => format!("not noted in the stream's state either: {e}"),
+            };
+            let why = format!("{why}; {noted}");
+            diag!(
+                Error,
+                "audit trail {path}: {count} records could not be written: {why}"
+            );
+            self.log.event(
+                &self.serial,
+                HaEvent::AuditRecordsLost {
+                    path: &path,
+                    count,
+                    why: &why,
+                },
+            );
+            return;
+        }
+        self.held = unwritten;
+        if self.held.len() > QUEUE_CAPACITY {
+            let excess = self.held.len() - QUEUE_CAPACITY;
+            let n = count_of(&self.held[..excess]);
+            self.held.drain(..excess);
+            self.held.insert(0, lost_record(n, &why));
+            if let Some(lost) = &mut self.outage {
+                *lost += n;
             }
         }
     }
@@ -184,18 +226,9 @@ impl Writer {
 
 impl Drop for Writer {
     fn drop(&mut self) {
-        let n = self.lost + self.held.len() as u64;
-        if n > 0 {
-            diag!(
-                Warn,
-                "audit trail {}: {n} records could not be written ({})",
-                self.stream.dir().display(),
-                if self.lost_why.is_empty() {
-                    "the lock was held by another process"
-                } else {
-                    &self.lost_why
-                }
-            );
+        // Without a writer thread nothing tried the held records a last time.
+        if !self.held.is_empty() {
+            self.write(Vec::new(), None, 0, true);
         }
     }
 }
@@ -293,8 +326,9 @@ impl Audit {
 
     /// Opens group `serial`'s trail per `cfg.audit` and records `C_Initialize`. An unusable
     /// directory or file ([`crate::safe_file`]) prints one line on stderr and gives a disabled
-    /// trail. Never waits for the lock.
-    pub fn open(cfg: &HaConfig, serial: &str) -> Audit {
+    /// trail. Never waits for the lock. `log`: the group's HA log, which says when the file
+    /// cannot be written.
+    pub fn open(cfg: &HaConfig, serial: &str, log: &HaLog) -> Audit {
         let s = &cfg.audit;
         let (true, Some(dir)) = (s.enabled, s.dir.as_deref()) else {
             return Audit::disabled();
@@ -316,11 +350,11 @@ impl Audit {
         let writer = Writer {
             stream,
             sealer: Sealer::new(serial),
-            to_syslog: s.to_syslog,
-            lost: 0,
-            lost_why: String::new(),
+            syslog: s.to_syslog.then(|| s.syslog_socket.clone()),
+            log: log.clone(),
+            serial: serial.to_string(),
             held: Vec::new(),
-            error_reported: false,
+            outage: None,
         };
         let out = if crate::bounded::is_inline() {
             Out::Inline(Box::new(Mutex::new(writer)))

@@ -135,6 +135,10 @@ struct State {
     prev_file: String,
     /// The last rotation stamp (ns).
     stamp: u128,
+    /// Records a writer could not write before its process ended ([`Stream::note_lost`]), and
+    /// why: the next record written says so.
+    lost: u64,
+    lost_why: String,
 }
 
 const STATE_MAGIC: &str = "p11ha-audit-state 1";
@@ -151,13 +155,17 @@ impl State {
             size: 0,
             prev_file: String::new(),
             stamp: 0,
+            lost: 0,
+            lost_why: String::new(),
         }
     }
 
     fn text(&self) -> String {
+        let mut why = String::new();
+        super::event::escape_into(self.lost_why.as_bytes(), &mut why);
         format!(
             "{STATE_MAGIC}\nrestart {}\nnext {}\nlast_seq {}\nh {}\nmac {}\nfile {}\nsize {}\n\
-             prev_file {}\nstamp {}\n",
+             prev_file {}\nstamp {}\nlost {} {}\n",
             self.restart,
             self.next,
             self.last_seq.map_or("-".into(), |s| s.to_string()),
@@ -170,7 +178,9 @@ impl State {
             } else {
                 &self.prev_file
             },
-            self.stamp
+            self.stamp,
+            self.lost,
+            if why.is_empty() { "-" } else { &why }
         )
     }
 
@@ -210,10 +220,19 @@ impl State {
                 "size" => st.size = v.parse().ok()?,
                 "prev_file" => st.prev_file = if v == "-" { String::new() } else { v.into() },
                 "stamp" => st.stamp = v.parse().ok()?,
+                "lost" => {
+                    let (n, why) = v.split_once(' ')?;
+                    st.lost = n.parse().ok()?;
+                    st.lost_why = match why {
+                        "-" => String::new(),
+                        w => String::from_utf8_lossy(&unescape(w)).into_owned(),
+                    };
+                }
                 _ => return None,
             }
         }
-        (seen == 9).then_some(st)
+        // 9 lines: written before `lost` existed.
+        (seen == 9 || seen == 10).then_some(st)
     }
 
     /// Takes one record read back from a file into account.
@@ -236,6 +255,27 @@ impl State {
 
 /// Produces the MAC of a chain value, or `None` (the record is written unsealed).
 pub type Seal<'a> = &'a mut dyn FnMut(&[u8; 32]) -> Option<[u8; 32]>;
+
+/// Why [`Stream::append`] stopped, and what it had not written yet.
+#[derive(Debug)]
+pub struct AppendError {
+    pub error: io::Error,
+    /// The lines written before the error.
+    pub written: Vec<String>,
+    /// The records not written, in order, to be handed to `append` again (file headers are
+    /// left out: `append` writes them again where due).
+    pub unwritten: Vec<Raw>,
+}
+
+impl AppendError {
+    fn nothing_written(error: io::Error, raws: &[Raw]) -> AppendError {
+        AppendError {
+            error,
+            written: Vec::new(),
+            unwritten: raws.to_vec(),
+        }
+    }
+}
 
 /// What `clear` did.
 #[derive(Debug, Clone)]
@@ -293,16 +333,46 @@ impl Stream {
         &self.dir
     }
 
+    /// The file being written.
+    pub fn current_path(&self) -> &Path {
+        &self.current
+    }
+
     /// Numbers, chains, seals and appends `raws`, rotating as needed (see the module docs).
     /// Returns the lines written. Waits for the lock at most [`safe_file::LOCK_WAIT`] (an error
-    /// of kind `TimedOut`: nothing was written, the caller keeps the records).
-    pub fn append(&mut self, raws: &[Raw], seal: Seal) -> io::Result<Vec<String>> {
-        let lock = self.state_file.try_clone()?;
-        let _held = self.locker.lock(&lock, LockKind::Exclusive)?;
-        let mut st = self.load_state()?;
+    /// of kind `TimedOut`). A record is either written whole or not at all: on an error the
+    /// records not written come back, to be handed over again.
+    pub fn append(&mut self, raws: &[Raw], seal: Seal) -> Result<Vec<String>, AppendError> {
+        let failed = |e| AppendError::nothing_written(e, raws);
+        let lock = self.state_file.try_clone().map_err(failed)?;
+        let _held = self
+            .locker
+            .lock(&lock, LockKind::Exclusive)
+            .map_err(failed)?;
+        let mut st = self.load_state().map_err(failed)?;
         let restart = self.restart_number(&mut st);
         let mut queue: VecDeque<Raw> = raws.iter().cloned().collect();
+        if st.lost > 0 {
+            // Said by a writer whose process ended before it could write them.
+            let why = std::mem::take(&mut st.lost_why);
+            queue.push_front(own(
+                Op::RecordsLost,
+                Event::RecordsLost {
+                    count: std::mem::take(&mut st.lost),
+                    why,
+                },
+            ));
+        }
         let mut written = Vec::new();
+        let unwritten = |e, segment: Vec<Raw>, queue: VecDeque<Raw>, written| AppendError {
+            error: e,
+            written,
+            unwritten: segment
+                .into_iter()
+                .chain(queue)
+                .filter(|r| !matches!(r.op, Op::StreamStart | Op::FileStart))
+                .collect(),
+        };
         while !queue.is_empty() {
             if st.size == 0 {
                 let header = if st.last_seq.is_none() {
@@ -333,9 +403,16 @@ impl Stream {
                     break;
                 }
             }
-            written.extend(self.write_segment(&mut st, restart, segment, seal)?);
+            match self.write_segment(&mut st, restart, &segment, seal) {
+                Ok(lines) => written.extend(lines),
+                Err(e) => return Err(unwritten(e, segment, queue, written)),
+            }
             if callers && self.max_len > 0 && st.size >= self.max_len {
-                for (file, through_seq) in self.rotate(&mut st)?.into_iter().rev() {
+                let removed = match self.rotate(&mut st) {
+                    Ok(r) => r,
+                    Err(e) => return Err(unwritten(e, Vec::new(), queue, written)),
+                };
+                for (file, through_seq) in removed.into_iter().rev() {
                     queue.push_front(own(
                         Op::FileRemoved,
                         Event::FileRemoved { file, through_seq },
@@ -380,8 +457,26 @@ impl Stream {
             archive: archive_name,
             prev: st.point(),
         };
-        self.write_segment(&mut st, restart, vec![own(Op::Cleared, cleared)], seal)?;
+        self.write_segment(&mut st, restart, &[own(Op::Cleared, cleared)], seal)?;
         Ok(report)
+    }
+
+    /// Stores in the stream's state that `count` records of this process could not be written
+    /// (`why`), for the next writer (of any process) to say in an `AUDIT_RECORDS_LOST` record:
+    /// for a process that ends while the file cannot be written. The state file is kept open
+    /// and rewritten in place, so this works on a full file system and while the directory is
+    /// moved away.
+    pub fn note_lost(&mut self, count: u64, why: &str) -> io::Result<()> {
+        let lock = self.state_file.try_clone()?;
+        let _held = self.locker.lock(&lock, LockKind::Exclusive)?;
+        let text = self.read_state_text().unwrap_or_default();
+        let mut st = State::parse(&text).unwrap_or_else(State::genesis);
+        st.lost += count;
+        if !st.lost_why.is_empty() {
+            st.lost_why.push_str("; ");
+        }
+        st.lost_why.push_str(why);
+        self.store_state(&st)
     }
 
     fn restart_number(&mut self, st: &mut State) -> u32 {
@@ -391,12 +486,14 @@ impl Stream {
         })
     }
 
-    /// Writes `raws` to the current file in one `write(2)` and stores the state.
+    /// Writes `raws` to the current file in one `write(2)` and stores the state. On an error
+    /// nothing of `raws` is in the file: a write cut short (a full file system) is cut off
+    /// again, so no torn record is left.
     fn write_segment(
         &mut self,
         st: &mut State,
         restart: u32,
-        raws: Vec<Raw>,
+        raws: &[Raw],
         seal: Seal,
     ) -> io::Result<Vec<String>> {
         let pid = std::process::id();
@@ -416,11 +513,18 @@ impl Stream {
         }
         let text = lines.concat();
         let (file, id) = self.current_file()?;
-        file.write_all(text.as_bytes())?;
-        next.size = file.metadata()?.len();
+        let before = file.metadata()?.len();
+        if let Err(e) = file.write_all(text.as_bytes()) {
+            // Under the lock: no other writer appended meanwhile.
+            let _ = file.set_len(before);
+            return Err(e);
+        }
+        next.size = before + text.len() as u64;
         next.file = Some(id);
         *st = next;
-        self.store_state(st)?;
+        // The records are in the file: a state not stored is brought up to date from the file
+        // by the next writer (`load_state`), so this is no reason to write them again.
+        let _ = self.store_state(st);
         Ok(lines)
     }
 
@@ -448,11 +552,13 @@ impl Stream {
         Ok(text)
     }
 
+    /// Rewrites the state in place, then cuts what is left of the old one: the state is about
+    /// the same size each time, so this needs no new block on a full file system.
     fn store_state(&mut self, st: &State) -> io::Result<()> {
         let text = st.text();
-        self.state_file.set_len(0)?;
         self.state_file.seek(SeekFrom::Start(0))?;
-        self.state_file.write_all(text.as_bytes())
+        self.state_file.write_all(text.as_bytes())?;
+        self.state_file.set_len(text.len() as u64)
     }
 
     /// The state, brought up to date with what the files hold (call with the lock held).

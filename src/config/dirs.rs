@@ -1,4 +1,4 @@
-//! Directory keys (`haLogPath`, `haJournalPath`): what can be known from the path and its
+//! Directory keys (`haLogPath`, `haJournalPath`) and `haSyslogSocket`: what can be known from the path and its
 //! metadata when the file is read. Opening files there (symlinks, owners, modes) is the HA log
 //! writer's and the journal's business, at C_Initialize.
 
@@ -95,6 +95,33 @@ pub(crate) fn check(
             &e.key,
             &format!("directory {shown} cannot be checked: {err}"),
         ),
+    }
+    Ok(Some(path))
+}
+
+/// A path key that names a socket or file (`haSyslogSocket`): `None` for an empty value. It
+/// must be absolute and not a directory; it need not exist yet (a syslog daemon may start
+/// later).
+pub(crate) fn check_path(ctx: &mut Ctx, e: &RawEntry) -> Result<Option<PathBuf>, ConfigError> {
+    if e.value.is_empty() {
+        return Ok(None);
+    }
+    let path = PathBuf::from(&e.value);
+    let shown = quoted(&e.value);
+    if !path.is_absolute() {
+        return Err(ctx.entry_err(
+            e,
+            format!(
+                "expected an absolute path (starting with '/'), found {shown}: a relative path \
+                 would depend on the application's working directory"
+            ),
+        ));
+    }
+    if path.is_dir() {
+        return Err(ctx.entry_err(
+            e,
+            format!("{shown} is a directory: expected the path of a socket"),
+        ));
     }
     Ok(Some(path))
 }

@@ -15,6 +15,7 @@ pub const DEFAULT_RECONNECT_INTERVAL_S: u64 = 60;
 pub const DEFAULT_RECEIVE_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
 pub const DEFAULT_AUDIT_LEN: u64 = 10_000_000;
+pub const DEFAULT_SYSLOG_SOCKET: &str = "/dev/log";
 
 /// A setting's value and where the file set it (`None`: the default).
 #[derive(Debug, Default, Clone)]
@@ -42,6 +43,7 @@ pub(crate) struct Settings {
     pub connect_timeout: Set<u64>,
     pub log_retain: Set<u64>,
     pub log_to_syslog: Set<bool>,
+    pub syslog_socket: Set<Option<PathBuf>>,
     pub audit_log: Set<bool>,
     pub audit_path: Set<Option<PathBuf>>,
     pub audit_len: Set<u64>,
@@ -75,6 +77,8 @@ pub(crate) enum Kind {
         if_missing: &'static str,
         field: Field<Option<PathBuf>>,
     },
+    /// An absolute path of anything but a directory (it need not exist yet); empty = not set.
+    Path { field: Field<Option<PathBuf>> },
 }
 
 pub(crate) struct Key {
@@ -241,6 +245,14 @@ pub(crate) const KEYS: &[Key] = &[
         doc: "Also send HA log and audit records to syslog (journald reads it).",
     },
     Key {
+        name: "haSyslogSocket",
+        lunasa: false,
+        kind: Kind::Path {
+            field: |s| &mut s.syslog_socket,
+        },
+        doc: "The local syslog socket haLogToSyslog sends to (absolute path; default /dev/log).",
+    },
+    Key {
         name: "haAuditLog",
         lunasa: false,
         kind: Kind::Bool {
@@ -317,7 +329,7 @@ impl Settings {
                 Kind::Bool { default, field } => field(&mut s).value = default,
                 Kind::Unsigned { default, field, .. } => field(&mut s).value = default,
                 Kind::Signed { default, field, .. } => field(&mut s).value = default,
-                Kind::Dir { field, .. } => field(&mut s).value = None,
+                Kind::Dir { field, .. } | Kind::Path { field } => field(&mut s).value = None,
             }
         }
         s
@@ -376,6 +388,10 @@ impl Settings {
                 let value = dirs::check(ctx, e, if_missing)?;
                 *field(self) = Set { value, at };
             }
+            Kind::Path { field } => {
+                let value = dirs::check_path(ctx, e)?;
+                *field(self) = Set { value, at };
+            }
         }
         Ok(())
     }
@@ -388,6 +404,7 @@ impl Settings {
             to_stdout: self.log_to_stdout.value,
             retain: self.log_retain.value,
             to_syslog: self.log_to_syslog.value,
+            syslog_socket: self.syslog_socket(),
         }
     }
 
@@ -405,7 +422,16 @@ impl Settings {
             retain: self.log_retain.value,
             key_use: self.audit_key_use.value,
             to_syslog: self.log_to_syslog.value,
+            syslog_socket: self.syslog_socket(),
         }
+    }
+
+    /// `haSyslogSocket`, else where syslog(3) writes.
+    fn syslog_socket(&self) -> PathBuf {
+        self.syslog_socket
+            .value
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_SYSLOG_SOCKET))
     }
 
     /// `haJournalPath` (never the log directory: an operator cleaning it must lose nothing).

@@ -31,7 +31,7 @@ pub use echo::ECHO_CHARS;
 pub use groups::{derive_group_serial, MAX_LABEL_LEN, MAX_SERIAL_LEN};
 pub use ha_configuration::{
     DEFAULT_AUDIT_LEN, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_LOG_LEN, DEFAULT_RECEIVE_TIMEOUT_MS,
-    DEFAULT_RECONNECT_INTERVAL_S, DEFAULT_RECONN_ATT,
+    DEFAULT_RECONNECT_INTERVAL_S, DEFAULT_RECONN_ATT, DEFAULT_SYSLOG_SOCKET,
 };
 pub use module_check::P11HA_SYMBOL;
 pub use read::MAX_FILE_LEN;
@@ -107,6 +107,8 @@ pub struct LogSettings {
     pub retain: u64,
     /// `haLogToSyslog = enabled`: records also go to syslog.
     pub to_syslog: bool,
+    /// `haSyslogSocket`: the socket they go to (default `/dev/log`).
+    pub syslog_socket: PathBuf,
 }
 
 /// The HA groups' audit trail (`crate::audit`).
@@ -124,6 +126,8 @@ pub struct AuditSettings {
     pub key_use: bool,
     /// `haLogToSyslog = enabled`.
     pub to_syslog: bool,
+    /// `haSyslogSocket` (default `/dev/log`).
+    pub syslog_socket: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

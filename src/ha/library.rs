@@ -70,7 +70,7 @@ impl Ha {
                 log.clone(),
             );
             group.failover_on_deactivation = config.failover_on_deactivation;
-            group.audit = crate::audit::Audit::open(&config, &group.serial);
+            group.audit = crate::audit::Audit::open(&config, &group.serial, &log);
             group.replay_limit =
                 usize::try_from(config.multipart_replay_limit).unwrap_or(usize::MAX);
             for m in group.members().iter() {

@@ -173,6 +173,21 @@ pub enum Event<'a> {
     /// p11ha's own: a key could not be replicated because a member (or its transport) refused
     /// every mechanism it could travel by (synchronized groups).
     CarrierRefused { member: &'a str, carrier: &'a str },
+    /// p11ha's own: the group's audit trail file could not be written (`path`); its records
+    /// are held in memory until it can.
+    AuditWriteFailed { path: &'a str, why: &'a str },
+    /// p11ha's own: the audit trail file is written again after [`Event::AuditWriteFailed`].
+    AuditWriteResumed {
+        path: &'a str,
+        written: u64,
+        lost: u64,
+    },
+    /// p11ha's own: audit records this process could not write before it ended.
+    AuditRecordsLost {
+        path: &'a str,
+        count: u64,
+        why: &'a str,
+    },
 }
 
 impl Event<'_> {
@@ -208,6 +223,9 @@ impl Event<'_> {
             Event::MultipartNotReplayed { .. } => "P11HA_MULTIPART_NOT_REPLAYED",
             Event::NotCopied { .. } => "P11HA_NOT_COPIED",
             Event::CarrierRefused { .. } => "P11HA_CARRIER_REFUSED",
+            Event::AuditWriteFailed { .. } => "P11HA_AUDIT_WRITE_FAILED",
+            Event::AuditWriteResumed { .. } => "P11HA_AUDIT_WRITE_RESUMED",
+            Event::AuditRecordsLost { .. } => "P11HA_AUDIT_RECORDS_LOST",
         }
     }
 }
@@ -346,6 +364,29 @@ impl fmt::Display for Event<'_> {
                 Clean(member),
                 Clean(carrier)
             ),
+            Event::AuditWriteFailed { path, why } => write!(
+                f,
+                "audit trail write failed: {}: {}; its records are held in memory and written \
+                 when the file can be written again",
+                Clean(path),
+                Clean(why)
+            ),
+            Event::AuditWriteResumed {
+                path,
+                written,
+                lost,
+            } => write!(
+                f,
+                "audit trail written again: {}: {written} records written, {lost} lost while \
+                 it could not be (recorded as AUDIT_RECORDS_LOST)",
+                Clean(path)
+            ),
+            Event::AuditRecordsLost { path, count, why } => write!(
+                f,
+                "audit trail: {count} records could not be written to {}: {}",
+                Clean(path),
+                Clean(why)
+            ),
         }
     }
 }
@@ -403,6 +444,8 @@ enum Msg {
 struct Sink {
     file: LogFile,
     to_stdout: bool,
+    /// `haLogToSyslog`: the syslog socket every line is also sent to.
+    syslog: Option<std::path::PathBuf>,
     /// A write error was reported on stderr already (report the first one only).
     error_reported: bool,
     /// Records that could not be written since the last write that succeeded, and why: the next
@@ -438,6 +481,9 @@ impl Sink {
                     );
                 }
             }
+        }
+        if let Some(socket) = &self.syslog {
+            crate::audit::syslog::send(crate::audit::syslog::Source::HaLog, socket, batch);
         }
         if self.to_stdout {
             let mut all = String::with_capacity(batch.iter().map(String::len).sum());
@@ -579,6 +625,7 @@ impl HaLog {
         let sink = Arc::new(Mutex::new(Sink {
             file,
             to_stdout: settings.to_stdout,
+            syslog: settings.to_syslog.then(|| settings.syslog_socket.clone()),
             error_reported: false,
             lost: 0,
             lost_why: String::new(),
