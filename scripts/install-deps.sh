@@ -16,6 +16,22 @@ PACKAGES=(
     build-essential gcc       # cc for the C client
 )
 
+# cargo-deb builds the .deb (packaging/build-deb.sh, tests/install_deb.rs). Needs cargo; about
+# 3 minutes to build the first time (CARGO_BUILD_JOBS=1), nothing once installed.
+install_cargo_deb() {
+    local cargo
+    cargo=$(command -v cargo || true)
+    if [ -z "$cargo" ] && [ -x "$HOME/.cargo/bin/cargo" ]; then cargo=$HOME/.cargo/bin/cargo; fi
+    if [ -z "$cargo" ]; then
+        echo "install-deps: cargo not found: cargo-deb not installed (the .deb test will skip)"
+    elif "$cargo" deb --version >/dev/null 2>&1; then
+        echo "install-deps: cargo-deb already installed"
+    else
+        echo "install-deps: cargo install cargo-deb --locked"
+        "$cargo" install cargo-deb --locked
+    fi
+}
+
 missing=()
 for p in "${PACKAGES[@]}"; do
     if [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)" != "install ok installed" ]; then
@@ -25,6 +41,7 @@ done
 
 if [ ${#missing[@]} -eq 0 ]; then
     echo "install-deps: all ${#PACKAGES[@]} packages already installed"
+    install_cargo_deb
     exit 0
 fi
 
@@ -41,3 +58,4 @@ echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
 "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+install_cargo_deb

@@ -62,9 +62,10 @@ ensure_cargo() {
     export PATH="$HOME/.cargo/bin:$PATH"
 }
 
+# cargo first: install-deps.sh installs cargo-deb with it.
+ensure_cargo
 echo "==> system packages (scripts/install-deps.sh)"
 scripts/install-deps.sh
-ensure_cargo
 cargo --version
 
 # Tests start p11-kit servers and SoftHSM tokens under /tmp; a terminal is never needed.
