@@ -613,3 +613,49 @@ fn a_member_owed_a_destroy_never_hands_the_object_back() {
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+/// A key pair made while only m0 was up cannot travel to a member behind p11-kit (its RPC
+/// carries no CKM_AES_KEY_WRAP_PAD): the reintroduction says so in the HA log, with the count
+/// and the first object and reason, not only on some process's stderr.
+#[test]
+fn objects_a_returning_member_cannot_receive_are_counted_in_the_ha_log() {
+    let _g = serial();
+    let (cluster, conf) = synced(3, false);
+    let ha = cluster.ha_client(&conf, GROUP_LABEL).unwrap();
+    let s = ha.session().unwrap();
+    cluster.kill(1);
+    cluster.kill(2);
+    // Calls through the group find out that m1 and m2 are gone; m0 alone takes the pair.
+    let made = wait_until(Duration::from_secs(10), || rsa_pair(&s, RSA).is_ok());
+    assert!(made, "{:#?}", cluster.ha_log_lines());
+    let lines = cluster.ha_log_lines().len();
+    cluster.restart(2);
+    let m2 = cluster.members[2].serial.clone();
+    let needle = format!("token objects to recovered token {m2}. First: ");
+    let mut line = None;
+    wait_until(Duration::from_secs(20), || {
+        line = cluster
+            .ha_log_lines()
+            .into_iter()
+            .skip(lines)
+            .find(|l| l.contains("could not copy") && l.contains(&needle));
+        line.is_some()
+    });
+    let line = line.unwrap_or_else(|| panic!("no not-copied line: {:#?}", cluster.ha_log_lines()));
+    // The private key could not travel; its public half could.
+    assert!(line.contains("could not copy 1 token objects"), "{line}");
+    assert!(line.contains("(id 52)"), "{line}");
+    assert!(line.contains("CKR_MECHANISM_INVALID"), "{line}");
+    let public_on_m2 = cluster
+        .client(2)
+        .session()
+        .unwrap()
+        .find_objects(&[
+            Attribute::Class(ObjectClass::PUBLIC_KEY),
+            Attribute::Id(vec![RSA]),
+        ])
+        .unwrap()
+        .len();
+    assert_eq!(public_on_m2, 1, "{:#?}", cluster.ha_log_lines());
+    cluster.restart(1);
+}
