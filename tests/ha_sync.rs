@@ -659,3 +659,42 @@ fn objects_a_returning_member_cannot_receive_are_counted_in_the_ha_log() {
     assert_eq!(public_on_m2, 1, "{:#?}", cluster.ha_log_lines());
     cluster.restart(1);
 }
+
+/// `p11ha synchronize -check` tells in advance, per member pair, what replication then does:
+/// behind p11-kit (no CKM_AES_KEY_WRAP_PAD in its RPC) secret keys travel by RSA-OAEP and
+/// private keys do not; members reached directly take both by AES key wrap. Checked against
+/// what the group then does with each kind of key.
+#[test]
+fn check_says_in_advance_which_keys_travel_between_which_members() {
+    let _g = serial();
+    for direct in [false, true] {
+        let (cluster, conf) = synced(3, direct);
+        let out = cli(&conf, &["-check"], &[("P11HA_PIN", USER_PIN)]);
+        let serials: Vec<&String> = cluster.members.iter().map(|m| &m.serial).collect();
+        let pairs: Vec<&str> = out.lines().filter(|l| l.contains(" -> ")).collect();
+        assert_eq!(pairs.len(), 6, "every ordered pair of 3 members: {out}");
+        for a in &serials {
+            for b in serials.iter().filter(|b| *b != a) {
+                let line = pairs
+                    .iter()
+                    .find(|l| l.trim_start().starts_with(&format!("{a} -> {b}:")))
+                    .unwrap_or_else(|| panic!("no line for {a} -> {b}: {out}"));
+                let expected = if direct {
+                    "secret keys yes (CKM_AES_KEY_WRAP_PAD); private keys yes (CKM_AES_KEY_WRAP_PAD)."
+                } else {
+                    "secret keys yes (CKM_RSA_PKCS_OAEP); private keys no ("
+                };
+                assert!(line.contains(expected), "direct = {direct}: {line}");
+            }
+        }
+        // What the group then does agrees.
+        let ha = cluster.ha_client(&conf, GROUP_LABEL).unwrap();
+        let s = ha.session().unwrap();
+        aes_key(&s, AES, true).unwrap();
+        assert_eq!(
+            rsa_pair(&s, RSA).is_ok(),
+            direct,
+            "a key pair replicates exactly where -check said private keys travel"
+        );
+    }
+}
