@@ -40,20 +40,9 @@ pub(crate) fn check(
     e: &RawEntry,
     if_missing: &str,
 ) -> Result<Option<PathBuf>, ConfigError> {
-    if e.value.is_empty() {
+    let Some((path, shown)) = absolute(ctx, e, "absolute directory path")? else {
         return Ok(None);
-    }
-    let path = PathBuf::from(&e.value);
-    let shown = quoted(&e.value);
-    if !path.is_absolute() {
-        return Err(ctx.entry_err(
-            e,
-            format!(
-                "expected an absolute directory path (starting with '/'), found {shown}: a \
-                 relative path would depend on the application's working directory"
-            ),
-        ));
-    }
+    };
     match std::fs::metadata(&path) {
         Ok(m) if m.is_dir() => {
             if let Some(fs) = pseudo_fs(&path) {
@@ -103,6 +92,25 @@ pub(crate) fn check(
 /// must be absolute and not a directory; it need not exist yet (a syslog daemon may start
 /// later).
 pub(crate) fn check_path(ctx: &mut Ctx, e: &RawEntry) -> Result<Option<PathBuf>, ConfigError> {
+    let Some((path, shown)) = absolute(ctx, e, "absolute path")? else {
+        return Ok(None);
+    };
+    if path.is_dir() {
+        return Err(ctx.entry_err(
+            e,
+            format!("{shown} is a directory: expected the path of a socket"),
+        ));
+    }
+    Ok(Some(path))
+}
+
+/// The path of a path key and how messages show it; `None` for an empty value (not set). A
+/// relative path is an error: the application's working directory is not known.
+fn absolute(
+    ctx: &mut Ctx,
+    e: &RawEntry,
+    expected: &str,
+) -> Result<Option<(PathBuf, String)>, ConfigError> {
     if e.value.is_empty() {
         return Ok(None);
     }
@@ -112,16 +120,10 @@ pub(crate) fn check_path(ctx: &mut Ctx, e: &RawEntry) -> Result<Option<PathBuf>,
         return Err(ctx.entry_err(
             e,
             format!(
-                "expected an absolute path (starting with '/'), found {shown}: a relative path \
+                "expected an {expected} (starting with '/'), found {shown}: a relative path \
                  would depend on the application's working directory"
             ),
         ));
     }
-    if path.is_dir() {
-        return Err(ctx.entry_err(
-            e,
-            format!("{shown} is a directory: expected the path of a socket"),
-        ));
-    }
-    Ok(Some(path))
+    Ok(Some((path, shown.to_string())))
 }
