@@ -819,17 +819,7 @@ fn one_recover_is_one_attempt_and_recovery_lines_follow_seed_003() {
     assert_eq!(code, 0, "{out}{err}");
     let ha = cluster.ha_client(&conf, GROUP_LABEL).unwrap();
     let s = ha.session().unwrap();
-    let note = |label: &str| {
-        use cryptoki::object::{Attribute, ObjectClass};
-        s.create_object(&[
-            Attribute::Class(ObjectClass::DATA),
-            Attribute::Token(true),
-            Attribute::Private(true),
-            Attribute::Label(label.as_bytes().to_vec()),
-            Attribute::Value(label.as_bytes().to_vec()),
-        ])
-        .unwrap()
-    };
+    let note = |label: &str| data_object(&s, label, label.as_bytes());
     let g = "HA group: 4712";
     let failed = |n: u32| format!("{g} recovery attempt {n} failed for member: {m1}. Code: 0x");
     let exhausted = format!(

@@ -195,14 +195,7 @@ fn keys_made_on_the_group_are_on_every_member_and_work_there() {
 
 /// A data object through the group.
 fn note(s: &Session, label: &str) -> ObjectHandle {
-    s.create_object(&[
-        Attribute::Class(ObjectClass::DATA),
-        Attribute::Token(true),
-        Attribute::Private(true),
-        Attribute::Label(label.as_bytes().to_vec()),
-        Attribute::Value(label.as_bytes().to_vec()),
-    ])
-    .unwrap()
+    data_object(s, label, label.as_bytes())
 }
 
 fn notes(s: &Session, label: &str) -> usize {

@@ -77,14 +77,7 @@ fn init_cloning(conf: &Path) {
 }
 
 fn note_with(s: &Session, label: &str, value: &[u8]) -> ObjectHandle {
-    s.create_object(&[
-        Attribute::Class(ObjectClass::DATA),
-        Attribute::Token(true),
-        Attribute::Private(true),
-        Attribute::Label(label.as_bytes().to_vec()),
-        Attribute::Value(value.to_vec()),
-    ])
-    .unwrap()
+    data_object(s, label, value)
 }
 
 fn note(s: &Session, label: &str) -> ObjectHandle {

@@ -37,7 +37,7 @@ pub use clients::{
     run_client_env, run_cmd, run_cmd_bg, ClientRun,
 };
 pub use cluster::{Cluster, ConfigOpts};
-pub use member::{with_env_lock, MemberClient};
+pub use member::{data_object, with_env_lock, MemberClient};
 pub use proc::{live_pids_in_group, p11ha_lib, pid_alive, wait_until};
 pub use provision::{KeyMaterial, Member};
 pub use setup::{Group, Setup};

@@ -165,3 +165,16 @@ impl Drop for MemberClient {
         let _ = self.pkcs11.clone().finalize();
     }
 }
+
+/// A private token data object labelled `label` holding `value`, made through `s` (the sync
+/// tests' marker object: what a destroy, a copy or a settling must get right).
+pub fn data_object(s: &Session, label: &str, value: &[u8]) -> ObjectHandle {
+    s.create_object(&[
+        Attribute::Class(ObjectClass::DATA),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Value(value.to_vec()),
+    ])
+    .unwrap()
+}
