@@ -58,7 +58,7 @@ const RETRY_PAUSES: [Duration; 3] = [
 ];
 
 /// C_Login on one member session, with the retries above; the raw result.
-pub(crate) fn log_in(
+fn log_in(
     inst: &Instance,
     session: CK_SESSION_HANDLE,
     user: CK_USER_TYPE,
