@@ -1,11 +1,13 @@
 //! One initialized instance of a member module, and the gate that keeps C_Finalize away from
 //! calls still running inside it. Every call into an instance runs through `Instance::call`:
-//! on a pool thread, bounded by ReceiveTimeout, with owned data only.
+//! on a pool thread, bounded by ReceiveTimeout, with owned data only, and, for a module that
+//! multiplexes one connection ([`Calls::OneAtATime`]), one call at a time.
 
 use super::outcome::{Fault, MemberResult};
 use super::table::{ck, Fns};
 use crate::bounded;
 use cryptoki_sys::*;
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,6 +29,35 @@ pub struct Instance {
     timeout: Duration,
 }
 
+/// How many calls a module instance may run at once.
+///
+/// p11-kit-client (0.24) sends every thread's calls over one socket, and its server answers them
+/// one after the other, so calls running at once only queue. When a call fails on that socket
+/// (its server killed) while others are inside, those threads can stay inside for ever:
+/// `rpc_socket_read` leaves a header read for another thread without waking it, and the failing
+/// call closes the socket's descriptor while another thread is about to read it, so that thread
+/// later reads whatever connection reuses the number (p11-kit/rpc-transport.c, seen with gdb in
+/// tests/ha_chaos.rs: threads parked in `pthread_cond_wait` and in `read` of a live socket). One
+/// call at a time leaves no other thread inside to strand: a call that fails is the only one in
+/// the socket, and the others wait for their turn in p11ha, where their deadline still holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Calls {
+    Concurrent,
+    OneAtATime,
+}
+
+impl Calls {
+    /// p11-kit-client (and copies of it, which keep its name) multiplex one connection.
+    pub fn for_library(path: &std::path::Path) -> Calls {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with("p11-kit-client") {
+            Calls::OneAtATime
+        } else {
+            Calls::Concurrent
+        }
+    }
+}
+
 /// Keeps C_Finalize away from calls still running inside a module instance.
 ///
 /// p11-kit-client frees its socket in C_Finalize; a call still inside it (one that timed out, or
@@ -37,6 +68,8 @@ pub struct Instance {
 pub(crate) struct Gate {
     closed: AtomicBool,
     inside: AtomicUsize,
+    /// Held by the call inside the module, when calls take turns ([`Calls::OneAtATime`]).
+    turn: Option<Mutex<()>>,
 }
 
 /// One call inside the instance; leaving is dropping it, wherever the call finished.
@@ -48,6 +81,13 @@ impl Gate {
         self.inside.fetch_add(1, Ordering::SeqCst);
         let pass = Pass(self.clone());
         (!self.closed.load(Ordering::SeqCst)).then_some(pass)
+    }
+
+    fn new(calls: Calls) -> Gate {
+        Gate {
+            turn: (calls == Calls::OneAtATime).then(|| Mutex::new(())),
+            ..Gate::default()
+        }
     }
 
     fn close(&self) {
@@ -66,14 +106,14 @@ impl Drop for Pass {
 }
 
 impl Instance {
-    pub(crate) fn new(provider: u32, fns: Fns, timeout: Duration) -> Arc<Instance> {
+    pub(crate) fn new(provider: u32, fns: Fns, timeout: Duration, calls: Calls) -> Arc<Instance> {
         let id = NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed);
         Arc::new(Instance {
             id,
             origin: id,
             provider,
             fns,
-            gate: Arc::default(),
+            gate: Arc::new(Gate::new(calls)),
             timeout,
         })
     }
@@ -107,11 +147,19 @@ impl Instance {
     ) -> MemberResult<T> {
         let pass = self.gate.enter().ok_or(Fault::Closed)?;
         let fns = self.fns;
+        // The caller gives up at the deadline; so does a call still waiting for its turn.
+        let deadline = Instant::now() + self.timeout;
         bounded::run(self.timeout, move || {
+            let gate = pass.0.clone();
             let _inside = pass;
-            f(fns)
+            let _turn = match &gate.turn {
+                Some(turn) => Some(turn.try_lock_until(deadline)?),
+                None => None,
+            };
+            Some(f(fns))
         })
-        .map_err(Fault::from)
+        .map_err(Fault::from)?
+        .ok_or(Fault::TimedOut)
     }
 
     /// [`Instance::call`] for a closure that answers with a member result itself.
@@ -170,6 +218,80 @@ mod tests {
         );
         drop(inside);
         assert!(gate.drained());
+    }
+
+    /// A fake module whose C_GenerateRandom stays inside for `ulRandomLen` ms and counts the
+    /// calls inside at once.
+    static INSIDE: AtomicUsize = AtomicUsize::new(0);
+    static MOST: AtomicUsize = AtomicUsize::new(0);
+
+    extern "C" fn slow_random(_: CK_SESSION_HANDLE, _: CK_BYTE_PTR, ms: CK_ULONG) -> CK_RV {
+        let now = INSIDE.fetch_add(1, Ordering::SeqCst) + 1;
+        MOST.fetch_max(now, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(ms));
+        INSIDE.fetch_sub(1, Ordering::SeqCst);
+        CKR_OK
+    }
+
+    fn fake(calls: Calls, timeout: Duration) -> Arc<Instance> {
+        // SAFETY: a table of None function pointers is a valid CK_FUNCTION_LIST.
+        let mut list: CK_FUNCTION_LIST = unsafe { std::mem::zeroed() };
+        list.C_GenerateRandom = Some(slow_random);
+        Instance::new(0, Fns(Box::leak(Box::new(list))), timeout, calls)
+    }
+
+    fn random(inst: &Instance, ms: CK_ULONG) -> MemberResult<CK_RV> {
+        inst.call(move |fns| ck!(fns, C_GenerateRandom(0, std::ptr::null_mut(), ms)))
+    }
+
+    // One test for both, since they share the fake's counters.
+    #[test]
+    fn calls_take_turns_only_where_the_module_needs_it_and_a_turn_never_outwaits_its_deadline() {
+        for (calls, most) in [(Calls::OneAtATime, 1), (Calls::Concurrent, 4)] {
+            MOST.store(0, Ordering::SeqCst);
+            let inst = fake(calls, Duration::from_secs(5));
+            let threads: Vec<_> = (0..4)
+                .map(|_| {
+                    let inst = inst.clone();
+                    std::thread::spawn(move || random(&inst, 100))
+                })
+                .collect();
+            for t in threads {
+                assert_eq!(t.join().unwrap(), Ok(CKR_OK), "{calls:?}");
+            }
+            // Concurrent: 4 calls of 100 ms started together overlap (all four, on any
+            // machine that starts 4 threads within 100 ms).
+            assert!(
+                if most == 1 {
+                    MOST.load(Ordering::SeqCst) == 1
+                } else {
+                    MOST.load(Ordering::SeqCst) > 1
+                },
+                "{calls:?}: {} calls inside at once",
+                MOST.load(Ordering::SeqCst)
+            );
+        }
+
+        // A call that hangs holds the turn; the next one gives up at its own deadline, without
+        // entering the module, and its worker leaves the gate.
+        let inst = fake(Calls::OneAtATime, Duration::from_millis(200));
+        let hung = {
+            let inst = inst.clone();
+            std::thread::spawn(move || random(&inst, 1500))
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(random(&inst, 0), Err(Fault::TimedOut));
+        assert_eq!(
+            INSIDE.load(Ordering::SeqCst),
+            1,
+            "the second call waited for the hung one to return"
+        );
+        assert_eq!(hung.join().unwrap(), Err(Fault::TimedOut));
+        // Once the hung call returns, the gate drains: nothing waits for a turn any more.
+        assert!(
+            inst.retire(Duration::from_secs(3)),
+            "a call stayed inside the gate"
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! still be running inside it), the `ProviderNNEnv` environment it reads while starting, and
 //! one initialized [`Instance`] per [`Provider::connect`].
 
-use super::instance::Instance;
+use super::instance::{Calls, Instance};
 use super::outcome::check;
 use super::table::{ck, Fns};
 use crate::bounded::{self, Pending, Unfinished};
@@ -202,12 +202,20 @@ impl Provider {
             fns,
             index: self.index,
             timeout: self.receive_timeout,
+            calls: Calls::for_library(&self.library),
         }
         .wait(left())
     }
 
     fn initialized(&self, fns: Fns, r: Result<(), LoadError>) -> Result<Connected, LoadError> {
-        r.map(|()| Connected::Ready(Instance::new(self.index, fns, self.receive_timeout)))
+        r.map(|()| {
+            Connected::Ready(Instance::new(
+                self.index,
+                fns,
+                self.receive_timeout,
+                Calls::for_library(&self.library),
+            ))
+        })
     }
 }
 
@@ -225,15 +233,21 @@ pub struct Initializing {
     fns: Fns,
     index: u32,
     timeout: Duration,
+    calls: Calls,
 }
 
 impl Initializing {
     /// Waits up to `wait` more.
     pub fn wait(self, wait: Duration) -> Result<Connected, LoadError> {
         match self.pending.wait(wait) {
-            Ok(r) => {
-                r.map(|()| Connected::Ready(Instance::new(self.index, self.fns, self.timeout)))
-            }
+            Ok(r) => r.map(|()| {
+                Connected::Ready(Instance::new(
+                    self.index,
+                    self.fns,
+                    self.timeout,
+                    self.calls,
+                ))
+            }),
             Err(Unfinished::Running(pending)) => {
                 Ok(Connected::Initializing(Initializing { pending, ..self }))
             }
