@@ -16,6 +16,8 @@ pub const DEFAULT_RECEIVE_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
 pub const DEFAULT_AUDIT_LEN: u64 = 10_000_000;
 pub const DEFAULT_SYSLOG_SOCKET: &str = "/dev/log";
+/// `MultipartReplayLimit`: input bytes kept per multi-part operation.
+pub const DEFAULT_REPLAY_LIMIT: u64 = 1 << 20;
 
 /// A setting's value and where the file set it (`None`: the default).
 #[derive(Debug, Default, Clone)]
@@ -195,7 +197,7 @@ pub(crate) const KEYS: &[Key] = &[
             what: "a byte count",
             min: 0,
             max: 1 << 30,
-            default: crate::ha::session::DEFAULT_REPLAY_LIMIT,
+            default: DEFAULT_REPLAY_LIMIT,
             field: |s| &mut s.multipart_replay_limit,
         },
         doc: "Input bytes kept per multi-part operation to replay it on another member when \

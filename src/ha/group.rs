@@ -93,7 +93,7 @@ impl Group {
             sync: Default::default(),
             mode,
             failover_on_deactivation: true,
-            replay_limit: super::session::DEFAULT_REPLAY_LIMIT as usize,
+            replay_limit: crate::config::DEFAULT_REPLAY_LIMIT as usize,
             log,
             audit: Default::default(),
             login: Mutex::new(None),

@@ -12,8 +12,7 @@ use crate::provider::{Data, OpKind, Output};
 use cryptoki_sys::*;
 use zeroize::Zeroizing;
 
-/// Default `MultipartReplayLimit`: input bytes kept per operation.
-pub const DEFAULT_REPLAY_LIMIT: u64 = 1 << 20;
+pub use crate::config::DEFAULT_REPLAY_LIMIT;
 
 /// What an operation has been fed, for a replay.
 #[derive(Default)]

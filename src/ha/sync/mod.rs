@@ -32,6 +32,7 @@
 pub mod catchup;
 pub mod check;
 pub mod copy;
+mod entropy;
 mod opened;
 pub mod owed;
 pub mod policy;

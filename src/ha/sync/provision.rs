@@ -2,6 +2,7 @@
 //! a new group or for the members added to one.
 
 use super::copy::cloning_search;
+use super::entropy::fill_random;
 use super::opened::Opened;
 use super::policy::CLONING_LABEL;
 use super::records::{self, Change, Record};
@@ -356,26 +357,4 @@ fn owe_everything(old: &[Provisioned], new: &[Provisioned]) {
             let _ = records::write(m.inst, m.o.session, &r);
         }
     }
-}
-
-pub(crate) fn fill_random(buf: &mut [u8]) -> MemberResult<()> {
-    let mut done = 0;
-    while done < buf.len() {
-        // SAFETY: the pointer and length describe the unfilled tail of `buf`.
-        let n = unsafe {
-            libc::getrandom(
-                buf[done..].as_mut_ptr() as *mut libc::c_void,
-                buf.len() - done,
-                0,
-            )
-        };
-        if n <= 0 {
-            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(Fault::Rv(CKR_FUNCTION_FAILED));
-        }
-        done += n as usize;
-    }
-    Ok(())
 }

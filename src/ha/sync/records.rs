@@ -283,7 +283,7 @@ pub fn destroy(
 /// (a public record cannot name a private one it has not seen).
 fn new_id() -> String {
     let mut b = [0u8; 16];
-    if super::provision::fill_random(&mut b).is_err() {
+    if super::entropy::fill_random(&mut b).is_err() {
         // getrandom does not fail on Linux with a buffer this small; should it, the clock and
         // the process keep the id unique (only unguessability is lost).
         let t = now_ns().to_le_bytes();
