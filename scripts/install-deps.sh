@@ -14,6 +14,7 @@ PACKAGES=(
     openssh-client            # ssh-keygen -D
     python3 python3-pykcs11   # PyKCS11 client (/usr/bin/python3)
     build-essential gcc       # cc for the C client
+    gdb                       # thread stacks in tests/ha_chaos.rs failure messages
 )
 
 # cargo-deb builds the .deb (packaging/build-deb.sh, tests/install_deb.rs). Needs cargo; about
