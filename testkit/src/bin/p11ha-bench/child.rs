@@ -22,6 +22,7 @@ pub const MP_PARTS: usize = 256;
 /// One thread's session, keys and buffers for one operation.
 struct Worker {
     m: Arc<Module>,
+    slot: CK_SLOT_ID,
     h: CK_SESSION_HANDLE,
     key: CK_OBJECT_HANDLE,
     op: String,
@@ -42,13 +43,14 @@ impl Worker {
             "hmac" => (CKO_SECRET_KEY, HMAC_ID, 64, 32),
             "aesgcm" => (CKO_SECRET_KEY, AES_ID, 1024, 1024 + 16),
             "random" => (0, 0, 0, 32),
-            "sessinfo" => (0, 0, 0, 0),
+            "sessinfo" | "openclose" => (0, 0, 0, 0),
             "sha256mp" => (0, 0, MP_PART, 32),
             _ => return Err(format!("unknown op {op}")),
         };
         let key = if id == 0 { 0 } else { m.find(h, class, id)? };
         let mut w = Box::new(Worker {
             m: m.clone(),
+            slot,
             h,
             key,
             op: op.to_string(),
@@ -96,6 +98,14 @@ impl Worker {
             }
             "random" => m.random(self.h, &mut self.out),
             "sha256mp" => self.digest_stream(),
+            // Part 10: with the audit trail on, two records (C_OpenSession, C_CloseSession).
+            "openclose" => match m.open_session(self.slot) {
+                Ok(h) => {
+                    m.close_session(h);
+                    CKR_OK
+                }
+                Err(_) => CKR_GENERAL_ERROR,
+            },
             _ => m.session_info(self.h),
         }
     }

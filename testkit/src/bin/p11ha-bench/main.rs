@@ -10,7 +10,7 @@
 //! ```
 //! Parts: 1 in-process overhead, 2 remote members, 3 failover, 4 recovery, 5 C_Initialize,
 //! 6 memory, 7 reintroduction, 8 multi-part SHA-256 with and without replay (issue 14), 9 CPU of
-//! an idle application. Throughput parts report CPU time per operation beside ops/s.
+//! an idle application, 10 the audit trail on and off (issue 15). Throughput parts report CPU time per operation beside ops/s.
 //!
 //! `P11HA_LIB` selects the libp11ha.so to measure (default: next to this executable);
 //! `P11HA_LIB_BEFORE` adds an older one to parts 1 and 2, compared in the same run.
@@ -61,7 +61,7 @@ fn main() {
             .get(i + 1)
             .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
             .unwrap_or_default(),
-        None => (1..=9).collect(),
+        None => (1..=10).collect(),
     };
     let known =
         |i: usize, a: &str| a == "--quick" || a == "--parts" || (i > 1 && args[i - 1] == "--parts");
@@ -111,6 +111,9 @@ fn main() {
     }
     if on(9) {
         out.push(part9(&w, &lib, &p));
+    }
+    if on(10) {
+        out.push(part10(&w, &lib, &p));
     }
     // Part 5 runs before the fault parts, while every member is fresh.
     let p5 = on(5).then(|| part5(&w, &lib, &p));
@@ -559,6 +562,79 @@ fn part8(w: &Cluster, lib: &Path, p: &Params) -> String {
             fmt_ns(st.max.saturating_sub(st.p50) as f64)
         );
     }
+    s
+}
+
+/// Part 10's group with the audit trail `audit` (None: off; Some(key use)).
+fn audit_conf(audit: Option<bool>) -> ConfigOpts {
+    let mut lines = Vec::new();
+    if let Some(key_use) = audit {
+        lines.push("haAuditLog = enabled;".to_string());
+        if key_use {
+            lines.push("haAuditKeyUse = enabled;".to_string());
+        }
+    }
+    ConfigOpts {
+        extra_ha_lines: lines,
+        ..conf(&[0], true)
+    }
+}
+
+fn part10(w: &Cluster, lib: &Path, p: &Params) -> String {
+    progress("part 10: the audit trail, off / management events / key use too");
+    let mut cs = vec![
+        ha_child(w, lib, "p11ha-audit-off", &audit_conf(None)),
+        ha_child(w, lib, "p11ha-audit-on", &audit_conf(Some(false))),
+        ha_child(w, lib, "p11ha-audit-keyuse", &audit_conf(Some(true))),
+    ];
+    let cells = [("ecdsa", 1usize), ("ecdsa", 4), ("openclose", 1)];
+    let res = alternate(&mut cs, &cells, p);
+    let mut s = String::from(
+        "## 10. The audit trail (issue 15): p11ha over 1 in-process SoftHSM member\n\n\
+         Off = `haAuditLog` disabled; on = management events (sessions, logins, objects, HA \
+         events); key use = `haAuditKeyUse` too (one record per C_SignInit). Cell: ops/s (ratio \
+         to off), p50, CPU per operation. `C_OpenSession` + `C_CloseSession` write two records \
+         when on, so half the difference of their p50 to off is the cost of a record on the \
+         application's thread (MACs are computed on another thread).\n\n\
+         | operation | threads | audit off | on | on, with key use | failed |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    for (ci, &(op, th)) in cells.iter().enumerate() {
+        let off = res[ci][0];
+        let cell = |x: Summary| {
+            format!(
+                "{} /s (×{:.3}), {}, CPU {}",
+                ops(x.ops),
+                x.ops / off.ops,
+                fmt_ns(x.p50),
+                fmt_ns(x.cpu)
+            )
+        };
+        s += &format!(
+            "| {} | {th} | {} | {} | {} | {} |\n",
+            if op == "openclose" {
+                "C_OpenSession + C_CloseSession"
+            } else {
+                "ECDSA P-256 sign"
+            },
+            cell(off),
+            cell(res[ci][1]),
+            cell(res[ci][2]),
+            res[ci].iter().map(|x| x.fails).sum::<u64>()
+        );
+    }
+    let oc = &res[2];
+    let per = |x: Summary| (x.p50 - oc[0].p50) / 2.0;
+    s += &format!(
+        "\nPer record on the application's thread (p50 difference ÷ 2): {} (target ≤ 2 µs). \
+         ECDSA throughput with management events on, ÷ off: {:.3} at 1 thread, {:.3} at 4 \
+         (target ≥ 0.98); with key use: {:.3} / {:.3}.\n",
+        fmt_ns(per(oc[1])),
+        res[0][1].ops / res[0][0].ops,
+        res[1][1].ops / res[1][0].ops,
+        res[0][2].ops / res[0][0].ops,
+        res[1][2].ops / res[1][0].ops,
+    );
     s
 }
 
