@@ -150,9 +150,9 @@ impl Instance {
         // The caller gives up at the deadline; so does a call still waiting for its turn.
         let deadline = Instant::now() + self.timeout;
         bounded::run(self.timeout, move || {
-            let gate = pass.0.clone();
-            let _inside = pass;
-            let _turn = match &gate.turn {
+            // The pass is moved in so the instance counts this call as inside until it returns.
+            let inside = pass;
+            let _turn = match &inside.0.turn {
                 Some(turn) => Some(turn.try_lock_until(deadline)?),
                 None => None,
             };

@@ -28,7 +28,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 pub type CkResult<T> = Result<T, CK_RV>;
-pub use replay::DEFAULT_REPLAY_LIMIT;
 
 /// An operation between its Init and its final call.
 struct ActiveOp {

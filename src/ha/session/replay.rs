@@ -12,7 +12,6 @@ use crate::provider::{Data, OpKind, Output};
 use cryptoki_sys::*;
 use zeroize::Zeroizing;
 
-pub use crate::config::DEFAULT_REPLAY_LIMIT;
 
 /// What an operation has been fed, for a replay.
 #[derive(Default)]

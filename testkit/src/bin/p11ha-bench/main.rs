@@ -489,7 +489,7 @@ fn part8(w: &Cluster, lib: &Path, p: &Params) -> String {
          |---|---|---|---|---|\n",
         child::MP_PARTS,
         child::MP_PART / 1024,
-        p11ha::ha::session::DEFAULT_REPLAY_LIMIT,
+        p11ha::config::DEFAULT_REPLAY_LIMIT,
     );
     let cells = [("sha256mp", 1usize)];
     for remote in [false, true] {
