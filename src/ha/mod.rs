@@ -2,6 +2,8 @@
 
 pub(crate) mod credential;
 pub mod discovery;
+#[cfg(test)]
+pub(crate) mod fake_member;
 pub mod group;
 pub mod journal;
 pub mod library;

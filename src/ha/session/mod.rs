@@ -17,6 +17,8 @@ mod ops;
 mod replay;
 pub(crate) mod route;
 mod search;
+#[cfg(test)]
+mod tests;
 
 use super::group::Group;
 use super::member::{current_seq, InFlight};

@@ -1,0 +1,248 @@
+//! Routing and failover policy against scripted fake members (`ha::fake_member`): which member
+//! serves, which one is dropped and what the caller is told, without SoftHSM. The same cases
+//! with real members and real faults are in tests/ha_failover.rs and tests/ha_recovery.rs.
+
+use super::Session;
+use crate::ha::fake_member::{group, group_with, Answer};
+use crate::ha::group::Group;
+use crate::mechanism::OwnedMechanism;
+use crate::provider::{Input, OpKind, RV_TIMEOUT};
+use cryptoki_sys::*;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use zeroize::Zeroizing;
+
+const TIMEOUT: Duration = Duration::from_millis(300);
+
+fn session(group: &Arc<Group>) -> Session {
+    Session::new(1, group.clone(), CKF_SERIAL_SESSION | CKF_RW_SESSION)
+}
+
+/// The tag of the member that served one C_GenerateRandom.
+fn served_by(s: &Session) -> Result<u8, CK_RV> {
+    s.generate_random(4, false).map(|v| v[0])
+}
+
+fn up(group: &Group, idx: usize) -> bool {
+    group.member(idx).is_up()
+}
+
+#[test]
+fn calls_spread_over_every_member_and_a_failed_member_is_dropped_and_never_asked_again() {
+    let (g, fakes) = group(&[false, false, false], TIMEOUT);
+    let s = session(&g);
+    let mut served = [0; 3];
+    for _ in 0..30 {
+        served[served_by(&s).unwrap() as usize - 1] += 1;
+    }
+    assert!(
+        served.iter().all(|&n| n > 0),
+        "not every member served: {served:?}"
+    );
+
+    fakes[1].always("C_GenerateRandom", Answer::Rv(CKR_DEVICE_REMOVED));
+    for _ in 0..30 {
+        assert_ne!(served_by(&s), Ok(2));
+    }
+    assert!(
+        !up(&g, 1),
+        "the member that answered CKR_DEVICE_REMOVED is still up"
+    );
+    assert_eq!(g.member(1).health().last_error, CKR_DEVICE_REMOVED);
+    assert_eq!(
+        fakes[1].calls("C_GenerateRandom"),
+        served[1] + 1,
+        "a dropped member was asked again"
+    );
+    assert!(up(&g, 0) && up(&g, 2));
+}
+
+#[test]
+fn a_hung_member_costs_the_caller_one_timeout_and_the_call_is_served_elsewhere() {
+    let (g, fakes) = group(&[false, false], TIMEOUT);
+    let s = session(&g);
+    // Both members have a member session now, so the hang hits the call itself.
+    while fakes.iter().any(|f| f.calls("C_GenerateRandom") == 0) {
+        served_by(&s).unwrap();
+    }
+    let hang = Duration::from_secs(5);
+    fakes[0].always("C_GenerateRandom", Answer::Hang(hang));
+    let start = Instant::now();
+    for _ in 0..4 {
+        assert_eq!(served_by(&s), Ok(2));
+    }
+    // One timeout (300 ms) in all, not one per call, and never the member's 5 s.
+    assert!(
+        start.elapsed() < hang - Duration::from_secs(1),
+        "the caller waited for the hung member: {:?}",
+        start.elapsed()
+    );
+    assert!(!up(&g, 0));
+    assert_eq!(g.member(0).health().last_error, RV_TIMEOUT);
+    assert_eq!(
+        fakes[0].calls("C_GenerateRandom"),
+        2,
+        "asked again after its timeout"
+    );
+}
+
+#[test]
+fn device_error_from_a_member_that_still_answers_makes_it_suspect_until_another_serves() {
+    let (g, fakes) = group(&[false, false], TIMEOUT);
+    let s = session(&g);
+    fakes[0].always("C_GenerateRandom", Answer::Rv(CKR_DEVICE_ERROR));
+    // The balancer alternates, so within a few calls member 1 is asked first.
+    for _ in 0..4 {
+        assert_eq!(served_by(&s), Ok(2));
+    }
+    assert!(
+        !up(&g, 0),
+        "the member that alone answered CKR_DEVICE_ERROR is still up"
+    );
+    assert!(
+        fakes[0].calls("C_GetSessionInfo") >= 1,
+        "no probe before judging it"
+    );
+}
+
+#[test]
+fn device_error_from_every_member_was_the_input_and_drops_no_member() {
+    let (g, fakes) = group(&[false, false, false], TIMEOUT);
+    let s = session(&g);
+    for f in &fakes {
+        f.always("C_GenerateRandom", Answer::Rv(CKR_DEVICE_ERROR));
+    }
+    assert_eq!(served_by(&s), Err(CKR_DEVICE_ERROR));
+    assert!(
+        (0..3).all(|i| up(&g, i)),
+        "a member was dropped for the caller's input"
+    );
+    assert!(fakes.iter().all(|f| f.calls("C_GenerateRandom") == 1));
+}
+
+#[test]
+fn an_error_of_the_caller_is_answered_by_one_member_and_moves_nothing() {
+    let (g, fakes) = group(&[false, false], TIMEOUT);
+    let s = session(&g);
+    for f in &fakes {
+        f.next("C_GenerateRandom", Answer::Rv(CKR_ARGUMENTS_BAD));
+    }
+    assert_eq!(served_by(&s), Err(CKR_ARGUMENTS_BAD));
+    let asked: usize = fakes.iter().map(|f| f.calls("C_GenerateRandom")).sum();
+    assert_eq!(asked, 1, "the caller's error was retried on another member");
+    assert!(up(&g, 0) && up(&g, 1));
+}
+
+#[test]
+fn standby_members_serve_only_while_no_active_member_is_up() {
+    let (g, fakes) = group(&[false, true], TIMEOUT);
+    let s = session(&g);
+    for _ in 0..10 {
+        assert_eq!(served_by(&s), Ok(1));
+    }
+    assert_eq!(fakes[1].calls("C_GenerateRandom"), 0);
+    fakes[0].always("C_GenerateRandom", Answer::Rv(CKR_TOKEN_NOT_PRESENT));
+    for _ in 0..3 {
+        assert_eq!(served_by(&s), Ok(2));
+    }
+    assert!(!up(&g, 0));
+}
+
+#[test]
+fn with_failover_on_deactivation_off_the_deactivation_is_the_callers_answer() {
+    for (failover, want) in [(true, Ok(2)), (false, Err(CKR_TOKEN_NOT_PRESENT))] {
+        let (g, fakes) = group_with(&[false, false], TIMEOUT, |g| {
+            g.failover_on_deactivation = failover
+        });
+        let s = session(&g);
+        fakes[0].always("C_GenerateRandom", Answer::Rv(CKR_TOKEN_NOT_PRESENT));
+        // The first call goes to member 0 (the balancer starts there).
+        assert_eq!(served_by(&s), want, "failover_on_deactivation = {failover}");
+        assert!(!up(&g, 0), "a deactivated member stays up");
+        assert!(g.member(0).health().deactivated);
+    }
+}
+
+#[test]
+fn an_operation_whose_member_dies_before_its_single_part_call_is_redone_elsewhere() {
+    let (g, fakes) = group(&[false, false, false], TIMEOUT);
+    let s = session(&g);
+    s.op_init_unaudited(OpKind::Digest, Some(OwnedMechanism::new(CKM_SHA256)), 0)
+        .unwrap();
+    let holder = fakes
+        .iter()
+        .position(|f| f.calls("C_DigestInit") == 1)
+        .expect("no member got the C_DigestInit");
+    fakes[holder].always("C_Digest", Answer::Rv(CKR_DEVICE_REMOVED));
+    let out = s
+        .op_single(OpKind::Digest, Input::new(b"abc".to_vec()), Some(64))
+        .unwrap();
+    let tag = out.data.expect("digest bytes")[0];
+    assert_ne!(
+        tag as usize,
+        holder + 1,
+        "answered by the member that failed"
+    );
+    assert_eq!(
+        fakes[tag as usize - 1].calls("C_DigestInit"),
+        1,
+        "the new member got no C_DigestInit before C_Digest"
+    );
+    assert!(!up(&g, holder));
+    // The operation has ended: a second C_Digest is not initialized.
+    assert_eq!(
+        s.op_single(OpKind::Digest, Input::new(b"abc".to_vec()), Some(64)),
+        Err(CKR_OPERATION_NOT_INITIALIZED)
+    );
+}
+
+fn pin() -> Option<crate::ha::group::Pin> {
+    Some(Arc::new(Zeroizing::new(b"1234".to_vec())))
+}
+
+#[test]
+fn the_first_member_judges_the_pin_and_a_later_member_that_refuses_it_is_dropped() {
+    // The balancer's first order is member 0, 1, 2.
+    let (g, fakes) = group(&[false, false, false], TIMEOUT);
+    fakes[2].always("C_Login", Answer::Rv(CKR_PIN_INCORRECT));
+    session(&g).login_unaudited(CKU_USER, pin()).unwrap();
+    assert!(up(&g, 0) && up(&g, 1));
+    assert!(
+        !up(&g, 2),
+        "the member with another PIN stayed in the group"
+    );
+    assert!(
+        !g.member(2).health().auto_recovery,
+        "a member that refused the group's PIN would be tried again (lock-out)"
+    );
+
+    let (g, fakes) = group(&[false, false, false], TIMEOUT);
+    fakes[0].always("C_Login", Answer::Rv(CKR_PIN_INCORRECT));
+    assert_eq!(
+        session(&g).login_unaudited(CKU_USER, pin()),
+        Err(CKR_PIN_INCORRECT)
+    );
+    assert!(g.login().is_none());
+    assert_eq!(
+        fakes[1].calls("C_Login") + fakes[2].calls("C_Login"),
+        0,
+        "a wrong PIN was tried on more members"
+    );
+    assert!(
+        (0..3).all(|i| up(&g, i)),
+        "a member was dropped for the caller's PIN"
+    );
+}
+
+#[test]
+fn a_member_that_fails_at_login_is_dropped_and_the_next_one_judges_the_pin() {
+    let (g, fakes) = group(&[false, false], TIMEOUT);
+    fakes[0].always("C_Login", Answer::Rv(CKR_DEVICE_REMOVED));
+    session(&g).login_unaudited(CKU_USER, pin()).unwrap();
+    assert!(!up(&g, 0) && up(&g, 1));
+    assert!(
+        g.member(0).health().auto_recovery,
+        "its own trouble is no verdict on the PIN"
+    );
+    assert_eq!(fakes[1].calls("C_Login"), 1);
+}
