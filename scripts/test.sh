@@ -77,7 +77,7 @@ step 600 "clippy" cargo clippy --all-targets -- -D warnings
 # Integration tests load target/release/libp11ha.so: build it before the tests, same profile.
 step 600 "release build" cargo build --release
 step 1320 "tests" cargo test --release --no-fail-fast
-step 300 "docs" env RUSTDOCFLAGS=-Dwarnings cargo doc --no-deps
+step 300 "docs" env RUSTDOCFLAGS=-Dwarnings cargo doc --no-deps --document-private-items
 # The benchmark must build and its short smoke run complete (numbers are not judged here).
 step 180 "benchmark smoke run" target/release/p11ha-bench --quick
 

@@ -19,9 +19,9 @@ pub mod load;
 pub mod outcome;
 pub mod table;
 
-pub use calls::{buffer, AttributeValues, Data, Input, OpKind, Output};
+pub use calls::{AttributeValues, Data, Input, OpKind, Output};
 pub use instance::Instance;
-pub use load::{Connected, Initializing, LoadError, Provider, ENV_GRACE};
-pub use outcome::{check, is_deactivation, Fault, MemberResult, RV_TIMEOUT};
+pub use load::{Connected, Initializing, LoadError, Provider};
+pub use outcome::{is_deactivation, Fault, MemberResult};
 
 pub(crate) use load::after_fork_in_child;
