@@ -116,6 +116,10 @@ fn ulen(v: &[u8]) -> CK_ULONG {
     v.len() as CK_ULONG
 }
 
+fn ulen_of<T>(v: &[T]) -> CK_ULONG {
+    v.len() as CK_ULONG
+}
+
 fn usize_of(n: CK_ULONG) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
 }
@@ -387,38 +391,12 @@ impl Instance {
         kinds: Vec<CK_ATTRIBUTE_TYPE>,
         must_exist: bool,
     ) -> MemberResult<Vec<Option<Vec<u8>>>> {
-        let gone = move |rv| must_exist && rv == CKR_OBJECT_HANDLE_INVALID;
-        self.try_call(move |f| {
-            let mut out = Vec::with_capacity(kinds.len());
-            for t in kinds {
-                let mut a = CK_ATTRIBUTE {
-                    type_: t,
-                    pValue: std::ptr::null_mut(),
-                    ulValueLen: 0,
-                };
-                let rv = ck!(f, C_GetAttributeValue(h, obj, &mut a, 1));
-                if Fault::Rv(rv).fails_member() || gone(rv) {
-                    return Err(Fault::Rv(rv));
-                }
-                let n = usize_of(a.ulValueLen);
-                if rv != CKR_OK
-                    || a.ulValueLen == CK_UNAVAILABLE_INFORMATION
-                    || n > MAX_READ_ATTRIBUTE
-                {
-                    out.push(None);
-                    continue;
-                }
-                let mut buf = buffer(n)?;
-                a.pValue = buf.as_mut_ptr() as *mut _;
-                let rv = ck!(f, C_GetAttributeValue(h, obj, &mut a, 1));
-                if Fault::Rv(rv).fails_member() || gone(rv) {
-                    return Err(Fault::Rv(rv));
-                }
-                buf.truncate(usize_of(a.ulValueLen).min(n));
-                out.push((rv == CKR_OK).then_some(buf));
-            }
-            Ok(out)
-        })
+        self.try_call(
+            move |f| match read_together(f, h, obj, &kinds, must_exist)? {
+                Some(values) => Ok(values),
+                None => read_one_by_one(f, h, obj, &kinds, must_exist),
+            },
+        )
     }
 
     pub fn set_attributes(
@@ -755,6 +733,122 @@ impl Instance {
     pub fn init_pin(&self, h: CK_SESSION_HANDLE, pin: Arc<Zeroizing<Vec<u8>>>) -> MemberResult<()> {
         self.try_call(move |f| check(ck!(f, C_InitPIN(h, pin.as_ptr() as *mut u8, ulen(&pin)))))
     }
+}
+
+/// A read that must fail: the member is gone, or (`must_exist`) the object is.
+fn read_fails(rv: CK_RV, must_exist: bool) -> bool {
+    Fault::Rv(rv).fails_member() || (must_exist && rv == CKR_OBJECT_HANDLE_INVALID)
+}
+
+/// Every attribute in two C_GetAttributeValue calls (their sizes, then the values), as the
+/// standard allows: over p11-kit each call is a round trip, and p11ha reads 9 to 20 attributes
+/// per object it identifies or copies. Unavailable attributes are `None`. `Ok(None)` when the
+/// module answered something the standard does not give for such a read, or the values
+/// changed size in between: the caller reads one attribute at a time instead.
+fn read_together(
+    f: Fns,
+    h: CK_SESSION_HANDLE,
+    obj: CK_OBJECT_HANDLE,
+    kinds: &[CK_ATTRIBUTE_TYPE],
+    must_exist: bool,
+) -> MemberResult<Option<Vec<Option<Vec<u8>>>>> {
+    let mut sizes: Vec<CK_ATTRIBUTE> = kinds
+        .iter()
+        .map(|&t| CK_ATTRIBUTE {
+            type_: t,
+            pValue: std::ptr::null_mut(),
+            ulValueLen: 0,
+        })
+        .collect();
+    let rv = ck!(
+        f,
+        C_GetAttributeValue(h, obj, sizes.as_mut_ptr(), ulen_of(&sizes))
+    );
+    if read_fails(rv, must_exist) {
+        return Err(Fault::Rv(rv));
+    }
+    if !matches!(
+        rv,
+        CKR_OK | CKR_ATTRIBUTE_SENSITIVE | CKR_ATTRIBUTE_TYPE_INVALID
+    ) {
+        return Ok(None);
+    }
+    let mut out: Vec<Option<Vec<u8>>> = Vec::with_capacity(kinds.len());
+    for a in &sizes {
+        let n = usize_of(a.ulValueLen);
+        out.push(
+            if a.ulValueLen == CK_UNAVAILABLE_INFORMATION || n > MAX_READ_ATTRIBUTE {
+                None
+            } else {
+                Some(buffer(n)?)
+            },
+        );
+    }
+    let mut values: Vec<CK_ATTRIBUTE> = kinds
+        .iter()
+        .zip(out.iter_mut())
+        .filter_map(|(&t, v)| {
+            v.as_mut().map(|b| CK_ATTRIBUTE {
+                type_: t,
+                pValue: b.as_mut_ptr() as *mut _,
+                ulValueLen: b.len() as CK_ULONG,
+            })
+        })
+        .collect();
+    if values.is_empty() {
+        return Ok(Some(out));
+    }
+    let rv = ck!(
+        f,
+        C_GetAttributeValue(h, obj, values.as_mut_ptr(), ulen_of(&values))
+    );
+    if read_fails(rv, must_exist) {
+        return Err(Fault::Rv(rv));
+    }
+    if rv != CKR_OK {
+        return Ok(None);
+    }
+    for (v, a) in out.iter_mut().flatten().zip(&values) {
+        v.truncate(usize_of(a.ulValueLen));
+    }
+    Ok(Some(out))
+}
+
+/// One C_GetAttributeValue per attribute and phase: for modules that answer a read of several
+/// attributes otherwise than the standard says.
+fn read_one_by_one(
+    f: Fns,
+    h: CK_SESSION_HANDLE,
+    obj: CK_OBJECT_HANDLE,
+    kinds: &[CK_ATTRIBUTE_TYPE],
+    must_exist: bool,
+) -> MemberResult<Vec<Option<Vec<u8>>>> {
+    let mut out = Vec::with_capacity(kinds.len());
+    for &t in kinds {
+        let mut a = CK_ATTRIBUTE {
+            type_: t,
+            pValue: std::ptr::null_mut(),
+            ulValueLen: 0,
+        };
+        let rv = ck!(f, C_GetAttributeValue(h, obj, &mut a, 1));
+        if read_fails(rv, must_exist) {
+            return Err(Fault::Rv(rv));
+        }
+        let n = usize_of(a.ulValueLen);
+        if rv != CKR_OK || a.ulValueLen == CK_UNAVAILABLE_INFORMATION || n > MAX_READ_ATTRIBUTE {
+            out.push(None);
+            continue;
+        }
+        let mut buf = buffer(n)?;
+        a.pValue = buf.as_mut_ptr() as *mut _;
+        let rv = ck!(f, C_GetAttributeValue(h, obj, &mut a, 1));
+        if read_fails(rv, must_exist) {
+            return Err(Fault::Rv(rv));
+        }
+        buf.truncate(usize_of(a.ulValueLen).min(n));
+        out.push((rv == CKR_OK).then_some(buf));
+    }
+    Ok(out)
 }
 
 fn plain(rv: CK_RV) -> MemberResult<Output> {
