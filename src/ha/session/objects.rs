@@ -11,7 +11,6 @@ use crate::ha::sync::policy::{is_managed, member_set_template, member_template};
 use crate::mechanism::{find, Attr};
 use crate::provider::{AttributeValues, Fault, Instance, MemberResult};
 use cryptoki_sys::*;
-use std::sync::Arc;
 
 /// Flags a p11ha-managed key holds on its members only so it can be cloned: the application
 /// asked for a non-extractable key and reads them as one (false).
@@ -133,8 +132,10 @@ impl Session {
     }
 
     /// Copies objects just made on `first` to every other up member and registers the twins.
-    /// On error every twin made here is destroyed again; a fault that fails a member is the
-    /// creating member's (it has been dropped).
+    /// The members receive at once, each over sessions of its own (creating a token object is
+    /// a file write on SoftHSM, milliseconds, so one member after the other multiplied the
+    /// application's wait). On error every twin made here is destroyed again; a fault that
+    /// fails a member is the creating member's (it has been dropped).
     fn replicate(
         &self,
         st: &mut State,
@@ -142,50 +143,34 @@ impl Session {
         made: &[(CK_OBJECT_HANDLE, CK_OBJECT_HANDLE)],
         copy_of: Option<(CK_OBJECT_HANDLE, &CopyHere)>,
     ) -> MemberResult<()> {
-        let mut twins: Vec<(Arc<Instance>, CK_SESSION_HANDLE, CK_OBJECT_HANDLE)> = Vec::new();
-        let undo = |twins: &[(Arc<Instance>, CK_SESSION_HANDLE, CK_OBJECT_HANDLE)]| {
-            for (inst, s, h) in twins {
-                let _ = inst.destroy_object(*s, *h);
-            }
-        };
-        // Copies run in sessions of their own on both sides: the application's member sessions
-        // may be in the middle of an operation.
         let source = self.group.member(first.idx).binding();
-        let source = match source.filter(|b| b.instance.id == first.inst.id) {
-            Some(b) => Apart::open(&b.instance, b.slot)?,
-            None => return Err(Fault::Closed),
+        let Some(source) = source.filter(|b| b.instance.id == first.inst.id) else {
+            return Err(Fault::Closed);
         };
-        let mut from = End::new(
-            &source.inst,
-            source.session,
-            &self.group.member(first.idx).serial,
-        );
-        let mut aparts = Vec::new();
-        let mut registered = Vec::new();
+        let source_serial = self.group.member(first.idx).serial.clone();
+        let mut receivers = Vec::new();
         for idx in (0..self.group.members().len()).filter(|&i| i != first.idx) {
             let Some(b) = self.group.member(idx).binding() else {
                 continue;
             };
-            // The application's member session there logs the member in with the group.
+            // The application's member session there logs the member in with the group. Copies
+            // run in sessions of their own on both sides: the application's member sessions may
+            // be in the middle of an operation.
             let opened = self
                 .member_session(st, idx, &b)
                 .and_then(|_| Apart::open(&b.instance, b.slot));
-            let apart = match opened {
+            let to = match opened {
                 Ok(a) => a,
                 Err(f) if f.fails_member() => {
                     self.drop_member(idx, &b.instance, f);
                     continue;
                 }
-                Err(f) => {
-                    // Not a failure of any member: the caller's answer.
-                    undo(&twins);
-                    return Err(f);
-                }
+                // Not a failure of any member: the caller's answer.
+                Err(f) => return Err(f),
             };
-            let session = apart.session;
             // The member's own twin of the object copied, if it has one.
             let source_here = match copy_of {
-                Some((src, _)) => match self.resolve(idx, &b.instance, session, src) {
+                Some((src, _)) => match self.resolve(idx, &b.instance, to.session, src) {
                     Ok(t) => t,
                     Err(f) if f.fails_member() => {
                         self.drop_member(idx, &b.instance, f);
@@ -196,65 +181,77 @@ impl Session {
                 },
                 None => None,
             };
-            let mut to = End::new(&b.instance, session, &self.group.member(idx).serial);
-            let mut here = Vec::new();
-            for &(h, v) in made {
-                let copied = match (copy_of, source_here) {
-                    (Some((_, copy_here)), Some(twin)) => {
-                        copy_here(&b.instance, session, twin).map_err(|f| (Side::Target, f))
-                    }
-                    _ => copy_object(&mut from, h, &mut to),
-                };
-                match copied {
-                    Ok(h2) => {
-                        twins.push((b.instance.clone(), session, h2));
-                        here.push((v, h2));
-                    }
-                    Err((Side::Target, f)) if f.fails_member() => {
-                        self.drop_member(idx, &b.instance, f);
-                        forget(st, idx);
-                        here.clear();
-                        break;
-                    }
-                    Err((side, f)) => {
-                        undo(&twins);
-                        if side == Side::Source && f.fails_member() {
-                            self.drop_member(first.idx, &first.inst, f);
-                            forget(st, first.idx);
-                            return Err(f);
-                        }
-                        let end = if side == Side::Source { &from } else { &to };
-                        if let (CKR_MECHANISM_INVALID, Some(carrier)) =
-                            (f.rv(), end.refused_carrier())
-                        {
-                            // Not the application's mechanism: a member cannot receive the key.
-                            let g = &self.group;
-                            g.log.carrier_refused(&g.serial, end.serial(), carrier);
-                            diag!(
-                                Warn,
-                                "group {}: a key cannot travel to {} ({carrier} refused by {} \
-                                 or its transport), creation undone: see p11ha synchronize \
-                                 -check",
-                                g.label,
-                                g.member(idx).serial,
-                                end.serial()
-                            );
-                            return Err(Fault::Rv(RV_NO_CARRIER));
-                        }
-                        diag!(
-                            Warn,
-                            "group {}: object not replicated to {}, creation undone: {}{}",
-                            self.group.label,
-                            self.group.member(idx).serial,
-                            crate::rv::rv_name(f.rv()),
-                            hint(f.rv())
-                        );
+            receivers.push(Receiver {
+                idx,
+                from: Apart::open(&source.instance, source.slot)?,
+                to,
+                serial: self.group.member(idx).serial.clone(),
+                source_here,
+            });
+        }
+        let results: Vec<Received> = match copy_of {
+            Some((_, copy_here)) => receivers
+                .iter()
+                .map(|rx| receive(rx, made, &source_serial, Some(copy_here)))
+                .collect(),
+            None => receive_at_once(&receivers, made, &source_serial),
+        };
+        let twins: Vec<_> = receivers
+            .iter()
+            .zip(&results)
+            .flat_map(|(rx, r)| r.made.iter().map(move |&(_, h2)| (rx, h2)))
+            .collect();
+        let undo = || {
+            for (rx, h) in &twins {
+                let _ = rx.to.inst.destroy_object(rx.to.session, *h);
+            }
+        };
+        let mut registered = Vec::new();
+        for (rx, r) in receivers.iter().zip(&results) {
+            let inst = &rx.to.inst;
+            match r.failed {
+                None => registered.extend(r.made.iter().map(|&(v, h2)| (v, rx.idx, inst.id, h2))),
+                // It gets the objects when it is reintroduced.
+                Some((Side::Target, f, _)) if f.fails_member() => {
+                    self.drop_member(rx.idx, inst, f);
+                    forget(st, rx.idx);
+                }
+                Some((side, f, refused)) => {
+                    undo();
+                    if side == Side::Source && f.fails_member() {
+                        self.drop_member(first.idx, &first.inst, f);
+                        forget(st, first.idx);
                         return Err(f);
                     }
+                    let end = if side == Side::Source {
+                        &source_serial
+                    } else {
+                        &rx.serial
+                    };
+                    if let (CKR_MECHANISM_INVALID, Some(carrier)) = (f.rv(), refused) {
+                        // Not the application's mechanism: a member cannot receive the key.
+                        let g = &self.group;
+                        g.log.carrier_refused(&g.serial, end, carrier);
+                        diag!(
+                            Warn,
+                            "group {}: a key cannot travel to {} ({carrier} refused by {end} \
+                             or its transport), creation undone: see p11ha synchronize -check",
+                            g.label,
+                            rx.serial,
+                        );
+                        return Err(Fault::Rv(RV_NO_CARRIER));
+                    }
+                    diag!(
+                        Warn,
+                        "group {}: object not replicated to {}, creation undone: {}{}",
+                        self.group.label,
+                        rx.serial,
+                        crate::rv::rv_name(f.rv()),
+                        hint(f.rv())
+                    );
+                    return Err(f);
                 }
             }
-            registered.extend(here.into_iter().map(|(v, h2)| (v, idx, b.instance.id, h2)));
-            aparts.push(apart);
         }
         for (v, idx, inst, h2) in registered {
             self.group.objects.set_twin(v, idx, inst, h2);
@@ -480,4 +477,96 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// A member that receives copies from `replicate`, with a session of its own there and one on
+/// the source (a session serves one thread at a time).
+struct Receiver {
+    idx: usize,
+    from: Apart,
+    to: Apart,
+    serial: String,
+    /// With `copy_of`: the member's own twin of the object copied.
+    source_here: Option<CK_OBJECT_HANDLE>,
+}
+
+/// What one receiver got: twins made (virtual handle, handle there), and the error that
+/// stopped it, with the carrier the failing end refused.
+struct Received {
+    made: Vec<(CK_OBJECT_HANDLE, CK_OBJECT_HANDLE)>,
+    failed: Option<(Side, Fault, Option<&'static str>)>,
+}
+
+/// Copies `made` to one receiver.
+fn receive(
+    rx: &Receiver,
+    made: &[(CK_OBJECT_HANDLE, CK_OBJECT_HANDLE)],
+    source_serial: &str,
+    copy_here: Option<&CopyHere>,
+) -> Received {
+    let mut from = End::new(&rx.from.inst, rx.from.session, source_serial);
+    let mut to = End::new(&rx.to.inst, rx.to.session, &rx.serial);
+    let mut got = Vec::new();
+    for &(h, v) in made {
+        let copied = match (copy_here, rx.source_here) {
+            (Some(copy_here), Some(twin)) => {
+                copy_here(&rx.to.inst, rx.to.session, twin).map_err(|f| (Side::Target, f))
+            }
+            _ => copy_object(&mut from, h, &mut to),
+        };
+        match copied {
+            Ok(h2) => got.push((v, h2)),
+            Err((side, f)) => {
+                let refused = match side {
+                    Side::Source => from.refused_carrier(),
+                    Side::Target => to.refused_carrier(),
+                };
+                return Received {
+                    made: got,
+                    failed: Some((side, f, refused)),
+                };
+            }
+        }
+    }
+    Received {
+        made: got,
+        failed: None,
+    }
+}
+
+/// [`receive`] for every receiver at once, a thread each (their calls are bounded: a thread
+/// never outlives its member calls' deadlines by much). On the caller's thread when the
+/// application forbids threads, or when one cannot start.
+fn receive_at_once(
+    receivers: &[Receiver],
+    made: &[(CK_OBJECT_HANDLE, CK_OBJECT_HANDLE)],
+    source_serial: &str,
+) -> Vec<Received> {
+    if receivers.len() < 2 || crate::bounded::is_inline() {
+        return receivers
+            .iter()
+            .map(|rx| receive(rx, made, source_serial, None))
+            .collect();
+    }
+    std::thread::scope(|s| {
+        let running: Vec<_> = receivers
+            .iter()
+            .map(|rx| {
+                std::thread::Builder::new()
+                    .name("p11ha-replicate".into())
+                    .spawn_scoped(s, move || receive(rx, made, source_serial, None))
+                    .map_err(|_| rx)
+            })
+            .collect();
+        running
+            .into_iter()
+            .map(|r| match r {
+                Ok(t) => t.join().unwrap_or(Received {
+                    made: Vec::new(),
+                    failed: Some((Side::Target, Fault::Panicked, None)),
+                }),
+                Err(rx) => receive(rx, made, source_serial, None),
+            })
+            .collect()
+    })
 }

@@ -10,15 +10,18 @@
 //! ```
 //! Parts: 1 in-process overhead, 2 remote members, 3 failover, 4 recovery, 5 C_Initialize,
 //! 6 memory, 7 reintroduction, 8 multi-part SHA-256 with and without replay (issue 14), 9 CPU of
-//! an idle application, 10 the audit trail on and off (issue 15). Throughput parts report CPU time per operation beside ops/s.
+//! an idle application, 10 the audit trail on and off (issue 15), 12 creating token objects on a
+//! synchronized group with every member up (issue 17). Throughput parts report CPU time per operation beside ops/s.
 //!
 //! `P11HA_LIB` selects the libp11ha.so to measure (default: next to this executable);
 //! `P11HA_LIB_BEFORE` adds an older one to parts 1 and 2, compared in the same run.
 //! `P11HA_BENCH_KEEP=1` keeps the temporary directory (server and child logs).
-//! Exit status 1 when part 7 reintroduced the wrong objects (numbers are never judged).
+//! Exit status 1 when part 7 reintroduced the wrong objects or part 12 left objects behind or
+//! lost creations (numbers are never judged).
 
 mod child;
 mod children;
+mod creates;
 mod stats;
 
 use children::ChildProc;
@@ -61,7 +64,7 @@ fn main() {
             .get(i + 1)
             .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
             .unwrap_or_default(),
-        None => (1..=10).collect(),
+        None => (1..=10).chain([12]).collect(),
     };
     let known =
         |i: usize, a: &str| a == "--quick" || a == "--parts" || (i > 1 && args[i - 1] == "--parts");
@@ -127,12 +130,17 @@ fn main() {
     if on(6) {
         out.push(part6(&w, &lib));
     }
-    // Part 7 runs last: it leaves its objects on every member.
     let mut wrong = Vec::new();
+    if on(12) {
+        let (s, problems) = creates::part12(&w, &lib, p.objects);
+        out.push(s);
+        wrong.extend(problems.into_iter().map(|m| format!("part 12: {m}")));
+    }
+    // Part 7 runs last: it leaves its objects on every member.
     if on(7) {
         let (s, problems) = part7(&w, &lib, p.objects);
         out.push(s);
-        wrong = problems;
+        wrong.extend(problems.into_iter().map(|m| format!("part 7: {m}")));
     }
     println!(
         "# p11ha-bench{} ({} rounds × {} ms slices; {} repetitions)\n",
@@ -145,10 +153,10 @@ fn main() {
         println!("{s}");
     }
     println!("total run time: {:.1} s", t0.elapsed().as_secs_f64());
-    // Numbers are reported, never judged; what part 7 reintroduced must be right, though.
+    // Numbers are reported, never judged; what parts 7 and 12 leave on the members must be right.
     if !wrong.is_empty() {
         for problem in &wrong {
-            eprintln!("p11ha-bench: part 7: {problem}");
+            eprintln!("p11ha-bench: {problem}");
         }
         // exit() runs no destructors: the cluster's servers and directory go first.
         drop(w);
