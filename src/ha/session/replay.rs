@@ -12,7 +12,6 @@ use crate::provider::{Data, OpKind, Output};
 use cryptoki_sys::*;
 use zeroize::Zeroizing;
 
-
 /// What an operation has been fed, for a replay.
 #[derive(Default)]
 pub(super) struct Kept {
