@@ -412,6 +412,7 @@ fn serve(module: &str, label: &str) -> Result<(), String> {
                 let n = objs?.len();
                 say(format!("destroyed {} {fails} {ns}", n - fails));
             }
+            Some("destroys" | "census") => say(crate::destroys::child(&m, slot, &a)?),
             Some("rss") => say(format!("rss {}", vm_rss_kb())),
             // idle <ms>: no calls for that long; the CPU time the process used meanwhile.
             Some("idle") => {

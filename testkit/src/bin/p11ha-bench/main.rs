@@ -7,21 +7,25 @@
 //! cargo build --release && target/release/p11ha-bench          # full run (< 5 min)
 //! target/release/p11ha-bench --quick                           # smoke run (< 60 s)
 //! target/release/p11ha-bench --parts 7                         # only part 7 (reintroduction)
+//! target/release/p11ha-bench --parts 11                        # only part 11 (destroys, m2 down)
 //! ```
 //! Parts: 1 in-process overhead, 2 remote members, 3 failover, 4 recovery, 5 C_Initialize,
 //! 6 memory, 7 reintroduction, 8 multi-part SHA-256 with and without replay (issue 14), 9 CPU of
-//! an idle application, 10 the audit trail on and off (issue 15), 12 creating token objects on a
-//! synchronized group with every member up (issue 17). Throughput parts report CPU time per operation beside ops/s.
+//! an idle application, 10 the audit trail on and off (issue 15), 11 destroys while a member is
+//! down and their settling (issue 12, destroys.rs), 12 creating token objects on a synchronized
+//! group with every member up (issue 17, creates.rs). Throughput parts report CPU time per operation beside ops/s.
 //!
 //! `P11HA_LIB` selects the libp11ha.so to measure (default: next to this executable);
 //! `P11HA_LIB_BEFORE` adds an older one to parts 1 and 2, compared in the same run.
 //! `P11HA_BENCH_KEEP=1` keeps the temporary directory (server and child logs).
-//! Exit status 1 when part 7 reintroduced the wrong objects or part 12 left objects behind or
-//! lost creations (numbers are never judged).
+//! Exit status 1 when part 7 reintroduced the wrong objects, part 11 left records or destroyed
+//! objects on a member, or part 12 lost creations or left objects behind (numbers are never
+//! judged); 2 on a bad command line.
 
 mod child;
 mod children;
 mod creates;
+mod destroys;
 mod stats;
 
 use children::ChildProc;
@@ -32,6 +36,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(30);
+/// Every part there is (the default run).
+const PARTS: std::ops::RangeInclusive<u32> = 1..=12;
 /// Bound of the wait from a member's return to its reintroduction log line (part 7).
 const T_REINTRO: Duration = Duration::from_secs(120);
 
@@ -60,16 +66,32 @@ fn main() {
     let quick = args.iter().any(|a| a == "--quick");
     // --parts 1,2: only these parts (for profiling); default all.
     let parts: Vec<u32> = match args.iter().position(|a| a == "--parts") {
-        Some(i) => args
-            .get(i + 1)
-            .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
-            .unwrap_or_default(),
-        None => (1..=10).chain([12]).collect(),
+        Some(i) => {
+            let v: Vec<&str> = args.get(i + 1).map_or(vec![], |v| v.split(',').collect());
+            let parsed: Vec<Option<u32>> = v.iter().map(|x| x.parse().ok()).collect();
+            if let Some(bad) = v
+                .iter()
+                .zip(&parsed)
+                .find(|(_, n)| !n.is_some_and(|n| PARTS.contains(&n)))
+            {
+                eprintln!(
+                    "p11ha-bench: no part {:?} (parts are 1-{})",
+                    bad.0,
+                    PARTS.end()
+                );
+                std::process::exit(2);
+            }
+            parsed.into_iter().flatten().collect()
+        }
+        None => PARTS.collect(),
     };
     let known =
         |i: usize, a: &str| a == "--quick" || a == "--parts" || (i > 1 && args[i - 1] == "--parts");
     if parts.is_empty() || args.iter().enumerate().skip(1).any(|(i, a)| !known(i, a)) {
-        eprintln!("usage: p11ha-bench [--quick] [--parts 1,2,...]");
+        eprintln!(
+            "usage: p11ha-bench [--quick] [--parts 1,2,...] (parts 1-{})",
+            PARTS.end()
+        );
         std::process::exit(2);
     }
     let on = |n: u32| parts.contains(&n);
@@ -131,16 +153,21 @@ fn main() {
         out.push(part6(&w, &lib));
     }
     let mut wrong = Vec::new();
+    if on(11) {
+        let (s, problems) = destroys::part11(&w, &lib, &p);
+        out.push(s);
+        wrong.extend(problems.into_iter().map(|x| format!("part 11: {x}")));
+    }
     if on(12) {
         let (s, problems) = creates::part12(&w, &lib, p.objects);
         out.push(s);
-        wrong.extend(problems.into_iter().map(|m| format!("part 12: {m}")));
+        wrong.extend(problems.into_iter().map(|x| format!("part 12: {x}")));
     }
     // Part 7 runs last: it leaves its objects on every member.
     if on(7) {
         let (s, problems) = part7(&w, &lib, p.objects);
         out.push(s);
-        wrong.extend(problems.into_iter().map(|m| format!("part 7: {m}")));
+        wrong.extend(problems.into_iter().map(|x| format!("part 7: {x}")));
     }
     println!(
         "# p11ha-bench{} ({} rounds × {} ms slices; {} repetitions)\n",
@@ -153,10 +180,11 @@ fn main() {
         println!("{s}");
     }
     println!("total run time: {:.1} s", t0.elapsed().as_secs_f64());
-    // Numbers are reported, never judged; what parts 7 and 12 leave on the members must be right.
+    // Numbers are reported, never judged; what parts 7, 11 and 12 leave on the members must be
+    // right, though.
     if !wrong.is_empty() {
         for problem in &wrong {
-            eprintln!("p11ha-bench: {problem}");
+            eprintln!("p11ha-bench: FAIL: {problem}");
         }
         // exit() runs no destructors: the cluster's servers and directory go first.
         drop(w);
