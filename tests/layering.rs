@@ -1,8 +1,9 @@
 //! The architecture, checked from the source: no two files of src/ import each other, and the
 //! leaf modules (configuration, return codes, mechanisms, bounded calls, file safety,
-//! diagnostics) import nothing of the HA core, the C ABI or the CLI. A `crate::` or `super::`
-//! path anywhere in a file counts as an import of the file it names (tests inside a file, after
-//! `#[cfg(test)] mod tests`, do not count).
+//! diagnostics, the HA log) import nothing of the HA core, the C ABI or the CLI; the HA log
+//! nothing of the audit trail either. A `crate::` or `super::` path anywhere in a file counts as
+//! an import of the file it names (tests inside a file, after `#[cfg(test)] mod tests`, do not
+//! count).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -131,6 +132,7 @@ fn leaf_modules_import_nothing_of_the_ha_core_the_c_abi_or_the_cli() {
         "safe_file",
         "diag",
         "confedit",
+        "halog",
     ];
     let above = ["ha", "ffi", "cli", "provider"];
     let mut leaks = Vec::new();
@@ -151,4 +153,20 @@ fn leaf_modules_import_nothing_of_the_ha_core_the_c_abi_or_the_cli() {
         }
     }
     assert!(leaks.is_empty(), "leaf modules reaching up: {leaks:?}");
+}
+
+#[test]
+fn the_ha_log_imports_nothing_of_the_audit_trail() {
+    // The audit trail writes HA log events and shares its syslog copy: the HA log sits below it.
+    let g = graph();
+    let leaks: Vec<String> = g
+        .iter()
+        .filter(|(m, _)| *m == "halog" || m.starts_with("halog::"))
+        .flat_map(|(m, out)| {
+            out.iter()
+                .filter(|t| *t == "audit" || t.starts_with("audit::"))
+                .map(move |t| format!("{m} -> {t}"))
+        })
+        .collect();
+    assert!(leaks.is_empty(), "the HA log reaching up: {leaks:?}");
 }

@@ -10,7 +10,8 @@
 //! - [`stream`]: the files, the lock and state shared by every process, rotation, retention,
 //!   clear;
 //! - [`verify`]: reading the files back: `show`, `verify`; [`follow`]: reading them live;
-//! - [`syslog`]: the optional copy to syslog/journald;
+//! - [`crate::halog::syslog`]: the optional copy to syslog/journald (it serves both logs, so it
+//!   lives with the HA log, which the audit trail builds on);
 //! - `hooks`: where the HA core hands events over (one line each in the core).
 //!
 //! The application's thread only takes the time and its thread id and puts the record on a
@@ -31,7 +32,6 @@ pub mod names;
 pub mod record;
 pub mod seal;
 pub mod stream;
-pub mod syslog;
 pub mod verify;
 
 pub use event::{Event, ObjectId, Op};
@@ -42,7 +42,7 @@ pub use hooks::{
 
 use crate::config::HaConfig;
 use crate::diag::diag;
-use crate::halog::{Event as HaEvent, HaLog};
+use crate::halog::{syslog, Event as HaEvent, HaLog};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use parking_lot::Mutex;
 use record::Raw;

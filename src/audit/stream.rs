@@ -26,232 +26,30 @@
 //! recorded (`AUDIT_FILE_REMOVED`, with the last sequence number it held) as the first records of
 //! the next file. A lost state file is rebuilt from the newest file, so sequence numbers never
 //! start over.
+//!
+//! Files: `names` the file names; `state` the state file; `recover` bringing the state up to
+//! date with the files; `rotate` rotation and retention; this file the appending and clearing.
+
+mod names;
+mod recover;
+mod rotate;
+mod state;
+
+pub use names::{base_name, current_name, is_rotated, stream_files};
 
 use super::chain::{self, GENESIS};
 use super::event::{hex32, parse_hex32, unescape, ChainPoint, Event, Op};
 use super::record::{self, Raw, UNSEALED};
-use crate::diag::diag;
-use crate::halog::writer::{rename_noreplace, rotated_files};
+use crate::halog::writer::rename_noreplace;
 use crate::safe_file::{self, Access, LockKind, Locker};
-use chrono::{DateTime, Utc};
 use cryptoki_sys::CKR_OK;
+use names::{now_ns, stamp_text, state_name};
+use state::State;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
-
-/// `haAudit.<serial>`: the stem of every file of the stream.
-pub fn base_name(serial: &str) -> String {
-    let safe: String = serial
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("haAudit.{safe}")
-}
-
-pub fn current_name(serial: &str) -> String {
-    format!("{}.txt", base_name(serial))
-}
-
-fn state_name(serial: &str) -> String {
-    format!(".{}.state", base_name(serial))
-}
-
-/// Whether `name` is a rotated file of the stream `base` (`<base>.<stamp>Z[_NNN].txt`).
-pub fn is_rotated(base: &str, name: &str) -> bool {
-    let Some(rest) = name
-        .strip_prefix(base)
-        .and_then(|r| r.strip_prefix('.'))
-        .and_then(|r| r.strip_suffix(".txt"))
-    else {
-        return false;
-    };
-    let (stamp, suffix) = match rest.split_once('_') {
-        Some((s, n)) => (s, Some(n)),
-        None => (rest, None),
-    };
-    let b = stamp.as_bytes();
-    let digits =
-        |r: std::ops::Range<usize>| b.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
-    b.len() == 26
-        && digits(0..8)
-        && b[8] == b'T'
-        && digits(9..15)
-        && b[15] == b'.'
-        && digits(16..25)
-        && b[25] == b'Z'
-        && suffix.is_none_or(|n| n.len() == 3 && n.bytes().all(|c| c.is_ascii_digit()))
-}
-
-/// The stream's files in `dir`, in order: the rotated ones, oldest first, then the current one
-/// (when it exists).
-pub fn stream_files(dir: &Path, serial: &str) -> io::Result<Vec<PathBuf>> {
-    let base = base_name(serial);
-    let mut files: Vec<PathBuf> = rotated_files(dir, |n| is_rotated(&base, n))?
-        .into_iter()
-        .map(|n| dir.join(n))
-        .collect();
-    let current = dir.join(current_name(serial));
-    if current.exists() {
-        files.push(current);
-    }
-    Ok(files)
-}
-
-fn stamp_text(stamp_ns: u128) -> String {
-    let secs = (stamp_ns / 1_000_000_000) as i64;
-    let nanos = (stamp_ns % 1_000_000_000) as u32;
-    let time = DateTime::<Utc>::from_timestamp(secs, nanos).unwrap_or_default();
-    format!("{}.{nanos:09}Z", time.format("%Y%m%dT%H%M%S"))
-}
-
-fn now_ns() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos())
-}
-
-/// What the state file holds.
-#[derive(Debug, Clone, PartialEq)]
-struct State {
-    /// The last restart number given to a writer.
-    restart: u32,
-    next: u64,
-    last_seq: Option<u64>,
-    h: [u8; 32],
-    mac: String,
-    /// The current file this state describes, and how much of it.
-    file: Option<(u64, u64)>,
-    size: u64,
-    /// The last rotated file's name (named by the next file's header).
-    prev_file: String,
-    /// The last rotation stamp (ns).
-    stamp: u128,
-    /// Records a writer could not write before its process ended ([`Stream::note_lost`]), and
-    /// why: the next record written says so.
-    lost: u64,
-    lost_why: String,
-}
-
-const STATE_MAGIC: &str = "p11ha-audit-state 1";
-
-impl State {
-    fn genesis() -> State {
-        State {
-            restart: 0,
-            next: 0,
-            last_seq: None,
-            h: GENESIS,
-            mac: UNSEALED.to_string(),
-            file: None,
-            size: 0,
-            prev_file: String::new(),
-            stamp: 0,
-            lost: 0,
-            lost_why: String::new(),
-        }
-    }
-
-    fn text(&self) -> String {
-        let mut why = String::new();
-        super::event::escape_into(self.lost_why.as_bytes(), &mut why);
-        format!(
-            "{STATE_MAGIC}\nrestart {}\nnext {}\nlast_seq {}\nh {}\nmac {}\nfile {}\nsize {}\n\
-             prev_file {}\nstamp {}\nlost {} {}\n",
-            self.restart,
-            self.next,
-            self.last_seq.map_or("-".into(), |s| s.to_string()),
-            hex32(&self.h),
-            self.mac,
-            self.file.map_or("-".into(), |(d, i)| format!("{d}:{i}")),
-            self.size,
-            if self.prev_file.is_empty() {
-                "-"
-            } else {
-                &self.prev_file
-            },
-            self.stamp,
-            self.lost,
-            if why.is_empty() { "-" } else { &why }
-        )
-    }
-
-    fn parse(text: &str) -> Option<State> {
-        let mut lines = text.lines();
-        if lines.next()? != STATE_MAGIC {
-            return None;
-        }
-        let mut st = State::genesis();
-        let mut seen = 0;
-        for l in lines {
-            let (k, v) = l.split_once(' ')?;
-            seen += 1;
-            match k {
-                "restart" => st.restart = v.parse().ok()?,
-                "next" => st.next = v.parse().ok()?,
-                "last_seq" => {
-                    st.last_seq = if v == "-" {
-                        None
-                    } else {
-                        Some(v.parse().ok()?)
-                    }
-                }
-                "h" => st.h = parse_hex32(v)?,
-                "mac" => {
-                    (v == UNSEALED || parse_hex32(v).is_some()).then_some(())?;
-                    st.mac = v.to_string();
-                }
-                "file" => {
-                    st.file = if v == "-" {
-                        None
-                    } else {
-                        let (d, i) = v.split_once(':')?;
-                        Some((d.parse().ok()?, i.parse().ok()?))
-                    }
-                }
-                "size" => st.size = v.parse().ok()?,
-                "prev_file" => st.prev_file = if v == "-" { String::new() } else { v.into() },
-                "stamp" => st.stamp = v.parse().ok()?,
-                "lost" => {
-                    let (n, why) = v.split_once(' ')?;
-                    st.lost = n.parse().ok()?;
-                    st.lost_why = match why {
-                        "-" => String::new(),
-                        w => String::from_utf8_lossy(&unescape(w)).into_owned(),
-                    };
-                }
-                _ => return None,
-            }
-        }
-        // 9 lines: written before `lost` existed.
-        (seen == 9 || seen == 10).then_some(st)
-    }
-
-    /// Takes one record read back from a file into account.
-    fn chain(&mut self, r: &record::Record) {
-        self.h = chain::next(&self.h, &self.mac, &r.body);
-        self.mac = r.mac_text.clone();
-        self.last_seq = Some(r.seq);
-        self.next = r.seq + 1;
-        self.restart = self.restart.max(r.restart);
-    }
-
-    fn point(&self) -> ChainPoint {
-        ChainPoint {
-            seq: self.last_seq,
-            h: self.h,
-            mac: self.mac.clone(),
-        }
-    }
-}
 
 /// Produces the MAC of a chain value, or `None` (the record is written unsealed).
 pub type Seal<'a> = &'a mut dyn FnMut(&[u8; 32]) -> Option<[u8; 32]>;
@@ -560,155 +358,6 @@ impl Stream {
         self.state_file.write_all(text.as_bytes())?;
         self.state_file.set_len(text.len() as u64)
     }
-
-    /// The state, brought up to date with what the files hold (call with the lock held).
-    fn load_state(&mut self) -> io::Result<State> {
-        let text = self.read_state_text().unwrap_or_default();
-        let mut st = match State::parse(&text) {
-            Some(st) => st,
-            None => self.rebuild(!text.is_empty())?,
-        };
-        match safe_file::id_at(&self.current)? {
-            None => {
-                st.file = None;
-                st.size = 0;
-            }
-            Some(id) => {
-                let len = std::fs::symlink_metadata(&self.current)?.len();
-                if st.file != Some(id) {
-                    // A file the state does not describe: written by a writer that died before
-                    // storing the state. What it holds continues the chain.
-                    st.file = Some(id);
-                    st.size = 0;
-                }
-                if len > st.size {
-                    self.replay(&mut st)?;
-                } else if len < st.size {
-                    // Cut short by someone: the chain goes on from the state (verify reports).
-                    st.size = len;
-                }
-            }
-        }
-        Ok(st)
-    }
-
-    /// Chains the records the current file holds beyond `st.size`; ends a record cut short
-    /// with a newline so the next one starts on its own line.
-    fn replay(&mut self, st: &mut State) -> io::Result<()> {
-        let mut f = safe_file::open(&self.current, Access::ReadAppend)?;
-        f.seek(SeekFrom::Start(st.size))?;
-        let mut tail = Vec::new();
-        f.read_to_end(&mut tail)?;
-        let complete = tail.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        for line in String::from_utf8_lossy(&tail[..complete]).lines() {
-            match record::parse(line) {
-                Ok(r) if r.seq == st.next => st.chain(&r),
-                _ => {}
-            }
-        }
-        if complete < tail.len() {
-            f.write_all(b"\n")?;
-        }
-        st.size = f.metadata()?.len();
-        Ok(())
-    }
-
-    /// A state from the newest file, when the state file is missing or unreadable: sequence
-    /// numbers must never start over while records exist.
-    fn rebuild(&mut self, unreadable: bool) -> io::Result<State> {
-        let mut st = State::genesis();
-        let files = stream_files(&self.dir, &self.serial)?;
-        let Some(newest) = files.last() else {
-            return Ok(st);
-        };
-        if unreadable {
-            diag!(
-                Warn,
-                "audit trail {}: the state file was unreadable; rebuilt from {}",
-                self.dir.display(),
-                newest.display()
-            );
-        }
-        let bytes = std::fs::read(newest)?;
-        let text = String::from_utf8_lossy(&bytes);
-        let mut records = text.lines().filter_map(|l| record::parse(l).ok());
-        if let Some(first) = records.next() {
-            if let Some(p) = header_point(&first) {
-                st.h = p.h;
-                st.mac = p.mac;
-                st.last_seq = p.seq;
-            }
-            st.next = first.seq;
-            st.chain(&first);
-            for r in records {
-                if r.seq == st.next {
-                    st.chain(&r);
-                }
-            }
-        }
-        if newest == &self.current {
-            st.file = safe_file::id_at(newest)?;
-            // A record cut short at the end is for load_state's replay to end.
-            st.size = bytes
-                .iter()
-                .rposition(|&b| b == b'\n')
-                .map_or(0, |i| i as u64 + 1);
-        } else {
-            st.prev_file = newest
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-        }
-        Ok(st)
-    }
-
-    /// Renames the full current file and applies the retention (call with the lock held).
-    /// Returns the rotated files deleted with the last sequence number each held.
-    fn rotate(&mut self, st: &mut State) -> io::Result<Vec<(String, u64)>> {
-        if safe_file::id_at(&self.current)? != st.file {
-            st.file = None;
-            st.size = 0;
-            return Ok(Vec::new());
-        }
-        let stamp = now_ns().max(st.stamp + 1);
-        let base = format!("{}.{}", self.base, stamp_text(stamp));
-        let mut name = format!("{base}.txt");
-        let mut n = 0;
-        loop {
-            match rename_noreplace(&self.current, &self.dir.join(&name)) {
-                Ok(()) => break,
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < 999 => {
-                    n += 1;
-                    name = format!("{base}_{n:03}.txt");
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        self.file = None;
-        st.file = None;
-        st.size = 0;
-        st.prev_file = name;
-        st.stamp = stamp;
-        self.store_state(st)?;
-        if self.retain == 0 {
-            return Ok(Vec::new());
-        }
-        let rotated = rotated_files(&self.dir, |n| is_rotated(&self.base, n))?;
-        let excess = rotated
-            .len()
-            .saturating_sub(usize::try_from(self.retain).unwrap_or(usize::MAX));
-        let mut removed = Vec::new();
-        for name in rotated.into_iter().take(excess) {
-            let path = self.dir.join(&name);
-            let Some(last) = last_seq_of(&path) else {
-                continue;
-            };
-            if is_ours(&path) && std::fs::remove_file(&path).is_ok() {
-                removed.push((name, last));
-            }
-        }
-        Ok(removed)
-    }
 }
 
 /// Records the stream writes about itself (see `append`).
@@ -741,28 +390,6 @@ pub fn header_point(r: &record::Record) -> Option<ChainPoint> {
         }
         _ => None,
     }
-}
-
-fn is_ours(path: &Path) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
-    std::fs::symlink_metadata(path)
-        .is_ok_and(|m| m.file_type().is_file() && m.uid() == me && m.nlink() == 1)
-}
-
-/// The sequence number of the last complete record of a file (read from its end).
-fn last_seq_of(path: &Path) -> Option<u64> {
-    let mut f = File::open(path).ok()?;
-    let len = f.metadata().ok()?.len();
-    let from = len.saturating_sub(64 * 1024);
-    f.seek(SeekFrom::Start(from)).ok()?;
-    let mut tail = Vec::new();
-    f.read_to_end(&mut tail).ok()?;
-    String::from_utf8_lossy(&tail)
-        .lines()
-        .rev()
-        .find_map(|l| record::parse(l).ok())
-        .map(|r| r.seq)
 }
 
 #[cfg(test)]

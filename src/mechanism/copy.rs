@@ -2,7 +2,8 @@
 //! [`layouts`], and its relay as a fresh, self-contained C structure for one
 //! member call.
 
-use super::layouts::{self, Field, Layout, Len, Param, Used};
+use super::layouts::{Field, Layout, Len, Used};
+use super::table::{self, Param};
 use cryptoki_sys::*;
 use std::mem::{offset_of, size_of};
 use zeroize::Zeroizing;
@@ -72,7 +73,7 @@ impl Copier {
         len: CK_ULONG,
         depth: usize,
     ) -> Result<Option<usize>, CK_RV> {
-        let kind = layouts::param(mechanism);
+        let kind = table::param(mechanism);
         if matches!(kind, Param::Refused) {
             return Err(CKR_MECHANISM_INVALID);
         }

@@ -11,7 +11,7 @@
 //!   CK_MAC_GENERAL_PARAMS (all *_MAC_GENERAL, *_HMAC_GENERAL, SSL3 MACs, SHA-512/t),
 //!   CK_RSA_PKCS_PSS_PARAMS (all PSS variants), the DH public value, CK_EXTRACT_PARAMS,
 //!   CK_VERSION of the pre-master key generations, CK_TLS_MAC_PARAMS, CK_XEDDSA_PARAMS and
-//!   GOST's OIDs ([`layouts::BYTES`]). The member judges their size.
+//!   GOST's OIDs ([`table::BYTES`]). The member judges their size.
 //! - **Deep-copied**: CK_GCM_PARAMS (and 2.40's without `ulIvBits`), CK_CCM_PARAMS,
 //!   CK_CHACHA20_PARAMS, CK_SALSA20_PARAMS, CK_SALSA20_CHACHA20_POLY1305_PARAMS,
 //!   CK_RSA_PKCS_OAEP_PARAMS, CK_RSA_AES_KEY_WRAP_PARAMS (and its OAEP params),
@@ -52,6 +52,7 @@
 
 mod copy;
 pub mod layouts;
+pub mod table;
 
 use cryptoki_sys::*;
 use std::mem::size_of;

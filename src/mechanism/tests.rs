@@ -1177,7 +1177,7 @@ fn every_struct_mechanism_maps_to_layouts_of_the_table() {
     // The table's layouts are the ones tested above: a mechanism must not point elsewhere.
     let names: BTreeSet<&str> = layouts::ALL.iter().map(|l| l.name).collect();
     for m in 0..0x5000u64 {
-        if let layouts::Param::Struct(ls) | layouts::Param::StructOrBytes(ls) = layouts::param(m) {
+        if let table::Param::Struct(ls) | table::Param::StructOrBytes(ls) = table::param(m) {
             for l in ls {
                 assert!(names.contains(l.name), "{m:#x}: {}", l.name);
             }

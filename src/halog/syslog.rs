@@ -1,6 +1,7 @@
 //! The copy of the logs to syslog (`haLogToSyslog`): one datagram per record to the local syslog
 //! socket, `/dev/log` unless `haSyslogSocket` names another one. journald and rsyslog both listen
-//! there, so this reaches either.
+//! there, so this reaches either. The audit trail uses it too; it lives here,
+//! with the HA log, so the HA log imports nothing above it.
 //!
 //! p11ha does not call syslog(3): that would share (and, through `openlog`, change) the host
 //! application's own syslog identity and connection, and it cannot be pointed at another socket
