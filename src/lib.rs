@@ -21,7 +21,7 @@ pub(crate) mod diag;
 pub mod ffi;
 pub mod ha;
 pub mod halog;
-pub mod mechanism;
+pub(crate) mod mechanism;
 pub(crate) mod provider;
 pub mod rv;
 pub(crate) mod safe_file;

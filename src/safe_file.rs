@@ -15,16 +15,16 @@
 //!   any write. Writable by others with the sticky bit, writable by the group, or owned by a user
 //!   who is neither this process's user nor root gives a warning ([`is_new`] makes it once per
 //!   directory and process).
-//! - **Locks** (`flock`) are tried with `LOCK_NB` and polled until [`LOCK_WAIT`]; after a wait ran
-//!   out, the next attempts on that lock file wait [`STUCK_WAIT`] only, until one succeeds. So a
+//! - **Locks** (`flock`) are tried with `LOCK_NB` and polled until [`LOCK_WAIT`](lock::LOCK_WAIT); after a wait ran
+//!   out, the next attempts on that lock file wait [`STUCK_WAIT`](lock::STUCK_WAIT) only, until one succeeds. So a
 //!   holder that never lets go costs one bounded wait per lock file, not one per record.
 //!
 //! Files and directories are checked here, locks in `lock`; the tests of files and directories
 //! are in `tests`.
 
-mod lock;
+pub(crate) mod lock;
 
-pub use lock::{Held, LockKind, Locker, LOCK_WAIT, STUCK_WAIT};
+pub use lock::{LockKind, Locker};
 
 use std::ffi::{CStr, CString};
 use std::fs::File;

@@ -137,7 +137,7 @@ impl Stream {
     }
 
     /// Numbers, chains, seals and appends `raws`, rotating as needed (see the module docs).
-    /// Returns the lines written. Waits for the lock at most [`safe_file::LOCK_WAIT`] (an error
+    /// Returns the lines written. Waits for the lock at most [`safe_file::lock::LOCK_WAIT`] (an error
     /// of kind `TimedOut`). A record is either written whole or not at all: on an error the
     /// records not written come back, to be handed over again.
     pub fn append(&mut self, raws: &[Raw], seal: Seal) -> Result<Vec<String>, AppendError> {

@@ -21,7 +21,7 @@
 //!
 //! The file is opened (for every operation) and locked through [`crate::safe_file`]: never
 //! through a link, never another user's file, a lock waited for at most
-//! [`crate::safe_file::LOCK_WAIT`]. A record the file does not take is kept in memory; a file
+//! [`crate::safe_file::lock::LOCK_WAIT`]. A record the file does not take is kept in memory; a file
 //! that cannot be read makes [`Ledger::all`] fail, which the caller must take as "any member may
 //! be owed anything".
 

@@ -22,7 +22,7 @@
 //! that takes the file to `max_len` bytes or more is completed and the file is then renamed to
 //! `haErrorLog.<UTC yyyymmddTHHMMSS>.<nanoseconds>Z.txt`. The files are opened and the lock is
 //! taken through [`crate::safe_file`]: no link followed, no other user's file reused, the lock
-//! waited for at most [`crate::safe_file::LOCK_WAIT`]. Records that could not be written (the
+//! waited for at most [`crate::safe_file::lock::LOCK_WAIT`]. Records that could not be written (the
 //! lock held too long by another process, a refused file) are dropped and counted, and the next
 //! batch written starts with `... HA log: N records dropped (<why>)`. A warning about the
 //! directory (writable by others) is the first record.

@@ -1,7 +1,7 @@
 //! The rotating `haErrorLog.txt` writer, safe across threads and processes.
 //!
 //! Every append happens with an exclusive `flock(2)` held on `<dir>/.haErrorLog.lock`, waited for
-//! at most [`safe_file::LOCK_WAIT`] (then the append fails with `TimedOut` and the caller drops
+//! at most [`safe_file::lock::LOCK_WAIT`] (then the append fails with `TimedOut` and the caller drops
 //! and counts its records); under it:
 //!
 //! 1. if `<dir>/haErrorLog.txt` is not the file our descriptor points at (another process rotated
@@ -96,7 +96,7 @@ impl LogFile {
     }
 
     /// Appends the records (each one complete line) and rotates as described in the module docs.
-    /// Waits for the lock at most [`safe_file::LOCK_WAIT`] (an error of kind `TimedOut`).
+    /// Waits for the lock at most [`safe_file::lock::LOCK_WAIT`] (an error of kind `TimedOut`).
     pub fn append(&mut self, records: &[String]) -> io::Result<()> {
         let lock = self.lock.try_clone()?;
         let _guard = self.locker.lock(&lock, LockKind::Exclusive)?;

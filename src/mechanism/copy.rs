@@ -1,5 +1,5 @@
 //! The deep copy of a caller's mechanism parameter into owned blocks, following
-//! [`layouts`], and its relay as a fresh, self-contained C structure for one
+//! [`layouts`](super::layouts), and its relay as a fresh, self-contained C structure for one
 //! member call.
 
 use super::layouts::{Field, Layout, Len, Used};

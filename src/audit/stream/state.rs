@@ -21,7 +21,7 @@ pub(super) struct State {
     pub(super) prev_file: String,
     /// The last rotation stamp (ns).
     pub(super) stamp: u128,
-    /// Records a writer could not write before its process ended ([`Stream::note_lost`]), and
+    /// Records a writer could not write before its process ended ([`Stream::note_lost`](super::Stream::note_lost)), and
     /// why: the next record written says so.
     pub(super) lost: u64,
     pub(super) lost_why: String,
