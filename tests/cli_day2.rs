@@ -1115,3 +1115,55 @@ fn a_deactivated_member_that_returns_is_now_activated() {
         "{t:#?}"
     );
 }
+
+/// Issue 16: with no configuration file where the command looks, a verb that needs one says so
+/// plainly and where it looked, and fails; addprovider starts one.
+#[test]
+fn no_configuration_is_said_plainly() {
+    let d = dir();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_p11ha"))
+            .args(args)
+            .env_remove("P11HA_CONF")
+            .env("ChrystokiConfigurationPath", d.path())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let said = format!(
+        "p11ha: no configuration found: {}/Chrystoki.conf does not exist \
+         (ChrystokiConfigurationPath is {}, P11HA_CONF is not set). Write one (an annotated \
+         example: config/Chrystoki.conf in the sources, /usr/share/doc/p11ha/examples/ when \
+         installed; `p11ha addprovider` starts one) or set P11HA_CONF to its path\n",
+        d.path().display(),
+        d.path().display()
+    );
+    let failed = "\nCommand Result : 0x00000006 (CKR_FUNCTION_FAILED)\n";
+    for args in [
+        &["listgroups"][..],
+        &["haonly", "-show"],
+        &["creategroup", "-label", "g", "-serialnumber", "1"],
+    ] {
+        let (code, out, err) = run(args);
+        assert_eq!(
+            (code, out.as_str(), err.as_str()),
+            (1, failed, said.as_str()),
+            "{args:?}"
+        );
+    }
+    let (code, out, _) = run(&["listgroups", "-json"]);
+    assert_eq!(
+        (code, out.as_str()),
+        (
+            1,
+            "{\"error\":{\"rv\":6,\"name\":\"CKR_FUNCTION_FAILED\"}}\n"
+        )
+    );
+    let (code, _, err) = run(&["addprovider", "-library", "/usr/lib/softhsm/libsofthsm2.so"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(d.path().join("Chrystoki.conf").exists());
+}
