@@ -153,7 +153,7 @@ fn json_is_one_document_and_a_degraded_group_shows() {
                \"interval_s\":60,\"ha_log\":\"disabled\",\"ha_only\":false,\"groups\":[{\"label\":\
                \"payments\",\"serial\":\"1700\",\"slot\":0,\"synchronize\":false,\"degraded\":true,\
                \"members_down\":1,\"members\":[{\"serial\":\"111\",\"standby\":false,\"alive\":false,\
-               \"found\":false,\"last_error\":48,\"last_error_name\":\"CKR_DEVICE_ERROR\",\
+               \"found\":false,\"unused_provider\":null,\"last_error\":48,\"last_error_name\":\"CKR_DEVICE_ERROR\",\
                \"recovery_attempts\":0}]}]}\n";
     let (code, out, _) = p11ha(&conf, &["listgroups", "-json"]);
     assert_eq!((code, out.as_str()), (0, doc));
@@ -651,12 +651,16 @@ fn two_providers_on_one_softhsm_file_are_refused_with_what_to_do() {
     assert_eq!(std::fs::read_to_string(&conf).unwrap(), first);
 
     // Written by hand: the application starts, one member is down, and stderr says why.
+    let log = cluster.dir().join("log");
+    std::fs::create_dir(&log).unwrap();
     std::fs::write(
         &conf,
         format!(
-            "{group}HAProviders = {{\n{}{}}}\n",
+            "{group}HAProviders = {{\n{}{}}}\nHAConfiguration = {{\n   haLogPath = {};\n   \
+             haLogStatus = enabled;\n}}\n",
             provider(0, Path::new(SOFTHSM_LIB), m0),
-            provider(1, Path::new(SOFTHSM_LIB), m1)
+            provider(1, Path::new(SOFTHSM_LIB), m1),
+            log.display()
         ),
     )
     .unwrap();
@@ -681,8 +685,46 @@ fn two_providers_on_one_softhsm_file_are_refused_with_what_to_do() {
              p11-kit-client.so needs no copy: it makes a new instance for every provider.\n"
         )
     );
+    // The member behind the unused provider is not "down, a recovery will bring it back":
+    // the HA log and listgroups say which provider hides it and what to do.
+    let note = format!(
+        "Provider01 is not used: it duplicates Provider00's library file {SOFTHSM_LIB} (that \
+         module keeps one instance per process), so the tokens only Provider01 would show are \
+         not seen. Give Provider01 a private copy of the library (cp {SOFTHSM_LIB} \
+         /usr/local/lib/p11ha/provider01.so) and set Provider01Library to the copy"
+    );
+    let logged = std::fs::read_to_string(log.join("haErrorLog.txt")).unwrap();
+    let lines: Vec<&str> = logged
+        .lines()
+        .filter(|l| l.contains(&*m1.serial))
+        .map(|l| l.split_once("] HA group: 4242 ").map_or(l, |(_, t)| t))
+        .collect();
+    assert_eq!(
+        lines,
+        [format!(
+            "configuration error: member: {} was not found in the providers in use. {note}",
+            m1.serial
+        )],
+        "{logged}"
+    );
     let (_, out, _) = p11ha(&conf, &["listgroups", "-json"]);
     assert!(out.contains("\"members_down\":1,"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "{{\"serial\":\"{}\",\"standby\":false,\"alive\":false,\"found\":false,\
+             \"unused_provider\":{{\"provider\":1,\"duplicates\":0,\"note\":\"{note}\"}},",
+            m1.serial
+        )),
+        "{out}"
+    );
+    let (_, out, _) = p11ha(&conf, &["listgroups"]);
+    assert!(
+        out.contains(&format!(
+            "\n    {:<20} active   down    only on Provider01, not used     0\n\n    {note}.\n",
+            m1.serial
+        )),
+        "{out}"
+    );
 
     // The advice followed: a private copy for the second provider, and both members serve.
     std::fs::write(&conf, &first).unwrap();
@@ -1072,4 +1114,56 @@ fn a_deactivated_member_that_returns_is_now_activated() {
         at(&activated),
         "{t:#?}"
     );
+}
+
+/// Issue 16: with no configuration file where the command looks, a verb that needs one says so
+/// plainly and where it looked, and fails; addprovider starts one.
+#[test]
+fn no_configuration_is_said_plainly() {
+    let d = dir();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_p11ha"))
+            .args(args)
+            .env_remove("P11HA_CONF")
+            .env("ChrystokiConfigurationPath", d.path())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let said = format!(
+        "p11ha: no configuration found: {}/Chrystoki.conf does not exist \
+         (ChrystokiConfigurationPath is {}, P11HA_CONF is not set). Write one (an annotated \
+         example: config/Chrystoki.conf in the sources, /usr/share/doc/p11ha/examples/ when \
+         installed; `p11ha addprovider` starts one) or set P11HA_CONF to its path\n",
+        d.path().display(),
+        d.path().display()
+    );
+    let failed = "\nCommand Result : 0x00000006 (CKR_FUNCTION_FAILED)\n";
+    for args in [
+        &["listgroups"][..],
+        &["haonly", "-show"],
+        &["creategroup", "-label", "g", "-serialnumber", "1"],
+    ] {
+        let (code, out, err) = run(args);
+        assert_eq!(
+            (code, out.as_str(), err.as_str()),
+            (1, failed, said.as_str()),
+            "{args:?}"
+        );
+    }
+    let (code, out, _) = run(&["listgroups", "-json"]);
+    assert_eq!(
+        (code, out.as_str()),
+        (
+            1,
+            "{\"error\":{\"rv\":6,\"name\":\"CKR_FUNCTION_FAILED\"}}\n"
+        )
+    );
+    let (code, _, err) = run(&["addprovider", "-library", "/usr/lib/softhsm/libsofthsm2.so"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(d.path().join("Chrystoki.conf").exists());
 }

@@ -391,3 +391,89 @@ fn log_directories_that_cannot_work_are_refused() {
         assert_refused(&run, &format!("{}:6: haLogPath: {why}", conf.display()));
     }
 }
+
+/// Runs the probe with no `P11HA_CONF`: `ChrystokiConfigurationPath` is `dir` (unset when
+/// `None`), and `P11HA_DEBUG` is `debug` (unset when `None`).
+fn probe_unconfigured(dir: Option<&Path>, debug: Option<&str>) -> ClientRun {
+    let mut cmd = Command::new(probe_exe());
+    cmd.arg(p11ha_lib())
+        .env_remove("P11HA_CONF")
+        .env_remove("P11HA_DEBUG")
+        .env_remove("ChrystokiConfigurationPath");
+    if let Some(d) = dir {
+        cmd.env("ChrystokiConfigurationPath", d);
+    }
+    if let Some(level) = debug {
+        cmd.env("P11HA_DEBUG", level);
+    }
+    run_cmd(cmd, Duration::from_secs(30))
+}
+
+const NO_SLOTS: &str =
+    "C_Initialize rv=0x0\nslots=0\nlater C_GetSlotList rv=0x0\nC_Finalize rv=0x0\n";
+
+/// Issue 16: installed and registered with p11-kit, p11ha is loaded by every p11-kit consumer
+/// (p11-kit list-modules, p11tool, pkcs11-tool through p11-kit-proxy) whether or not anyone
+/// configured it. With no configuration file anywhere it looks, it is a module with no slots
+/// that says nothing, unless P11HA_DEBUG asks; a file that is there but broken still fails.
+#[test]
+fn no_configuration_at_all_is_a_silent_module_with_no_slots() {
+    let dir = tempdir();
+    let run = probe_unconfigured(Some(dir.path()), None);
+    assert_eq!(
+        (run.stdout.as_str(), run.stderr.as_str()),
+        (NO_SLOTS, ""),
+        "{}",
+        run.describe()
+    );
+
+    // Neither variable set: the default place, when this machine has no file there.
+    if Path::new("/etc/Chrystoki.conf").exists() {
+        eprintln!("skipped the unset-variables case: /etc/Chrystoki.conf exists on this machine");
+    } else {
+        let run = probe_unconfigured(None, None);
+        assert_eq!(
+            (run.stdout.as_str(), run.stderr.as_str()),
+            (NO_SLOTS, ""),
+            "{}",
+            run.describe()
+        );
+    }
+
+    let run = probe_unconfigured(Some(dir.path()), Some("info"));
+    assert_eq!(run.stdout, NO_SLOTS, "{}", run.describe());
+    assert_eq!(
+        run.stderr,
+        format!(
+            "p11ha: no configuration found: {}/Chrystoki.conf does not exist \
+             (ChrystokiConfigurationPath is {}, P11HA_CONF is not set). Write one (an annotated \
+             example: config/Chrystoki.conf in the sources, /usr/share/doc/p11ha/examples/ when \
+             installed; `p11ha addprovider` starts one) or set P11HA_CONF to its path; serving \
+             no slots\n",
+            dir.path().display(),
+            dir.path().display()
+        )
+    );
+
+    // There but broken: refused, loudly, as before.
+    let conf = write(dir.path(), "Chrystoki.conf", "VirtualToken = {\n");
+    let run = probe_unconfigured(Some(dir.path()), None);
+    assert_refused(
+        &run,
+        &format!("p11ha: configuration error: {}:", conf.display()),
+    );
+    // A dangling link is a file someone meant to be there.
+    std::fs::remove_file(&conf).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("gone.conf"), &conf).unwrap();
+    let run = probe_unconfigured(Some(dir.path()), None);
+    assert_refused(
+        &run,
+        &format!(
+            "p11ha: configuration error: {}: cannot read the configuration file",
+            conf.display()
+        ),
+    );
+    // P11HA_CONF names a file: that one missing is an error too.
+    let run = probe(&dir.path().join("missing.conf"), &[]);
+    assert_refused(&run, "cannot read the configuration file");
+}

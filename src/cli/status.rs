@@ -6,7 +6,7 @@ use crate::confedit::locate;
 use crate::config::{self, GroupConfig, HaConfig, RecoveryMode};
 use crate::ffi::ca::{p11ha_group_status, P11haGroupStatus, P11HA_MAX_MEMBERS};
 use crate::ffi::table::C_GetFunctionList;
-use crate::ha::discovery::{list_tokens, trimmed_serial};
+use crate::ha::discovery::{list_tokens, trimmed_serial, unused_provider_text};
 use crate::provider::{Connected, Provider};
 use crate::rv::rv_name;
 use cryptoki_sys::*;
@@ -97,13 +97,13 @@ pub fn listgroups(args: &[String]) -> VerbResult {
     let o = parse("listgroups", args)?;
     let cfg = config::load(&locate()).map_err(|e| failed(e.to_string()))?;
     let live = live_view(&cfg)?;
-    // A member that is down may be one that no provider shows at all: say so, not its error.
-    let shown = if live.iter().flatten().any(|m| !m.alive) {
-        token_serials(&cfg)
+    // A member that is down may be one that no provider shows at all, or one behind a
+    // provider the library does not use: say so, not its error.
+    let scan = if live.iter().flatten().any(|m| !m.alive) {
+        scan(&cfg)
     } else {
-        Vec::new()
+        Scan::default()
     };
-    let found = |m: &MemberView| m.alive || shown.contains(&m.serial);
     let degraded: Vec<&str> = cfg
         .groups
         .iter()
@@ -112,9 +112,9 @@ pub fn listgroups(args: &[String]) -> VerbResult {
         .map(|(g, _)| g.label.as_str())
         .collect();
     let out = if o.flag("json") {
-        json(&cfg, &live, &found)
+        json(&cfg, &live, &scan)
     } else {
-        text(&cfg, &live, &found)
+        text(&cfg, &live, &scan)
     };
     if o.flag("check") && !degraded.is_empty() {
         return Err(CliError {
@@ -139,11 +139,8 @@ fn mode_and_log(cfg: &HaConfig) -> (&'static str, String) {
     (mode, logging)
 }
 
-fn json(
-    cfg: &HaConfig,
-    live: &[Vec<MemberView>],
-    found: &dyn Fn(&MemberView) -> bool,
-) -> Vec<String> {
+fn json(cfg: &HaConfig, live: &[Vec<MemberView>], scan: &Scan) -> Vec<String> {
+    let found = |m: &MemberView| m.alive || scan.shown.contains(&m.serial);
     let (mode, logging) = mode_and_log(cfg);
     {
         let groups: Vec<String> = cfg
@@ -156,11 +153,12 @@ fn json(
                     .iter()
                     .map(|m| {
                         format!(
-                            "{{\"serial\":{},\"standby\":{},\"alive\":{},\"found\":{},\"last_error\":{},\"last_error_name\":{},\"recovery_attempts\":{}}}",
+                            "{{\"serial\":{},\"standby\":{},\"alive\":{},\"found\":{},\"unused_provider\":{},\"last_error\":{},\"last_error_name\":{},\"recovery_attempts\":{}}}",
                             json_str(&m.serial),
                             m.standby,
                             m.alive,
                             found(m),
+                            unused_json(scan, m),
                             m.last_error,
                             json_str(if m.last_error == 0 { "CKR_OK" } else { rv_name(m.last_error) }),
                             m.attempts
@@ -191,11 +189,29 @@ fn json(
     }
 }
 
-fn text(
-    cfg: &HaConfig,
-    live: &[Vec<MemberView>],
-    found: &dyn Fn(&MemberView) -> bool,
-) -> Vec<String> {
+/// `null`, or the provider the library leaves out behind which a down member sits.
+fn unused_json(scan: &Scan, m: &MemberView) -> String {
+    match behind_unused(scan, m) {
+        None => "null".into(),
+        Some(u) => format!(
+            "{{\"provider\":{},\"duplicates\":{},\"note\":{}}}",
+            u.index,
+            u.first,
+            json_str(&unused_provider_text(u.index, u.first, &u.library))
+        ),
+    }
+}
+
+/// A down member that no provider in use shows but one the library leaves out does.
+fn behind_unused<'s>(scan: &'s Scan, m: &MemberView) -> Option<&'s Unused> {
+    if m.alive || scan.shown.contains(&m.serial) {
+        return None;
+    }
+    scan.unused_for(&m.serial)
+}
+
+fn text(cfg: &HaConfig, live: &[Vec<MemberView>], scan: &Scan) -> Vec<String> {
+    let found = |m: &MemberView| m.alive || scan.shown.contains(&m.serial);
     let (mode, logging) = mode_and_log(cfg);
     let mut out = vec![
         format!(
@@ -250,9 +266,15 @@ fn text(
             "    {:<20} {:<8} {:<7} {:<32} {}",
             "Member S/N", "Role", "Status", "Last error", "Recovery attempts"
         ));
+        let mut notes: Vec<&Unused> = Vec::new();
         for m in ms {
             let err = if m.alive {
                 "-".to_string()
+            } else if let Some(u) = behind_unused(scan, m) {
+                if !notes.iter().any(|n| n.index == u.index) {
+                    notes.push(u);
+                }
+                format!("only on Provider{:02}, not used", u.index)
             } else if !found(m) {
                 "not found in any provider".to_string()
             } else {
@@ -267,22 +289,88 @@ fn text(
                 m.attempts
             ));
         }
+        for u in notes {
+            out.push(String::new());
+            out.push(format!(
+                "    {}.",
+                unused_provider_text(u.index, u.first, &u.library)
+            ));
+        }
     }
     out
 }
 
-/// The serials of the tokens every provider shows now (each connected and let go again).
-fn token_serials(cfg: &HaConfig) -> Vec<String> {
+/// The tokens the providers show now, seen as the library sees them.
+#[derive(Default)]
+struct Scan {
+    /// Serials of the tokens the providers in use show.
+    shown: Vec<String>,
+    /// Providers the library leaves out: handed an earlier provider's module instance.
+    unused: Vec<Unused>,
+}
+
+struct Unused {
+    index: u32,
+    first: u32,
+    library: std::path::PathBuf,
+    /// What it shows when connected on its own, which the library never does.
+    serials: Vec<String>,
+}
+
+impl Scan {
+    fn unused_for(&self, serial: &str) -> Option<&Unused> {
+        self.unused
+            .iter()
+            .find(|u| u.serials.iter().any(|s| s == serial))
+    }
+}
+
+/// Connects the providers side by side, as the library does, so that one handed an earlier
+/// one's module instance (SoftHSM twice from one file) is told apart; connected one after
+/// the other, each would show its own tokens and its members would look merely down. Such a
+/// provider is then connected alone, to name the members that sit behind it.
+fn scan(cfg: &HaConfig) -> Scan {
     let deadline = Instant::now() + cfg.connect_timeout;
-    let mut out = Vec::new();
+    let mut held: Vec<(u32, std::sync::Arc<crate::provider::Instance>)> = Vec::new();
+    let mut scan = Scan::default();
     for p in &cfg.providers {
+        let Ok(Connected::Ready(inst)) = Provider::new(p, cfg.receive_timeout).connect(deadline)
+        else {
+            continue;
+        };
+        match held.iter().find(|(_, h)| h.same_module(&inst)) {
+            // Not retired: that would finalize the instance the earlier provider holds.
+            Some((first, _)) => scan.unused.push(Unused {
+                index: p.index,
+                first: *first,
+                library: p.library.clone(),
+                serials: Vec::new(),
+            }),
+            None => {
+                scan.shown
+                    .extend(list_tokens(&inst).iter().map(|(_, t)| trimmed_serial(t)));
+                held.push((p.index, inst));
+            }
+        }
+    }
+    for (_, inst) in held {
+        inst.retire(cfg.connect_timeout);
+    }
+    for u in &mut scan.unused {
+        let Some(p) = cfg.providers.iter().find(|p| p.index == u.index) else {
+            continue;
+        };
+        let deadline = Instant::now() + cfg.connect_timeout;
         if let Ok(Connected::Ready(inst)) = Provider::new(p, cfg.receive_timeout).connect(deadline)
         {
-            out.extend(list_tokens(&inst).iter().map(|(_, t)| trimmed_serial(t)));
+            u.serials = list_tokens(&inst)
+                .iter()
+                .map(|(_, t)| trimmed_serial(t))
+                .collect();
             inst.retire(cfg.connect_timeout);
         }
     }
-    out
+    scan
 }
 
 /// A token that may join `group`: found in a provider, answering, of the group's

@@ -158,6 +158,10 @@ pub struct ConfigError {
 
 impl std::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // An error about no file at all (no configuration found) names the places in its text.
+        if self.file.as_os_str().is_empty() {
+            return f.write_str(&self.message);
+        }
         write!(f, "{}", self.file.display())?;
         if let Some(line) = self.line {
             write!(f, ":{line}")?;
@@ -204,6 +208,59 @@ fn locate_from(conf: Option<std::ffi::OsString>, dir: Option<std::ffi::OsString>
     }
 }
 
+/// `Some` when there is no configuration at all: `P11HA_CONF` is not set and nothing (not even a
+/// dangling link) is where [`locate`] looks. With the package installed, every p11-kit consumer
+/// loads libp11ha.so whether or not anyone configured it, so that case is no error for the
+/// library (it serves no slots, quietly); the `p11ha` command says it plainly and where it
+/// looked. A file named by `P11HA_CONF`, or one that exists but cannot be read, is an error.
+pub fn no_configuration() -> Option<ConfigError> {
+    no_configuration_from(
+        std::env::var_os("P11HA_CONF"),
+        std::env::var_os("ChrystokiConfigurationPath"),
+    )
+}
+
+fn no_configuration_from(
+    conf: Option<std::ffi::OsString>,
+    dir: Option<std::ffi::OsString>,
+) -> Option<ConfigError> {
+    if conf.as_ref().is_some_and(|c| !c.is_empty()) {
+        return None;
+    }
+    let path = locate_from(None, dir.clone());
+    match std::fs::symlink_metadata(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        _ => return None,
+    }
+    let why = match dir.filter(|d| !d.is_empty()) {
+        Some(d) => format!(
+            "ChrystokiConfigurationPath is {}, P11HA_CONF is not set",
+            Path::new(&d).display()
+        ),
+        None => "neither P11HA_CONF nor ChrystokiConfigurationPath is set".into(),
+    };
+    Some(ConfigError {
+        file: PathBuf::new(),
+        line: None,
+        key: None,
+        message: format!(
+            "no configuration found: {} does not exist ({why}). Write one (an annotated \
+             example: config/Chrystoki.conf in the sources, /usr/share/doc/p11ha/examples/ \
+             when installed; `p11ha addprovider` starts one) or set P11HA_CONF to its path",
+            path.display()
+        ),
+    })
+}
+
+/// The configuration the library runs with when there is none ([`no_configuration`]): no
+/// group, no provider, so no slot. (A file with nothing in it is refused, as one an
+/// administrator forgot to fill; an empty HAProviders section is the same as no file.)
+pub fn empty() -> Result<HaConfig, ConfigError> {
+    let mut cfg = parse_str("HAProviders = {\n}\n", &locate())?;
+    cfg.warnings.clear();
+    Ok(cfg)
+}
+
 /// True when `path` is read as crystoki.ini (extension `.ini`, any case).
 pub fn is_ini(path: &Path) -> bool {
     path.extension()
@@ -227,6 +284,11 @@ pub struct LoadFailure {
 /// [`load`], and on failure the HA log settings of the refused file. The file is read once.
 pub fn load_for_init(path: &Path) -> Result<HaConfig, Box<LoadFailure>> {
     let fail = |error, log| Box::new(LoadFailure { error, log });
+    if path == locate() {
+        if let Some(none) = no_configuration() {
+            return Err(fail(none, None));
+        }
+    }
     let bytes = read::read(path).map_err(|e| fail(e, None))?;
     // Lossy: a stray Latin-1 byte in a comment must not make the whole file unreadable; in a
     // value p11ha reads, the U+FFFD it becomes is refused (`validate::check_text`).

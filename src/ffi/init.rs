@@ -39,6 +39,16 @@ pub fn set_tool_mode(mode: ToolMode) {
 pub(crate) fn start() -> Result<Arc<Runtime>, CK_RV> {
     let path = config::locate();
     let tool = TOOL_MODE.get().copied();
+    // Nobody configured p11ha (a p11-kit consumer loading every registered module): no slots,
+    // and nothing on the application's stderr unless asked for. The command says it plainly.
+    if let (None, Some(none)) = (tool, config::no_configuration()) {
+        diag!(Info, "{none}; serving no slots");
+        let cfg = config::empty().map_err(|e| {
+            diag!(Error, "internal error: the empty configuration: {e}");
+            CKR_GENERAL_ERROR
+        })?;
+        return Ok(Arc::new(Runtime::start(cfg, HaLog::disabled())));
+    }
     // One bounded read of the file, also for the HA log settings of a file it refuses.
     let mut cfg = match config::load_for_init(&path) {
         Ok(c) => c,

@@ -5,7 +5,7 @@ use super::member::Member;
 use crate::bounded;
 use crate::diag::diag;
 use crate::provider::table::Fns;
-use crate::provider::{Connected, Initializing, Instance, LoadError, Provider};
+use crate::provider::{Connected, Initializing, Instance, LoadError, Provider, ENV_GRACE};
 use cryptoki_sys::*;
 use parking_lot::Mutex;
 use std::sync::Arc;
@@ -59,6 +59,12 @@ impl ProviderSlot {
                 self.retired.lock().push(old);
             }
         }
+    }
+
+    /// The earlier provider whose module instance [`discover`] found this one was handed: this
+    /// provider is not used.
+    pub fn shares_with(&self) -> Option<u32> {
+        self.shares_with.get().copied()
     }
 
     /// Finalizes set-aside instances whose calls have all returned. One the module handed out
@@ -166,18 +172,37 @@ pub fn bind(m: &Member, f: &Found) {
 /// first one's under its members. Such a provider is reported (on stderr, naming both and what
 /// to do) and left out for the life of this initialization.
 pub fn discover(providers: &[ProviderSlot], deadline: Instant) -> Vec<Found> {
-    let pending: Vec<_> = providers
+    let file = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let files: Vec<_> = providers
         .iter()
-        .map(|p| {
-            let provider = Provider::clone_config(&p.provider);
-            bounded::start(move || provider.connect(deadline))
-        })
+        .map(|p| file(&p.provider.library))
         .collect();
+    let mut attempts: Vec<Attempt> = Vec::with_capacity(providers.len());
+    for (i, p) in providers.iter().enumerate() {
+        // A module with one instance per process takes the ProviderNNEnv of whichever provider
+        // initializes it first. Started side by side, that was a race: either member of a
+        // SoftHSM pair could be the one left out. The lower number now goes first, so the later
+        // provider is the one reported unused, as the message says. A C_Initialize still
+        // running after the grace (a stopped server behind p11-kit-client, which makes an
+        // instance per provider anyway) holds the next one up no longer than that.
+        if let Some(j) = files[..i].iter().rposition(|f| *f == files[i]) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            attempts[j].wait(ENV_GRACE.saturating_mul(2).min(left));
+        }
+        let provider = Provider::clone_config(&p.provider);
+        attempts.push(Attempt::Running(bounded::start(move || {
+            provider.connect(deadline)
+        })));
+    }
     let mut found = Vec::new();
-    for (i, p) in pending.into_iter().enumerate() {
+    for (i, mut a) in attempts.into_iter().enumerate() {
         // connect() gives up at the deadline itself; the margin is for it to say so.
         let left = deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(500);
-        let attempt = p.wait(left).unwrap_or(Err(LoadError::TimedOut));
+        a.wait(left);
+        let attempt = match a {
+            Attempt::Done(r) => r,
+            Attempt::Running(_) => Err(LoadError::TimedOut),
+        };
         if let Ok(Connected::Ready(inst)) = &attempt {
             if let Some(first) = providers[..i].iter().find(|q| {
                 q.instance
@@ -202,6 +227,27 @@ pub fn discover(providers: &[ProviderSlot], deadline: Instant) -> Vec<Found> {
     found
 }
 
+/// One provider's connection attempt in [`discover`].
+enum Attempt {
+    Running(bounded::Pending<Result<Connected, LoadError>>),
+    Done(Result<Connected, LoadError>),
+}
+
+impl Attempt {
+    /// Waits up to `wait` for a running attempt to finish.
+    fn wait(&mut self, wait: Duration) {
+        let taken = std::mem::replace(self, Attempt::Done(Err(LoadError::TimedOut)));
+        *self = match taken {
+            Attempt::Running(p) => match p.wait(wait) {
+                Ok(r) => Attempt::Done(r),
+                Err(bounded::Unfinished::Running(p)) => Attempt::Running(p),
+                Err(bounded::Unfinished::Panicked) => Attempt::Done(Err(LoadError::TimedOut)),
+            },
+            done => done,
+        };
+    }
+}
+
 fn report_shared(first: &ProviderSlot, second: &ProviderSlot) {
     let (a, b) = (first.provider.index, second.provider.index);
     diag!(
@@ -215,6 +261,36 @@ fn report_shared(first: &ProviderSlot, second: &ProviderSlot) {
         second.provider.library.display(),
         second.provider.library.display()
     );
+}
+
+/// What is true of a provider left out because it was handed `first`'s module instance, and
+/// what to do: said wherever a member it might show is reported missing (the HA log, `p11ha
+/// listgroups`), so that member is not taken for one that a recovery can bring back.
+pub fn unused_provider_text(unused: u32, first: u32, library: &std::path::Path) -> String {
+    format!(
+        "Provider{unused:02} is not used: it duplicates Provider{first:02}'s library file {lib} \
+         (that module keeps one instance per process), so the tokens only Provider{unused:02} \
+         would show are not seen. Give Provider{unused:02} a private copy of the library (cp \
+         {lib} /usr/local/lib/p11ha/provider{unused:02}.so) and set Provider{unused:02}Library \
+         to the copy",
+        lib = library.display()
+    )
+}
+
+/// [`unused_provider_text`] for every provider [`discover`] left out; `None` when all are used.
+pub fn unused_providers_note(providers: &[ProviderSlot]) -> Option<String> {
+    let notes: Vec<String> = providers
+        .iter()
+        .filter_map(|p| {
+            let first = p.shares_with()?;
+            Some(unused_provider_text(
+                p.provider.index,
+                first,
+                &p.provider.library,
+            ))
+        })
+        .collect();
+    (!notes.is_empty()).then(|| notes.join(". "))
 }
 
 /// Tokens present in an instance's slots; a failing slot is skipped.
@@ -240,7 +316,7 @@ pub fn find_member(
 ) -> Result<Found, CK_RV> {
     let mut last = CKR_TOKEN_NOT_PRESENT;
     for (i, p) in providers.iter().enumerate() {
-        if p.shares_with.get().is_some() {
+        if p.shares_with().is_some() {
             continue;
         }
         p.sweep_retired();

@@ -1,7 +1,7 @@
 //! The initialized library's state: providers, groups and slots, and the session registry.
 //! Built by C_Initialize (through `ha::runtime`), torn down by C_Finalize.
 
-use super::discovery::{bind, discover, trimmed_serial, ProviderSlot};
+use super::discovery::{bind, discover, trimmed_serial, unused_providers_note, ProviderSlot};
 use super::group::Group;
 use super::member::Member;
 use super::session::{CkResult, Session};
@@ -81,7 +81,18 @@ impl Ha {
                     }
                     None => {
                         m.mark_unreachable(CKR_DEVICE_ERROR);
-                        log.drop_unrecoverable(&group.serial, &m.serial);
+                        // Not "a recovery will bring it back" when it may sit behind a
+                        // provider that is never used.
+                        match unused_providers_note(&providers) {
+                            Some(note) => log.config_error(
+                                &group.serial,
+                                &format!(
+                                    "member: {} was not found in the providers in use. {note}",
+                                    m.serial
+                                ),
+                            ),
+                            None => log.drop_unrecoverable(&group.serial, &m.serial),
+                        }
                     }
                 }
             }

@@ -70,6 +70,11 @@ pub fn poll(ha: &Ha) {
 /// ([`poll`]) when auto-recovery is on, and here only when it is off (`reconnAtt = 0`): one
 /// request is one attempt, never two in the same second.
 fn reread_config(ha: &Ha) {
+    // Only groups' members and counters are applied: with no group (no configuration at all)
+    // there is nothing to re-read, and no reason to say every interval that the file is missing.
+    if ha.config.groups.is_empty() {
+        return;
+    }
     let cfg = match config::load(&ha.config.path) {
         Ok(c) => c,
         Err(e) => {
