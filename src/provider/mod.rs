@@ -21,7 +21,7 @@ pub mod table;
 
 pub use calls::{AttributeValues, Data, Input, OpKind, Output};
 pub use instance::Instance;
-pub use load::{Connected, Initializing, LoadError, Provider};
+pub use load::{Connected, Initializing, LoadError, Provider, ENV_GRACE};
 pub use outcome::{is_deactivation, Fault, MemberResult};
 
 pub(crate) use load::after_fork_in_child;
