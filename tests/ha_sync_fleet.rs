@@ -264,6 +264,53 @@ fn a_recreation_after_a_destroy_wins_on_the_member_that_was_down() {
     assert_eq!(note_values(&s, "twin"), vec![b"new".to_vec()]);
 }
 
+/// Enough destroys owed at once that settling reads the member's objects once instead of
+/// searching per record (src/ha/sync/catchup.rs, from 32): the same outcome as one search per
+/// record, a re-creation among them included.
+#[test]
+fn many_owed_destroys_settle_like_few() {
+    const N: usize = 40;
+    let _g = serial();
+    let cluster = Cluster::started(3);
+    let a = host(&cluster, "host-a", false);
+    let b = host(&cluster, "host-b", false);
+    init_cloning(&a);
+    {
+        let ha = cluster.ha_client(&a, GROUP_LABEL).unwrap();
+        let s = ha.session().unwrap();
+        let victims: Vec<_> = (0..N).map(|i| note(&s, &format!("victim-{i}"))).collect();
+        for i in 0..N {
+            note(&s, &format!("keeper-{i}"));
+        }
+        let old = note_with(&s, "twin", b"old");
+        cluster.kill(2);
+        for v in victims {
+            s.destroy_object(v).unwrap();
+        }
+        s.destroy_object(old).unwrap();
+        note_with(&s, "twin", b"new");
+    }
+    host_gone(&cluster, "host-a");
+    let ha = cluster.ha_client(&b, GROUP_LABEL).unwrap();
+    let _s = ha.session().unwrap();
+    cluster.restart(2);
+    wait_reintroduced(|| host_log(&cluster, "host-b"), &cluster.members[2].serial);
+    for i in 0..3 {
+        let c = cluster.client(i);
+        let ms = c.session().unwrap();
+        let left: Vec<usize> = (0..N)
+            .filter(|v| notes(&ms, &format!("victim-{v}")) > 0)
+            .collect();
+        assert!(left.is_empty(), "m{i} still holds victims {left:?}");
+        let kept = (0..N)
+            .filter(|k| notes(&ms, &format!("keeper-{k}")) == 1)
+            .count();
+        assert_eq!(kept, N, "m{i}: keepers");
+        assert_eq!(note_values(&ms, "twin"), vec![b"new".to_vec()], "m{i}");
+        assert_eq!(records_on(&cluster, i), 0, "m{i}: everything settled");
+    }
+}
+
 /// Environment of a child "host" process ([`fleet_host_process`]).
 const CHILD: &str = "P11HA_FLEET_HOST";
 
