@@ -27,6 +27,10 @@ impl Runtime {
         let ha = Ha::start(config, log);
         let driver = if bounded::is_inline() {
             Driver::Inline(Inline::start(&ha))
+        } else if ha.groups.is_empty() {
+            // No configuration (or no group in it): nothing to recover, and no idle thread in
+            // every p11-kit consumer that loads each registered module.
+            Driver::Thread(Mutex::new(None))
         } else {
             Driver::Thread(Mutex::new(super::mgmt::start(&ha)))
         };
