@@ -11,6 +11,7 @@ use crate::ha::sync::policy::{is_managed, member_set_template, member_template};
 use crate::mechanism::{find, Attr};
 use crate::provider::{AttributeValues, Fault, Instance, MemberResult};
 use cryptoki_sys::*;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// Flags a p11ha-managed key holds on its members only so it can be cloned: the application
 /// asked for a non-extractable key and reads them as one (false).
@@ -341,28 +342,36 @@ impl Session {
         Ok(())
     }
 
-    /// Applies `f` to the twin of `obj` on every up member but `done`; members that fail are
+    /// Applies `f` to the twin of `obj` on every up member but `done`, on all of them at once
+    /// (each is a round trip and, on SoftHSM, a file written or removed); members that fail are
     /// dropped, other refusals are left for the member to answer later.
     fn on_other_members(
         &self,
         st: &mut State,
         done: usize,
         obj: CK_OBJECT_HANDLE,
-        f: impl Fn(&Instance, CK_SESSION_HANDLE, CK_OBJECT_HANDLE) -> MemberResult<()>,
+        f: impl Fn(&Instance, CK_SESSION_HANDLE, CK_OBJECT_HANDLE) -> MemberResult<()> + Sync,
     ) {
+        let mut twins = Vec::new();
         for idx in (0..self.group.members().len()).filter(|&i| i != done) {
             let Some(b) = self.group.member(idx).binding() else {
                 continue;
             };
-            let r = self.member_session(st, idx, &b).and_then(|s| {
-                match self.resolve(idx, &b.instance, s, obj)? {
-                    Some(h) => f(&b.instance, s, h),
-                    None => Ok(()),
-                }
-            });
-            if let Err(fault) = r {
+            let twin = self
+                .member_session(st, idx, &b)
+                .and_then(|s| Ok(self.resolve(idx, &b.instance, s, obj)?.map(|h| (s, h))));
+            match twin {
+                Ok(Some((s, h))) => twins.push((idx, b.instance, s, h)),
+                Ok(None) => {}
+                Err(fault) if fault.fails_member() => self.drop_member(idx, &b.instance, fault),
+                Err(_) => {}
+            }
+        }
+        let results = at_once(&twins, |(_, inst, s, h)| f(inst, *s, *h));
+        for ((idx, inst, _, _), r) in twins.iter().zip(results) {
+            if let Some(Err(fault)) = r {
                 if fault.fails_member() {
-                    self.drop_member(idx, &b.instance, fault);
+                    self.drop_member(*idx, inst, fault);
                 }
             }
         }
@@ -534,38 +543,48 @@ fn receive(
     }
 }
 
-/// [`receive`] for every receiver at once, a thread each (their calls are bounded: a thread
-/// never outlives its member calls' deadlines by much). On the caller's thread when the
-/// application forbids threads, or when one cannot start.
+/// [`receive`] for every receiver at once.
 fn receive_at_once(
     receivers: &[Receiver],
     made: &[(CK_OBJECT_HANDLE, CK_OBJECT_HANDLE)],
     source_serial: &str,
 ) -> Vec<Received> {
-    if receivers.len() < 2 || crate::bounded::is_inline() {
-        return receivers
-            .iter()
-            .map(|rx| receive(rx, made, source_serial, None))
-            .collect();
+    at_once(receivers, |rx| receive(rx, made, source_serial, None))
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or(Received {
+                made: Vec::new(),
+                failed: Some((Side::Target, Fault::Panicked, None)),
+            })
+        })
+        .collect()
+}
+
+/// `f` for every item at once, a thread each (their member calls are bounded: a thread never
+/// outlives its calls' deadlines by much); in the items' order, `None` where `f` panicked. On
+/// the caller's thread for a single item, when the application forbids threads, or when one
+/// cannot start.
+fn at_once<I: Sync, R: Send>(items: &[I], f: impl Fn(&I) -> R + Sync) -> Vec<Option<R>> {
+    let here = |item: &I| catch_unwind(AssertUnwindSafe(|| f(item))).ok();
+    if items.len() < 2 || crate::bounded::is_inline() {
+        return items.iter().map(here).collect();
     }
     std::thread::scope(|s| {
-        let running: Vec<_> = receivers
+        let f = &f;
+        let running: Vec<_> = items
             .iter()
-            .map(|rx| {
+            .map(|item| {
                 std::thread::Builder::new()
-                    .name("p11ha-replicate".into())
-                    .spawn_scoped(s, move || receive(rx, made, source_serial, None))
-                    .map_err(|_| rx)
+                    .name("p11ha-members".into())
+                    .spawn_scoped(s, move || f(item))
+                    .map_err(|_| item)
             })
             .collect();
         running
             .into_iter()
             .map(|r| match r {
-                Ok(t) => t.join().unwrap_or(Received {
-                    made: Vec::new(),
-                    failed: Some((Side::Target, Fault::Panicked, None)),
-                }),
-                Err(rx) => receive(rx, made, source_serial, None),
+                Ok(t) => t.join().ok(),
+                Err(item) => here(item),
             })
             .collect()
     })
