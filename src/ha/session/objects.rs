@@ -264,7 +264,7 @@ impl Session {
 
     /// The up members' sessions of this session: where records of what the members that are
     /// down are owed are written, before the change returns. A member that fails is dropped.
-    fn holders(&self, st: &mut State) -> Vec<Holder> {
+    pub(super) fn holders(&self, st: &mut State) -> Vec<Holder> {
         let mut out = Vec::new();
         for idx in 0..self.group.members().len() {
             let Some(b) = self.group.member(idx).binding() else {
@@ -293,6 +293,11 @@ impl Session {
         } else {
             template
         };
+        if self.syncs() && super::everywhere::applies(&template) {
+            if let Some(made) = self.create_everywhere(&template) {
+                return made;
+            }
+        }
         self.create_replicated(&[], |t| {
             Ok(vec![t.inst.create_object(t.session, template.clone())?])
         })
