@@ -6,6 +6,7 @@
 //! creating member's answer is the caller's, a receiver that fails on its connection is dropped
 //! (it gets the object at its reintroduction), any other refusal by a receiver undoes everything.
 
+use super::at_once::beside;
 use super::route::Apart;
 use super::{forget, CkResult, Session};
 use crate::diag::diag;
@@ -55,37 +56,21 @@ impl Session {
             }
         }
         let st = &mut *st;
-        let (first, made) = std::thread::scope(|s| {
-            let running: Vec<_> = receivers
-                .iter()
-                .map(|rx| {
-                    std::thread::Builder::new()
-                        .name("p11ha-members".into())
-                        .spawn_scoped(s, move || {
-                            rx.apart
-                                .inst
-                                .create_object(rx.apart.session, template.to_vec())
-                        })
-                })
-                .collect();
-            let first = self.attempt(st, &[], Some(home), |t| {
+        let create = |rx: &Receiver| {
+            rx.apart
+                .inst
+                .create_object(rx.apart.session, template.to_vec())
+        };
+        let (first, made) = beside(&receivers, create, || {
+            self.attempt(st, &[], Some(home), |t| {
                 let h = t.inst.create_object(t.session, template.to_vec())?;
                 Ok((h, self.adopt(t, h)?))
-            });
-            let made: Vec<MemberResult<CK_OBJECT_HANDLE>> = running
-                .into_iter()
-                .zip(&receivers)
-                .map(|(r, rx)| match r {
-                    Ok(t) => t.join().unwrap_or(Err(Fault::Panicked)),
-                    // No thread: made here, after the first.
-                    Err(_) => rx
-                        .apart
-                        .inst
-                        .create_object(rx.apart.session, template.to_vec()),
-                })
-                .collect();
-            (first, made)
+            })
         });
+        let made: Vec<MemberResult<CK_OBJECT_HANDLE>> = made
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(Fault::Panicked)))
+            .collect();
         let undo = |made: &[MemberResult<CK_OBJECT_HANDLE>]| {
             for (rx, h) in receivers.iter().zip(made) {
                 if let Ok(h) = h {

@@ -10,6 +10,7 @@
 //! - `ops.rs`: cryptographic operations between their Init and their final call.
 //! - `replay.rs`: what is kept of a multi-part operation to replay it on another member.
 
+mod at_once;
 mod everywhere;
 mod keys;
 mod login;

@@ -1,6 +1,7 @@
 //! Objects through a session: creating (and, in a synchronized group, replicating before the
 //! call returns), copying, destroying, and their attributes.
 
+use super::at_once::at_once;
 use super::route::{Apart, Target};
 use super::{forget, CkResult, Session, State};
 use crate::diag::diag;
@@ -11,7 +12,6 @@ use crate::ha::sync::policy::{is_managed, member_set_template, member_template};
 use crate::mechanism::{find, Attr};
 use crate::provider::{AttributeValues, Fault, Instance, MemberResult};
 use cryptoki_sys::*;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// Flags a p11ha-managed key holds on its members only so it can be cloned: the application
 /// asked for a non-extractable key and reads them as one (false).
@@ -563,34 +563,4 @@ fn receive_at_once(
             })
         })
         .collect()
-}
-
-/// `f` for every item at once, a thread each (their member calls are bounded: a thread never
-/// outlives its calls' deadlines by much); in the items' order, `None` where `f` panicked. On
-/// the caller's thread for a single item, when the application forbids threads, or when one
-/// cannot start.
-fn at_once<I: Sync, R: Send>(items: &[I], f: impl Fn(&I) -> R + Sync) -> Vec<Option<R>> {
-    let here = |item: &I| catch_unwind(AssertUnwindSafe(|| f(item))).ok();
-    if items.len() < 2 || crate::bounded::is_inline() {
-        return items.iter().map(here).collect();
-    }
-    std::thread::scope(|s| {
-        let f = &f;
-        let running: Vec<_> = items
-            .iter()
-            .map(|item| {
-                std::thread::Builder::new()
-                    .name("p11ha-members".into())
-                    .spawn_scoped(s, move || f(item))
-                    .map_err(|_| item)
-            })
-            .collect();
-        running
-            .into_iter()
-            .map(|r| match r {
-                Ok(t) => t.join().ok(),
-                Err(item) => here(item),
-            })
-            .collect()
-    })
 }
