@@ -13,7 +13,7 @@
 
 use crate::diag::diag;
 use crate::ha::member::Member;
-use crate::mechanism::{Attr, OwnedMechanism};
+use crate::mechanism::Attr;
 use crate::provider::{Fault, Instance, OpKind};
 use cryptoki_sys::*;
 use std::collections::HashMap;
@@ -264,18 +264,23 @@ fn mac_with(
     key: CK_OBJECT_HANDLE,
     h: &[u8; 32],
 ) -> Result<[u8; 32], Fault> {
-    inst.op_init(
-        OpKind::Sign,
-        session,
-        Some(OwnedMechanism::new(CKM_SHA256_HMAC)),
+    // Init and sign in one member call (one thread hand-off).
+    let begin = crate::provider::Begin {
+        mechanism: CKM_SHA256_HMAC,
         key,
-    )?;
-    let out = inst.op_single(
-        OpKind::Sign,
-        session,
-        crate::provider::Input::new(h.to_vec()),
-        Some(32),
-    )?;
+    };
+    let out = inst
+        .op_single(
+            OpKind::Sign,
+            session,
+            crate::provider::Input::new(h.to_vec()),
+            Some(32),
+            Some(begin),
+        )
+        .map_err(|f| match f {
+            Fault::NotBegun(rv) => Fault::Rv(rv),
+            f => f,
+        })?;
     out.data
         .as_deref()
         .and_then(|d| <[u8; 32]>::try_from(d).ok())

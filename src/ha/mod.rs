@@ -1,5 +1,6 @@
 //! The HA core in safe Rust: groups of members, virtual sessions and objects, failover.
 
+pub(crate) mod accepted;
 pub(crate) mod credential;
 pub(crate) mod discovery;
 #[cfg(test)]

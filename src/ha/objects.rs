@@ -175,6 +175,9 @@ struct Inner {
 #[derive(Default)]
 pub struct ObjectTable {
     inner: Mutex<Inner>,
+    /// The Inits members accepted with these objects as key: forgotten here with the object,
+    /// its twin, or its attributes.
+    pub inits: super::accepted::Accepted,
 }
 
 impl ObjectTable {
@@ -288,6 +291,7 @@ impl ObjectTable {
         if let Some((i, h)) = old {
             inner.by_member.remove(&(i, h));
         }
+        self.inits.forget_twin(v, member);
     }
 
     /// Drops every cached twin on a member, or on all members with `None`.
@@ -303,9 +307,11 @@ impl ObjectTable {
                 keep
             });
         }
+        self.inits.forget_member(member);
     }
 
     pub fn update_identity(&self, v: CK_OBJECT_HANDLE, identity: Identity) {
+        self.inits.forget_key(v);
         if let Some(o) = self.inner.lock().objects.get_mut(&v) {
             o.identity = identity;
         }
@@ -328,6 +334,8 @@ impl ObjectTable {
                 inner.by_member.remove(&(*i, *h));
             }
         }
+        drop(inner);
+        self.inits.forget_key(v);
     }
 
     /// Forgets the session objects of a closed session (the member destroyed them).

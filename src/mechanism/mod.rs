@@ -94,6 +94,11 @@ impl OwnedMechanism {
         }
     }
 
+    /// Whether the mechanism carries a parameter (a non-empty one).
+    pub fn has_parameter(&self) -> bool {
+        !self.blocks.is_empty()
+    }
+
     /// CKM_RSA_PKCS_OAEP with SHA-1, MGF1-SHA-1 and no label: the OAEP variant SoftHSM 2.6 wraps
     /// with (it refuses SHA-256). OAEP's security does not rest on SHA-1's collision resistance.
     pub fn rsa_oaep_sha1() -> Self {

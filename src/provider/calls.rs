@@ -9,7 +9,7 @@
 
 use super::instance::Instance;
 use super::outcome::{check, Fault, MemberResult};
-use super::table::ck;
+use super::table::{ck, Fns};
 use crate::mechanism::{raw_template, Attr, OwnedMechanism};
 use cryptoki_sys::*;
 use std::sync::Arc;
@@ -279,15 +279,7 @@ impl Instance {
             let mut raw = mech.as_ref().map(|m| m.raw());
             let mut ckm = raw.as_mut().map(|r| r.ck());
             let m = ckm.as_mut().map_or(std::ptr::null_mut(), |m| m as *mut _);
-            check(match kind {
-                OpKind::Encrypt => ck!(f, C_EncryptInit(h, m, key)),
-                OpKind::Decrypt => ck!(f, C_DecryptInit(h, m, key)),
-                OpKind::Digest => ck!(f, C_DigestInit(h, m)),
-                OpKind::Sign => ck!(f, C_SignInit(h, m, key)),
-                OpKind::SignRecover => ck!(f, C_SignRecoverInit(h, m, key)),
-                OpKind::Verify => ck!(f, C_VerifyInit(h, m, key)),
-                OpKind::VerifyRecover => ck!(f, C_VerifyRecoverInit(h, m, key)),
-            })
+            check(init(f, kind, h, m, key))
         })
     }
 
@@ -298,8 +290,10 @@ impl Instance {
         h: CK_SESSION_HANDLE,
         data: Data,
         cap: Option<CK_ULONG>,
+        begin: Option<Begin>,
     ) -> MemberResult<Output> {
         self.try_call(move |f| {
+            begin_first(f, kind, h, begin)?;
             let room = data.len().saturating_add(OUTPUT_SLACK);
             with_out(cap, room, |out, len| {
                 let (d, n) = (data.ptr(), data.ulen());
@@ -323,8 +317,10 @@ impl Instance {
         h: CK_SESSION_HANDLE,
         data: Data,
         cap: Option<CK_ULONG>,
+        begin: Option<Begin>,
     ) -> MemberResult<Output> {
         self.try_call(move |f| {
+            begin_first(f, kind, h, begin)?;
             let (d, n) = (data.ptr(), data.ulen());
             let room = data.len().saturating_add(OUTPUT_SLACK);
             match kind {
@@ -349,8 +345,10 @@ impl Instance {
         kind: OpKind,
         h: CK_SESSION_HANDLE,
         cap: Option<CK_ULONG>,
+        begin: Option<Begin>,
     ) -> MemberResult<Output> {
         self.try_call(move |f| {
+            begin_first(f, kind, h, begin)?;
             with_out(cap, OUTPUT_SLACK, |out, len| match kind {
                 OpKind::Encrypt => ck!(f, C_EncryptFinal(h, out, len)),
                 OpKind::Decrypt => ck!(f, C_DecryptFinal(h, out, len)),
@@ -363,8 +361,15 @@ impl Instance {
 
     /// C_Verify: CKR_OK is a valid signature; CKR_SIGNATURE_INVALID and the like are faults
     /// the caller gets as they are.
-    pub fn verify(&self, h: CK_SESSION_HANDLE, data: Data, sig: Data) -> MemberResult<()> {
+    pub fn verify(
+        &self,
+        h: CK_SESSION_HANDLE,
+        data: Data,
+        sig: Data,
+        begin: Option<Begin>,
+    ) -> MemberResult<()> {
         self.try_call(move |f| {
+            begin_first(f, OpKind::Verify, h, begin)?;
             check(ck!(
                 f,
                 C_Verify(h, data.ptr(), data.ulen(), sig.ptr(), sig.ulen())
@@ -372,8 +377,16 @@ impl Instance {
         })
     }
 
-    pub fn verify_final(&self, h: CK_SESSION_HANDLE, sig: Data) -> MemberResult<()> {
-        self.try_call(move |f| check(ck!(f, C_VerifyFinal(h, sig.ptr(), sig.ulen()))))
+    pub fn verify_final(
+        &self,
+        h: CK_SESSION_HANDLE,
+        sig: Data,
+        begin: Option<Begin>,
+    ) -> MemberResult<()> {
+        self.try_call(move |f| {
+            begin_first(f, OpKind::Verify, h, begin)?;
+            check(ck!(f, C_VerifyFinal(h, sig.ptr(), sig.ulen())))
+        })
     }
 
     pub fn generate_key(
@@ -545,6 +558,57 @@ impl Instance {
 
     pub fn init_pin(&self, h: CK_SESSION_HANDLE, pin: Arc<Zeroizing<Vec<u8>>>) -> MemberResult<()> {
         self.try_call(move |f| check(ck!(f, C_InitPIN(h, pin.as_ptr() as *mut u8, ulen(&pin)))))
+    }
+}
+
+/// An operation's Init that travels with its first data call, in the same bounded call: one
+/// thread hand-off for both instead of two. Only for a mechanism without parameter whose Init
+/// this member accepted before for this key (`crate::ha::accepted`), so that an Init error
+/// still reaches the application at its Init.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Begin {
+    pub mechanism: CK_MECHANISM_TYPE,
+    /// The key's handle on the member; 0 for a digest.
+    pub key: CK_OBJECT_HANDLE,
+}
+
+/// Makes the Init of `begin`, if any, before a data call; a refusal is [`Fault::NotBegun`].
+fn begin_first(
+    f: Fns,
+    kind: OpKind,
+    h: CK_SESSION_HANDLE,
+    begin: Option<Begin>,
+) -> MemberResult<()> {
+    let Some(b) = begin else {
+        return Ok(());
+    };
+    let mut m = CK_MECHANISM {
+        mechanism: b.mechanism,
+        pParameter: std::ptr::null_mut(),
+        ulParameterLen: 0,
+    };
+    match init(f, kind, h, &mut m, b.key) {
+        CKR_OK => Ok(()),
+        rv => Err(Fault::NotBegun(rv)),
+    }
+}
+
+/// The Init call of an operation kind.
+fn init(
+    f: Fns,
+    kind: OpKind,
+    h: CK_SESSION_HANDLE,
+    m: *mut CK_MECHANISM,
+    key: CK_OBJECT_HANDLE,
+) -> CK_RV {
+    match kind {
+        OpKind::Encrypt => ck!(f, C_EncryptInit(h, m, key)),
+        OpKind::Decrypt => ck!(f, C_DecryptInit(h, m, key)),
+        OpKind::Digest => ck!(f, C_DigestInit(h, m)),
+        OpKind::Sign => ck!(f, C_SignInit(h, m, key)),
+        OpKind::SignRecover => ck!(f, C_SignRecoverInit(h, m, key)),
+        OpKind::Verify => ck!(f, C_VerifyInit(h, m, key)),
+        OpKind::VerifyRecover => ck!(f, C_VerifyRecoverInit(h, m, key)),
     }
 }
 

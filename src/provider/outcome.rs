@@ -17,6 +17,10 @@ pub enum Fault {
     Panicked,
     /// The instance is being finalized: the call never entered the module.
     Closed,
+    /// The member refused the operation's Init that travelled with this data call
+    /// ([`super::Begin`]) with this CK_RV: the data call was not made, and the member holds no
+    /// operation.
+    NotBegun(CK_RV),
 }
 
 pub type MemberResult<T> = Result<T, Fault>;
@@ -32,19 +36,19 @@ impl Fault {
         match self {
             Fault::TimedOut | Fault::Closed => true,
             Fault::Panicked => false,
-            Fault::Rv(rv) => is_connection_error(rv),
+            Fault::Rv(rv) | Fault::NotBegun(rv) => is_connection_error(rv),
         }
     }
 
     /// The module answers but its token cannot serve: a deactivated member.
     pub fn is_deactivation(self) -> bool {
-        matches!(self, Fault::Rv(rv) if is_deactivation(rv))
+        matches!(self, Fault::Rv(rv) | Fault::NotBegun(rv) if is_deactivation(rv))
     }
 
     /// What the application is told when this ends its call.
     pub fn rv(self) -> CK_RV {
         match self {
-            Fault::Rv(rv) => rv,
+            Fault::Rv(rv) | Fault::NotBegun(rv) => rv,
             Fault::TimedOut | Fault::Closed => CKR_DEVICE_ERROR,
             Fault::Panicked => CKR_GENERAL_ERROR,
         }

@@ -94,7 +94,9 @@ impl Session {
 
     /// CKU_CONTEXT_SPECIFIC belongs to the operation in progress, on its member only.
     fn context_login(&self, pin: Option<Pin>) -> CkResult<()> {
-        let st = self.st.lock();
+        let mut st = self.st.lock();
+        // The login is for the operation the member holds: its Init cannot wait.
+        self.begin_waiting(&mut st);
         let op = st.ops.last().ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
         op.inst
             .login(op.session, CKU_CONTEXT_SPECIFIC, pin)

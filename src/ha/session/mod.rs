@@ -25,7 +25,7 @@ mod tests;
 use super::group::Group;
 use super::member::{current_seq, InFlight};
 use crate::mechanism::{find, Attr, OwnedMechanism};
-use crate::provider::{Instance, OpKind, Output};
+use crate::provider::{Begin, Instance, OpKind, Output};
 use cryptoki_sys::*;
 use parking_lot::Mutex;
 use std::sync::atomic::Ordering;
@@ -49,6 +49,9 @@ struct ActiveOp {
     /// Counts against the member while the operation is live; `None` once the member answered
     /// it with an error (it may have ended it: the record stays, for the member to say).
     busy: Option<InFlight>,
+    /// The member's Init, not made yet: it travels with the first data call
+    /// (`crate::ha::accepted`). Only while this is the session's one operation.
+    begin: Option<Begin>,
 }
 
 #[derive(Default)]

@@ -470,10 +470,14 @@ impl Session {
     ) -> CkResult<()> {
         let before = self.group.objects.identity(obj);
         let mut st = self.st.lock();
-        let (_, first) = self.attempt(&mut st, &[obj], None, |t| {
+        // Before and after: an Init accepted meanwhile may have seen the old attributes.
+        self.group.objects.inits.forget_key(obj);
+        let set = self.attempt(&mut st, &[obj], None, |t| {
             let template = self.member_set(&t.inst, t.session, t.objects[0], &template)?;
             t.inst.set_attributes(t.session, t.objects[0], template)
-        })?;
+        });
+        self.group.objects.inits.forget_key(obj);
+        let (_, first) = set?;
         self.on_other_members(&mut st, first.idx, obj, |inst, s, h| {
             let template = self.member_set(inst, s, h, &template)?;
             inst.set_attributes(s, h, template)

@@ -9,8 +9,9 @@
 
 use super::replay::not_movable;
 use super::{forget, keeps_active, ActiveOp, CkResult, Session, State};
+use crate::ha::accepted::Init;
 use crate::mechanism::OwnedMechanism;
-use crate::provider::{Data, Fault, Input, OpKind, Output};
+use crate::provider::{Begin, Data, Fault, Input, MemberResult, OpKind, Output};
 use cryptoki_sys::*;
 
 /// C_DigestKey's input is a key on the member, not bytes p11ha holds.
@@ -24,6 +25,7 @@ impl Session {
         key: CK_OBJECT_HANDLE,
     ) -> CkResult<()> {
         let mut st = self.st.lock();
+        self.begin_waiting(&mut st);
         let mut old = None;
         if let Some(pos) = st.ops.iter().position(|o| o.kind == kind) {
             let was = st.ops.swap_remove(pos);
@@ -36,6 +38,7 @@ impl Session {
                         fed: false,
                         kept: Default::default(),
                         busy,
+                        begin: None,
                         ..was
                     });
                     return Ok(());
@@ -73,25 +76,36 @@ impl Session {
         // that returns is used again.
         let busy_on = st.ops.first().map(|o| o.idx);
         let prefer = busy_on.or(if key == 0 { self.home(st) } else { None });
-        let (_, t) = self
+        // An Init this member accepted before travels with the first data call instead.
+        let waits = st.ops.is_empty();
+        let mechanism = mech
+            .as_ref()
+            .filter(|m| waits && !m.has_parameter())
+            .map(|m| m.mechanism);
+        let accepted = &self.group.objects.inits;
+        let (begin, t) = self
             .attempt(st, &keys, prefer, |t| {
-                t.inst.op_init(
+                let member_key = t.objects.first().copied().unwrap_or(0);
+                let init = mechanism.map(|mechanism| Init {
+                    key,
+                    member: t.idx,
+                    instance: t.inst.id,
                     kind,
-                    t.session,
-                    mech.clone(),
-                    t.objects.first().copied().unwrap_or(0),
-                )
-            })
-            .map_err(|rv| {
-                // p11ha's answer, not a member's: a key it knows that no member up holds, or
-                // one it does not know with no member up to ask.
-                let ours = self.group.objects.exists(key) || !self.group.any_up();
-                if rv == CKR_OBJECT_HANDLE_INVALID && key != 0 && ours {
-                    CKR_KEY_HANDLE_INVALID
-                } else {
-                    rv
+                    mechanism,
+                });
+                if let Some(i) = init.filter(|i| accepted.knows(i)) {
+                    return Ok(Some(Begin {
+                        mechanism: i.mechanism,
+                        key: member_key,
+                    }));
                 }
-            })?;
+                t.inst.op_init(kind, t.session, mech.clone(), member_key)?;
+                if let Some(i) = init {
+                    accepted.accept(i);
+                }
+                Ok(None)
+            })
+            .map_err(|rv| self.init_rv(rv, key))?;
         let busy = Some(self.group.member(t.idx).busy());
         st.ops.push(ActiveOp {
             kind,
@@ -103,7 +117,83 @@ impl Session {
             fed: false,
             kept: Default::default(),
             busy,
+            begin,
         });
+        Ok(())
+    }
+
+    /// An Init's answer as the application gets it: p11ha's own for a key it knows that no
+    /// member up holds, or one it does not know with no member up to ask.
+    fn init_rv(&self, rv: CK_RV, key: CK_OBJECT_HANDLE) -> CK_RV {
+        let ours = self.group.objects.exists(key) || !self.group.any_up();
+        if rv == CKR_OBJECT_HANDLE_INVALID && key != 0 && ours {
+            CKR_KEY_HANDLE_INVALID
+        } else {
+            rv
+        }
+    }
+
+    /// Makes the Init still waiting in this session's operation (there is at most one) now,
+    /// for a call that cannot carry it: another Init (the member must see the operation that
+    /// is active, as it would directly), C_DigestKey, a context-specific login. An operation
+    /// whose member fails meanwhile moves; one that cannot start anywhere is forgotten (the
+    /// application's next call for it gets CKR_OPERATION_NOT_INITIALIZED from a member).
+    pub(super) fn begin_waiting(&self, st: &mut State) {
+        let Some(pos) = st.ops.iter().position(|o| o.begin.is_some()) else {
+            return;
+        };
+        let mut op = st.ops.swap_remove(pos);
+        let Some(b) = op.begin.take() else { return };
+        let mech = Some(OwnedMechanism::new(b.mechanism));
+        match op.inst.op_init(op.kind, op.session, mech, b.key) {
+            Ok(()) => st.ops.push(op),
+            Err(f) if f.fails_member() => {
+                if self.restart_elsewhere(st, &mut op, f).is_ok() {
+                    st.ops.push(op);
+                }
+            }
+            Err(_) => self.group.objects.inits.refuse(&accepted_init(&op, b)),
+        }
+    }
+
+    /// Runs one data call of `op` on its member with the Init still owed travelling in it. A
+    /// member that refuses that Init, which it accepted before, is asked for the Init on its
+    /// own through the usual member choice, and the call follows if it succeeds. `Err`: that
+    /// Init failed too; the application gets the member's answer and the operation is over.
+    fn feed<T>(
+        &self,
+        st: &mut State,
+        op: &mut ActiveOp,
+        call: impl Fn(&ActiveOp, Option<Begin>) -> MemberResult<T>,
+    ) -> CkResult<MemberResult<T>> {
+        let Some(b) = op.begin.take() else {
+            return Ok(call(op, None));
+        };
+        match call(op, Some(b)) {
+            Err(Fault::NotBegun(rv)) if !Fault::Rv(rv).fails_member() => {
+                self.group.objects.inits.refuse(&accepted_init(op, b));
+                self.init_again_here(st, op)?;
+                Ok(call(op, None))
+            }
+            r => Ok(r),
+        }
+    }
+
+    /// A fresh Init of `op` (which its member refused to take with a data call), preferably
+    /// on the same member.
+    fn init_again_here(&self, st: &mut State, op: &mut ActiveOp) -> CkResult<()> {
+        let keys: Vec<_> = if op.key == 0 { vec![] } else { vec![op.key] };
+        let (kind, mech, key) = (op.kind, op.mech.clone(), op.key);
+        let (_, t) = self
+            .attempt(st, &keys, Some(op.idx), |t| {
+                let member_key = t.objects.first().copied().unwrap_or(0);
+                t.inst.op_init(kind, t.session, mech.clone(), member_key)
+            })
+            .map_err(|rv| self.init_rv(rv, key))?;
+        op.busy = Some(self.group.member(t.idx).busy());
+        op.idx = t.idx;
+        op.inst = t.inst;
+        op.session = t.session;
         Ok(())
     }
 
@@ -237,11 +327,14 @@ impl Session {
         let mut st = self.st.lock();
         let Ok(mut op) = Self::take_op(&mut st, kind) else {
             return self.unrecorded(&mut st, &[], |t| {
-                t.inst.op_single(kind, t.session, data.clone(), cap)
+                t.inst.op_single(kind, t.session, data.clone(), cap, None)
             });
         };
         loop {
-            match op.inst.op_single(kind, op.session, data.clone(), cap) {
+            let r = self.feed(&mut st, &mut op, |op, b| {
+                op.inst.op_single(kind, op.session, data.clone(), cap, b)
+            })?;
+            match r {
                 Ok(out) => {
                     if keeps_active(&out, cap) {
                         st.ops.push(op);
@@ -262,11 +355,16 @@ impl Session {
         let mut st = self.st.lock();
         let Ok(mut op) = Self::take_op(&mut st, OpKind::Verify) else {
             return self.unrecorded(&mut st, &[], |t| {
-                t.inst.verify(t.session, data.clone(), signature.clone())
+                t.inst
+                    .verify(t.session, data.clone(), signature.clone(), None)
             });
         };
         loop {
-            match op.inst.verify(op.session, data.clone(), signature.clone()) {
+            let r = self.feed(&mut st, &mut op, |op, b| {
+                op.inst
+                    .verify(op.session, data.clone(), signature.clone(), b)
+            })?;
+            match r {
                 Ok(()) => return Ok(()),
                 Err(f) if f.fails_member() => self.restart_elsewhere(&mut st, &mut op, f)?,
                 Err(f) => {
@@ -281,11 +379,14 @@ impl Session {
         let mut st = self.st.lock();
         let Ok(mut op) = Self::take_op(&mut st, kind) else {
             return self.unrecorded(&mut st, &[], |t| {
-                t.inst.op_update(kind, t.session, data.clone(), cap)
+                t.inst.op_update(kind, t.session, data.clone(), cap, None)
             });
         };
         loop {
-            match op.inst.op_update(kind, op.session, data.clone(), cap) {
+            let r = self.feed(&mut st, &mut op, |op, b| {
+                op.inst.op_update(kind, op.session, data.clone(), cap, b)
+            })?;
+            match r {
                 Err(f) if f.fails_member() => {
                     // Redone where the kept parts were replayed, or CKR_DEVICE_ERROR.
                     self.restart_elsewhere(&mut st, &mut op, f)?;
@@ -311,10 +412,15 @@ impl Session {
     pub fn op_final(&self, kind: OpKind, cap: Option<CK_ULONG>) -> CkResult<Output> {
         let mut st = self.st.lock();
         let Ok(mut op) = Self::take_op(&mut st, kind) else {
-            return self.unrecorded(&mut st, &[], |t| t.inst.op_final(kind, t.session, cap));
+            return self.unrecorded(&mut st, &[], |t| {
+                t.inst.op_final(kind, t.session, cap, None)
+            });
         };
         loop {
-            match op.inst.op_final(kind, op.session, cap) {
+            let r = self.feed(&mut st, &mut op, |op, b| {
+                op.inst.op_final(kind, op.session, cap, b)
+            })?;
+            match r {
                 Ok(out) => {
                     if keeps_active(&out, cap) {
                         st.ops.push(op);
@@ -334,11 +440,14 @@ impl Session {
         let mut st = self.st.lock();
         let Ok(mut op) = Self::take_op(&mut st, OpKind::Verify) else {
             return self.unrecorded(&mut st, &[], |t| {
-                t.inst.verify_final(t.session, signature.clone())
+                t.inst.verify_final(t.session, signature.clone(), None)
             });
         };
         loop {
-            match op.inst.verify_final(op.session, signature.clone()) {
+            let r = self.feed(&mut st, &mut op, |op, b| {
+                op.inst.verify_final(op.session, signature.clone(), b)
+            })?;
+            match r {
                 Ok(()) => return Ok(()),
                 Err(f) if f.fails_member() => self.restart_elsewhere(&mut st, &mut op, f)?,
                 Err(f) => {
@@ -358,11 +467,14 @@ impl Session {
             return;
         };
         drop(st);
-        end_on_member(&op);
+        if op.begin.is_none() {
+            end_on_member(&op);
+        }
     }
 
     pub fn digest_key(&self, key: CK_OBJECT_HANDLE) -> CkResult<()> {
         let mut st = self.st.lock();
+        self.begin_waiting(&mut st);
         let Ok(mut op) = Self::take_op(&mut st, OpKind::Digest) else {
             return self.unrecorded(&mut st, &[key], |t| {
                 t.inst.digest_key(t.session, t.objects[0])
@@ -434,7 +546,9 @@ impl Session {
                 }
             })?;
         // A final call with room for any digest ends the operation left on the old member.
-        let _ = op.inst.op_final(OpKind::Digest, op.session, Some(1024));
+        let _ = op
+            .inst
+            .op_final(OpKind::Digest, op.session, Some(1024), None);
         op.busy = Some(self.group.member(t.idx).busy());
         op.idx = t.idx;
         op.inst = t.inst;
@@ -448,11 +562,27 @@ impl Session {
 fn end_on_member(op: &ActiveOp) {
     let room = Some(64 * 1024);
     let _ = match op.kind {
-        OpKind::Verify => op.inst.verify_final(op.session, Input::new(Vec::new())),
+        OpKind::Verify => op
+            .inst
+            .verify_final(op.session, Input::new(Vec::new()), None),
         OpKind::SignRecover | OpKind::VerifyRecover => op
             .inst
-            .op_single(op.kind, op.session, Input::new(Vec::new()), room)
+            .op_single(op.kind, op.session, Input::new(Vec::new()), room, None)
             .map(|_| ()),
-        _ => op.inst.op_final(op.kind, op.session, room).map(|_| ()),
+        _ => op
+            .inst
+            .op_final(op.kind, op.session, room, None)
+            .map(|_| ()),
     };
+}
+
+/// The acceptance an operation's waiting Init came from.
+fn accepted_init(op: &ActiveOp, b: Begin) -> Init {
+    Init {
+        key: op.key,
+        member: op.idx,
+        instance: op.inst.id,
+        kind: op.kind,
+        mechanism: b.mechanism,
+    }
 }

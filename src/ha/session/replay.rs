@@ -82,7 +82,7 @@ impl Session {
             let cap = output.then(|| replay_capacity(part.len()));
             let out: Output = op
                 .inst
-                .op_update(op.kind, op.session, part.clone(), cap)
+                .op_update(op.kind, op.session, part.clone(), cap, None)
                 .map_err(Some)?;
             if out.rv != CKR_OK {
                 self.log_replay(op, "the new member refused a replayed part");
