@@ -187,10 +187,17 @@ extern "C" fn generate_random(h: CK_SESSION_HANDLE, out: CK_BYTE_PTR, n: CK_ULON
     })
 }
 
+/// CKR_OPERATION_ACTIVE while a digest is active in the session, as SoftHSM answers.
 extern "C" fn digest_init(h: CK_SESSION_HANDLE, _: CK_MECHANISM_PTR) -> CK_RV {
-    on_session(h, "C_DigestInit", |fake| {
-        fake.digesting.lock().insert(h);
-    })
+    let mut active = false;
+    let rv = on_session(h, "C_DigestInit", |fake| {
+        active = !fake.digesting.lock().insert(h);
+    });
+    if active {
+        CKR_OPERATION_ACTIVE
+    } else {
+        rv
+    }
 }
 
 /// A 4-byte "digest" of the fake's tag.

@@ -173,6 +173,7 @@ impl Session {
             Err(Fault::NotBegun(rv)) if !Fault::Rv(rv).fails_member() => {
                 self.group.objects.inits.refuse(&accepted_init(op, b));
                 self.init_again_here(st, op)?;
+                self.group.objects.inits.accept(accepted_init(op, b));
                 Ok(call(op, None))
             }
             r => Ok(r),

@@ -247,3 +247,93 @@ fn a_member_that_fails_at_login_is_dropped_and_the_next_one_judges_the_pin() {
     );
     assert_eq!(fakes[1].calls("C_Login"), 1);
 }
+
+fn digest_init(s: &Session) -> Result<(), CK_RV> {
+    s.op_init_unaudited(OpKind::Digest, Some(OwnedMechanism::new(CKM_SHA256)), 0)
+}
+
+fn digest(s: &Session) -> Result<u8, CK_RV> {
+    s.op_single(OpKind::Digest, Input::new(b"abc".to_vec()), Some(64))
+        .map(|o| o.data.expect("digest bytes")[0])
+}
+
+#[test]
+fn an_init_the_member_accepted_before_travels_with_the_first_data_call() {
+    let (g, fakes) = group(&[false], TIMEOUT);
+    let s = session(&g);
+    digest_init(&s).unwrap();
+    assert_eq!(fakes[0].calls("C_DigestInit"), 1, "a first Init is made at once");
+    assert_eq!(digest(&s), Ok(1));
+    digest_init(&s).unwrap();
+    assert_eq!(
+        fakes[0].calls("C_DigestInit"),
+        1,
+        "an Init accepted before was made on its own again"
+    );
+    assert_eq!(digest(&s), Ok(1));
+    assert_eq!(fakes[0].calls("C_DigestInit"), 2, "no Init before C_Digest");
+    assert_eq!(fakes[0].calls("C_Digest"), 2);
+}
+
+#[test]
+fn a_travelling_init_the_member_refuses_is_made_on_its_own_and_its_answer_reaches_the_caller() {
+    let (g, fakes) = group(&[false], TIMEOUT);
+    let s = session(&g);
+    digest_init(&s).unwrap();
+    digest(&s).unwrap();
+
+    // Refused once with the data call, accepted on its own: the caller sees nothing of it.
+    digest_init(&s).unwrap();
+    fakes[0].next("C_DigestInit", Answer::Rv(CKR_MECHANISM_INVALID));
+    assert_eq!(digest(&s), Ok(1));
+    assert_eq!(fakes[0].calls("C_DigestInit"), 3);
+
+    // Refused both times: the member's answer, and the next Init is made at the Init again.
+    digest_init(&s).unwrap();
+    assert_eq!(fakes[0].calls("C_DigestInit"), 3, "accepted on its own, so it travels");
+    fakes[0].next("C_DigestInit", Answer::Rv(CKR_KEY_FUNCTION_NOT_PERMITTED));
+    fakes[0].next("C_DigestInit", Answer::Rv(CKR_KEY_FUNCTION_NOT_PERMITTED));
+    assert_eq!(digest(&s), Err(CKR_KEY_FUNCTION_NOT_PERMITTED));
+    assert_eq!(
+        digest(&s),
+        Err(CKR_OPERATION_NOT_INITIALIZED),
+        "an operation that never started stayed"
+    );
+    fakes[0].next("C_DigestInit", Answer::Rv(CKR_KEY_FUNCTION_NOT_PERMITTED));
+    assert_eq!(
+        digest_init(&s),
+        Err(CKR_KEY_FUNCTION_NOT_PERMITTED),
+        "a refused Init was still taken as accepted"
+    );
+    assert!(up(&g, 0), "a member was dropped for refusing an Init");
+}
+
+#[test]
+fn a_second_init_meets_the_waiting_one_as_the_member_would_meet_it() {
+    let (g, fakes) = group(&[false], TIMEOUT);
+    let s = session(&g);
+    digest_init(&s).unwrap();
+    digest(&s).unwrap();
+    digest_init(&s).unwrap();
+    assert_eq!(
+        digest_init(&s),
+        Err(CKR_OPERATION_ACTIVE),
+        "the member never saw the operation that is active"
+    );
+    assert_eq!(digest(&s), Ok(1), "the active operation was lost");
+    assert_eq!(fakes[0].calls("C_Digest"), 2);
+}
+
+#[test]
+fn a_member_that_fails_at_a_travelling_init_is_dropped_and_the_operation_runs_elsewhere() {
+    let (g, fakes) = group(&[false, false], TIMEOUT);
+    let s = session(&g);
+    digest_init(&s).unwrap();
+    let holder = digest(&s).unwrap() as usize - 1;
+    digest_init(&s).unwrap();
+    fakes[holder].always("C_DigestInit", Answer::Rv(CKR_DEVICE_REMOVED));
+    let tag = digest(&s).unwrap() as usize - 1;
+    assert_ne!(tag, holder, "served by the member that failed");
+    assert!(!up(&g, holder) && up(&g, tag));
+    assert_eq!(fakes[holder].calls("C_Digest"), 1, "data went to a dead member");
+}
