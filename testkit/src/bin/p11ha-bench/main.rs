@@ -13,7 +13,8 @@
 //! 6 memory, 7 reintroduction, 8 multi-part SHA-256 with and without replay (issue 14), 9 CPU of
 //! an idle application, 10 the audit trail on and off (issue 15), 11 destroys while a member is
 //! down and their settling (issue 12, destroys.rs), 12 creating token objects on a synchronized
-//! group with every member up (issue 17, creates.rs). Throughput parts report CPU time per operation beside ops/s.
+//! group with every member up (issue 17, creates.rs). Throughput parts report CPU time per
+//! operation beside ops/s, and its ratio to direct.
 //!
 //! `P11HA_LIB` selects the libp11ha.so to measure (default: next to this executable);
 //! `P11HA_LIB_BEFORE` adds an older one to parts 1 and 2, compared in the same run.
@@ -435,6 +436,7 @@ fn op_name(op: &str) -> &'static str {
         "hmac" => "HMAC-SHA256 sign (64 B)",
         "aesgcm" => "AES-256-GCM encrypt 1 KiB",
         "random" => "C_GenerateRandom 32 B",
+        "digest" => "C_DigestInit + C_Digest 64 B",
         _ => "C_GetSessionInfo",
     }
 }
@@ -622,6 +624,7 @@ fn part10(w: &Cluster, lib: &Path, p: &Params) -> String {
         ha_child(w, lib, "p11ha-audit-off", &audit_conf(None)),
         ha_child(w, lib, "p11ha-audit-on", &audit_conf(Some(false))),
         ha_child(w, lib, "p11ha-audit-keyuse", &audit_conf(Some(true))),
+        softhsm_child(w),
     ];
     let cells = [("ecdsa", 1usize), ("ecdsa", 4), ("openclose", 1)];
     let res = alternate(&mut cs, &cells, p);
@@ -629,25 +632,27 @@ fn part10(w: &Cluster, lib: &Path, p: &Params) -> String {
         "## 10. The audit trail (issue 15): p11ha over 1 in-process SoftHSM member\n\n\
          Off = `haAuditLog` disabled; on = management events (sessions, logins, objects, HA \
          events); key use = `haAuditKeyUse` too (one record per C_SignInit). Cell: ops/s (ratio \
-         to off), p50, CPU per operation. `C_OpenSession` + `C_CloseSession` write two records \
-         when on, so half the difference of their p50 to off is the cost of a record on the \
-         application's thread (MACs are computed on another thread).\n\n\
-         | operation | threads | audit off | on | on, with key use | failed |\n\
-         |---|---|---|---|---|---|\n",
+         to off), p50, CPU per operation (÷ direct SoftHSM, the last column, measured alongside). \
+         `C_OpenSession` + `C_CloseSession` write two records when on, so half the difference of \
+         their p50 to off is the cost of a record on the application's thread (MACs are computed \
+         on another thread).\n\n\
+         | operation | threads | audit off | on | on, with key use | direct SoftHSM | failed |\n\
+         |---|---|---|---|---|---|---|\n",
     );
     for (ci, &(op, th)) in cells.iter().enumerate() {
-        let off = res[ci][0];
+        let (off, d) = (res[ci][0], res[ci][3]);
         let cell = |x: Summary| {
             format!(
-                "{} /s (×{:.3}), {}, CPU {}",
+                "{} /s (×{:.3}), {}, CPU {} (÷ {:.2})",
                 ops(x.ops),
                 x.ops / off.ops,
                 fmt_ns(x.p50),
-                fmt_ns(x.cpu)
+                fmt_ns(x.cpu),
+                x.cpu / d.cpu
             )
         };
         s += &format!(
-            "| {} | {th} | {} | {} | {} | {} |\n",
+            "| {} | {th} | {} | {} | {} | {} | {} |\n",
             if op == "openclose" {
                 "C_OpenSession + C_CloseSession"
             } else {
@@ -656,6 +661,7 @@ fn part10(w: &Cluster, lib: &Path, p: &Params) -> String {
             cell(off),
             cell(res[ci][1]),
             cell(res[ci][2]),
+            cell(d),
             res[ci].iter().map(|x| x.fails).sum::<u64>()
         );
     }
@@ -953,24 +959,34 @@ fn part6(w: &Cluster, lib: &Path) -> String {
     s
 }
 
-/// The answer to a child's `create`: objects made, failures, time (ns), first failure's CK_RV.
+/// The answer to a child's `create`: objects made, failures, time (ns), first failure's CK_RV,
+/// CPU time of the child meanwhile (ns).
 struct Created {
     ok: u64,
     fails: u64,
     ns: u64,
     first_rv: String,
+    cpu: u64,
+}
+
+impl Created {
+    /// CPU time per object made or failed, ns.
+    fn cpu_each(&self) -> f64 {
+        self.cpu as f64 / (self.ok + self.fails).max(1) as f64
+    }
 }
 
 fn create(c: &mut ChildProc, prefix: &str, n: usize) -> Created {
     let r = c.ask(&format!("create {prefix} {n}"), "created", bulk_timeout(n));
     let v: Vec<&str> = r.split_whitespace().collect();
     let num = |i: usize| v.get(i).and_then(|x| x.parse().ok());
-    match (num(0), num(1), num(2), v.get(3)) {
-        (Some(ok), Some(fails), Some(ns), Some(rv)) => Created {
+    match (num(0), num(1), num(2), v.get(3), num(4)) {
+        (Some(ok), Some(fails), Some(ns), Some(rv), Some(cpu)) => Created {
             ok,
             fails,
             ns,
             first_rv: rv.to_string(),
+            cpu,
         },
         _ => panic!("bad answer from {}: created {r}", c.name),
     }
@@ -1083,15 +1099,19 @@ fn part7(w: &Cluster, lib: &Path, n: usize) -> (String, Vec<String>) {
          call returns; then m2's server is restarted. Reintroduce = m2's return (socket accepting) → \
          the HA log line `recovery attempt k reintroducing M token objects to recovered token <m2>` \
          (polled every 10 ms; includes up to 1 s of AutoReconnectInterval). Direct = the same {n} \
-         creations through p11-kit-client to m0 alone (destroyed again before the p11ha run).\n\n\
-         | step | direct: p11-kit-client, m0 alone | p11ha, HASynchronize | p11ha ÷ direct (time) | failed (direct / p11ha) |\n\
+         creations through p11-kit-client to m0 alone (destroyed again before the p11ha run). CPU = \
+         CPU time (user + sys) of the application process per creation.\n\n\
+         | step | direct: p11-kit-client, m0 alone | p11ha, HASynchronize | p11ha ÷ direct (time; CPU) | failed (direct / p11ha) |\n\
          |---|---|---|---|---|\n\
-         | create {n} data objects | {} ({}) | {} ({}) | ×{:.2} | {} / {} |\n",
+         | create {n} data objects | {} ({}, CPU {}) | {} ({}, CPU {}) | ×{:.2}; CPU ×{:.2} | {} / {} |\n",
         fmt_ns(direct.ns as f64),
         rate(direct.ns as f64),
+        fmt_ns(direct.cpu_each()),
         fmt_ns(ha.ns as f64),
         rate(ha.ns as f64),
+        fmt_ns(ha.cpu_each()),
         ha.ns as f64 / direct.ns as f64,
+        ha.cpu_each() / direct.cpu_each(),
         failed(&direct),
         failed(&ha),
     );
