@@ -8,13 +8,15 @@
 //! target/release/p11ha-bench --quick                           # smoke run (< 60 s)
 //! target/release/p11ha-bench --parts 7                         # only part 7 (reintroduction)
 //! target/release/p11ha-bench --parts 11                        # only part 11 (destroys, m2 down)
+//! target/release/p11ha-bench --parts 13                        # only part 13 (4 CPU burners)
 //! ```
 //! Parts: 1 in-process overhead, 2 remote members, 3 failover, 4 recovery, 5 C_Initialize,
 //! 6 memory, 7 reintroduction, 8 multi-part SHA-256 with and without replay (issue 14), 9 CPU of
 //! an idle application, 10 the audit trail on and off (issue 15), 11 destroys while a member is
 //! down and their settling (issue 12, destroys.rs), 12 creating token objects on a synchronized
-//! group with every member up (issue 17, creates.rs). Throughput parts report CPU time per
-//! operation beside ops/s, and its ratio to direct.
+//! group with every member up (issue 17, creates.rs), 13 ECDSA quiet and with 4 CPU burners
+//! (issue 17, burners.rs). Throughput parts report CPU time per operation beside ops/s, and
+//! its ratio to direct.
 //!
 //! `P11HA_LIB` selects the libp11ha.so to measure (default: next to this executable);
 //! `P11HA_LIB_BEFORE` adds an older one to parts 1 and 2, compared in the same run.
@@ -23,6 +25,7 @@
 //! objects on a member, or part 12 lost creations or left objects behind (numbers are never
 //! judged); 2 on a bad command line.
 
+mod burners;
 mod child;
 mod children;
 mod creates;
@@ -38,7 +41,7 @@ use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(30);
 /// Every part there is (the default run).
-const PARTS: std::ops::RangeInclusive<u32> = 1..=12;
+const PARTS: std::ops::RangeInclusive<u32> = 1..=13;
 /// Bound of the wait from a member's return to its reintroduction log line (part 7).
 const T_REINTRO: Duration = Duration::from_secs(120);
 
@@ -62,6 +65,11 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--child") {
         child::main(&args[2], &args[3]);
+        return;
+    }
+    // A CPU burner of part 13: --burn <parent pid> <max s>.
+    if args.get(1).map(String::as_str) == Some("--burn") && args.len() == 4 {
+        burners::burn(&args[2], &args[3]);
         return;
     }
     let quick = args.iter().any(|a| a == "--quick");
@@ -140,6 +148,9 @@ fn main() {
     }
     if on(10) {
         out.push(part10(&w, &lib, &p));
+    }
+    if on(13) {
+        out.push(burners::part13(&w, &lib, &p));
     }
     // Part 5 runs before the fault parts, while every member is fresh.
     let p5 = on(5).then(|| part5(&w, &lib, &p));
