@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The operations measured.
-pub const OPS: &[&str] = &["ecdsa", "rsa", "hmac", "aesgcm", "random", "sessinfo"];
+pub const OPS: &[&str] = &[
+    "ecdsa", "rsa", "hmac", "aesgcm", "random", "digest", "sessinfo",
+];
 
 /// The multi-part stream of part 8: SHA-256 over `MP_PARTS` parts of `MP_PART` bytes (1 MiB).
 pub const MP_PART: usize = 4096;
@@ -30,7 +32,8 @@ struct Worker {
     out: Vec<u8>,
     iv: [u8; 12],
     gcm: CK_GCM_PARAMS,
-    /// The digest of the first stream ("sha256mp"): every later one must give the same.
+    /// The digest of the first stream ("sha256mp") or one-shot digest ("digest"): every later
+    /// one must give the same.
     reference: Option<Vec<u8>>,
 }
 
@@ -43,6 +46,7 @@ impl Worker {
             "hmac" => (CKO_SECRET_KEY, HMAC_ID, 64, 32),
             "aesgcm" => (CKO_SECRET_KEY, AES_ID, 1024, 1024 + 16),
             "random" => (0, 0, 0, 32),
+            "digest" => (0, 0, 64, 32),
             "sessinfo" | "openclose" => (0, 0, 0, 0),
             "sha256mp" => (0, 0, MP_PART, 32),
             _ => return Err(format!("unknown op {op}")),
@@ -98,6 +102,7 @@ impl Worker {
             }
             "random" => m.random(self.h, &mut self.out),
             "sha256mp" => self.digest_stream(),
+            "digest" => self.digest_once(),
             // Part 10: with the audit trail on, two records (C_OpenSession, C_CloseSession).
             "openclose" => match m.open_session(self.slot) {
                 Ok(h) => {
@@ -107,6 +112,46 @@ impl Worker {
                 Err(_) => CKR_GENERAL_ERROR,
             },
             _ => m.session_info(self.h),
+        }
+    }
+
+    /// One-shot SHA-256 over 64 bytes (C_DigestInit + C_Digest); a length other than 32 or a
+    /// digest unlike the first one is a failure (CKR_GENERAL_ERROR).
+    fn digest_once(&mut self) -> CK_RV {
+        let fl = self.m.functions();
+        let mut mech = CK_MECHANISM {
+            mechanism: CKM_SHA256,
+            pParameter: std::ptr::null_mut(),
+            ulParameterLen: 0,
+        };
+        let mut len = self.out.len() as CK_ULONG;
+        // SAFETY: the function list of a loaded module; buffers live for each call.
+        unsafe {
+            let rv = (fl.C_DigestInit.unwrap())(self.h, &mut mech);
+            if rv != CKR_OK {
+                return rv;
+            }
+            let rv = (fl.C_Digest.unwrap())(
+                self.h,
+                self.data.as_mut_ptr(),
+                self.data.len() as CK_ULONG,
+                self.out.as_mut_ptr(),
+                &mut len,
+            );
+            if rv != CKR_OK {
+                return rv;
+            }
+        }
+        if len != 32 {
+            return CKR_GENERAL_ERROR;
+        }
+        match &self.reference {
+            None => {
+                self.reference = Some(self.out.clone());
+                CKR_OK
+            }
+            Some(r) if *r == self.out => CKR_OK,
+            Some(_) => CKR_GENERAL_ERROR,
         }
     }
 
@@ -368,10 +413,12 @@ fn serve(module: &str, label: &str) -> Result<(), String> {
                     lats.len()
                 ));
             }
-            // create <prefix> <n>: n token data objects `<prefix>-<i>`, one after the other.
+            // create <prefix> <n>: n token data objects `<prefix>-<i>`, one after the other;
+            // answers made, failed, ns, the first failure's CK_RV, CPU ns meanwhile.
             Some("create") => {
                 let h = m.open_session(slot)?;
                 let (mut ok, mut fails, mut first_rv) = (0u64, 0u64, CKR_OK);
+                let cpu0 = cpu_ns();
                 let t = Instant::now();
                 for i in 0..num(2) {
                     let label = format!("{}-{i}", a[1]);
@@ -387,8 +434,9 @@ fn serve(module: &str, label: &str) -> Result<(), String> {
                     }
                 }
                 let ns = t.elapsed().as_nanos();
+                let cpu = cpu_ns() - cpu0;
                 m.close_session(h);
-                say(format!("created {ok} {fails} {ns} {first_rv:#x}"));
+                say(format!("created {ok} {fails} {ns} {first_rv:#x} {cpu}"));
             }
             // count: data objects visible.
             Some("count") => {

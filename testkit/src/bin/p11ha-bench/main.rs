@@ -8,12 +8,15 @@
 //! target/release/p11ha-bench --quick                           # smoke run (< 60 s)
 //! target/release/p11ha-bench --parts 7                         # only part 7 (reintroduction)
 //! target/release/p11ha-bench --parts 11                        # only part 11 (destroys, m2 down)
+//! target/release/p11ha-bench --parts 13                        # only part 13 (4 CPU burners)
 //! ```
 //! Parts: 1 in-process overhead, 2 remote members, 3 failover, 4 recovery, 5 C_Initialize,
 //! 6 memory, 7 reintroduction, 8 multi-part SHA-256 with and without replay (issue 14), 9 CPU of
 //! an idle application, 10 the audit trail on and off (issue 15), 11 destroys while a member is
 //! down and their settling (issue 12, destroys.rs), 12 creating token objects on a synchronized
-//! group with every member up (issue 17, creates.rs). Throughput parts report CPU time per operation beside ops/s.
+//! group with every member up (issue 17, creates.rs), 13 ECDSA quiet and with 4 CPU burners
+//! (issue 17, burners.rs). Throughput parts report CPU time per operation beside ops/s, and
+//! its ratio to direct.
 //!
 //! `P11HA_LIB` selects the libp11ha.so to measure (default: next to this executable);
 //! `P11HA_LIB_BEFORE` adds an older one to parts 1 and 2, compared in the same run.
@@ -22,6 +25,7 @@
 //! objects on a member, or part 12 lost creations or left objects behind (numbers are never
 //! judged); 2 on a bad command line.
 
+mod burners;
 mod child;
 mod children;
 mod creates;
@@ -37,7 +41,7 @@ use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(30);
 /// Every part there is (the default run).
-const PARTS: std::ops::RangeInclusive<u32> = 1..=12;
+const PARTS: std::ops::RangeInclusive<u32> = 1..=13;
 /// Bound of the wait from a member's return to its reintroduction log line (part 7).
 const T_REINTRO: Duration = Duration::from_secs(120);
 
@@ -61,6 +65,11 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--child") {
         child::main(&args[2], &args[3]);
+        return;
+    }
+    // A CPU burner of part 13: --burn <parent pid> <max s>.
+    if args.get(1).map(String::as_str) == Some("--burn") && args.len() == 4 {
+        burners::burn(&args[2], &args[3]);
         return;
     }
     let quick = args.iter().any(|a| a == "--quick");
@@ -139,6 +148,9 @@ fn main() {
     }
     if on(10) {
         out.push(part10(&w, &lib, &p));
+    }
+    if on(13) {
+        out.push(burners::part13(&w, &lib, &p));
     }
     // Part 5 runs before the fault parts, while every member is fresh.
     let p5 = on(5).then(|| part5(&w, &lib, &p));
@@ -435,6 +447,7 @@ fn op_name(op: &str) -> &'static str {
         "hmac" => "HMAC-SHA256 sign (64 B)",
         "aesgcm" => "AES-256-GCM encrypt 1 KiB",
         "random" => "C_GenerateRandom 32 B",
+        "digest" => "C_DigestInit + C_Digest 64 B",
         _ => "C_GetSessionInfo",
     }
 }
@@ -622,6 +635,7 @@ fn part10(w: &Cluster, lib: &Path, p: &Params) -> String {
         ha_child(w, lib, "p11ha-audit-off", &audit_conf(None)),
         ha_child(w, lib, "p11ha-audit-on", &audit_conf(Some(false))),
         ha_child(w, lib, "p11ha-audit-keyuse", &audit_conf(Some(true))),
+        softhsm_child(w),
     ];
     let cells = [("ecdsa", 1usize), ("ecdsa", 4), ("openclose", 1)];
     let res = alternate(&mut cs, &cells, p);
@@ -629,25 +643,27 @@ fn part10(w: &Cluster, lib: &Path, p: &Params) -> String {
         "## 10. The audit trail (issue 15): p11ha over 1 in-process SoftHSM member\n\n\
          Off = `haAuditLog` disabled; on = management events (sessions, logins, objects, HA \
          events); key use = `haAuditKeyUse` too (one record per C_SignInit). Cell: ops/s (ratio \
-         to off), p50, CPU per operation. `C_OpenSession` + `C_CloseSession` write two records \
-         when on, so half the difference of their p50 to off is the cost of a record on the \
-         application's thread (MACs are computed on another thread).\n\n\
-         | operation | threads | audit off | on | on, with key use | failed |\n\
-         |---|---|---|---|---|---|\n",
+         to off), p50, CPU per operation (÷ direct SoftHSM, the last column, measured alongside). \
+         `C_OpenSession` + `C_CloseSession` write two records when on, so half the difference of \
+         their p50 to off is the cost of a record on the application's thread (MACs are computed \
+         on another thread).\n\n\
+         | operation | threads | audit off | on | on, with key use | direct SoftHSM | failed |\n\
+         |---|---|---|---|---|---|---|\n",
     );
     for (ci, &(op, th)) in cells.iter().enumerate() {
-        let off = res[ci][0];
+        let (off, d) = (res[ci][0], res[ci][3]);
         let cell = |x: Summary| {
             format!(
-                "{} /s (×{:.3}), {}, CPU {}",
+                "{} /s (×{:.3}), {}, CPU {} (÷ {:.2})",
                 ops(x.ops),
                 x.ops / off.ops,
                 fmt_ns(x.p50),
-                fmt_ns(x.cpu)
+                fmt_ns(x.cpu),
+                x.cpu / d.cpu
             )
         };
         s += &format!(
-            "| {} | {th} | {} | {} | {} | {} |\n",
+            "| {} | {th} | {} | {} | {} | {} | {} |\n",
             if op == "openclose" {
                 "C_OpenSession + C_CloseSession"
             } else {
@@ -656,6 +672,7 @@ fn part10(w: &Cluster, lib: &Path, p: &Params) -> String {
             cell(off),
             cell(res[ci][1]),
             cell(res[ci][2]),
+            cell(d),
             res[ci].iter().map(|x| x.fails).sum::<u64>()
         );
     }
@@ -953,24 +970,34 @@ fn part6(w: &Cluster, lib: &Path) -> String {
     s
 }
 
-/// The answer to a child's `create`: objects made, failures, time (ns), first failure's CK_RV.
+/// The answer to a child's `create`: objects made, failures, time (ns), first failure's CK_RV,
+/// CPU time of the child meanwhile (ns).
 struct Created {
     ok: u64,
     fails: u64,
     ns: u64,
     first_rv: String,
+    cpu: u64,
+}
+
+impl Created {
+    /// CPU time per object made or failed, ns.
+    fn cpu_each(&self) -> f64 {
+        self.cpu as f64 / (self.ok + self.fails).max(1) as f64
+    }
 }
 
 fn create(c: &mut ChildProc, prefix: &str, n: usize) -> Created {
     let r = c.ask(&format!("create {prefix} {n}"), "created", bulk_timeout(n));
     let v: Vec<&str> = r.split_whitespace().collect();
     let num = |i: usize| v.get(i).and_then(|x| x.parse().ok());
-    match (num(0), num(1), num(2), v.get(3)) {
-        (Some(ok), Some(fails), Some(ns), Some(rv)) => Created {
+    match (num(0), num(1), num(2), v.get(3), num(4)) {
+        (Some(ok), Some(fails), Some(ns), Some(rv), Some(cpu)) => Created {
             ok,
             fails,
             ns,
             first_rv: rv.to_string(),
+            cpu,
         },
         _ => panic!("bad answer from {}: created {r}", c.name),
     }
@@ -1083,15 +1110,19 @@ fn part7(w: &Cluster, lib: &Path, n: usize) -> (String, Vec<String>) {
          call returns; then m2's server is restarted. Reintroduce = m2's return (socket accepting) → \
          the HA log line `recovery attempt k reintroducing M token objects to recovered token <m2>` \
          (polled every 10 ms; includes up to 1 s of AutoReconnectInterval). Direct = the same {n} \
-         creations through p11-kit-client to m0 alone (destroyed again before the p11ha run).\n\n\
-         | step | direct: p11-kit-client, m0 alone | p11ha, HASynchronize | p11ha ÷ direct (time) | failed (direct / p11ha) |\n\
+         creations through p11-kit-client to m0 alone (destroyed again before the p11ha run). CPU = \
+         CPU time (user + sys) of the application process per creation.\n\n\
+         | step | direct: p11-kit-client, m0 alone | p11ha, HASynchronize | p11ha ÷ direct (time; CPU) | failed (direct / p11ha) |\n\
          |---|---|---|---|---|\n\
-         | create {n} data objects | {} ({}) | {} ({}) | ×{:.2} | {} / {} |\n",
+         | create {n} data objects | {} ({}, CPU {}) | {} ({}, CPU {}) | ×{:.2}; CPU ×{:.2} | {} / {} |\n",
         fmt_ns(direct.ns as f64),
         rate(direct.ns as f64),
+        fmt_ns(direct.cpu_each()),
         fmt_ns(ha.ns as f64),
         rate(ha.ns as f64),
+        fmt_ns(ha.cpu_each()),
         ha.ns as f64 / direct.ns as f64,
+        ha.cpu_each() / direct.cpu_each(),
         failed(&direct),
         failed(&ha),
     );
