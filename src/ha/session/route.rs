@@ -66,6 +66,10 @@ impl Session {
         idx: usize,
         b: &Binding,
     ) -> MemberResult<CK_SESSION_HANDLE> {
+        // Any other call in this session meets the member the way it would meet it directly:
+        // with the operation's Init made (SoftHSM, for one, refuses a search while a digest is
+        // active). Only the operation's own next call carries its Init.
+        self.begin_waiting(st);
         if st.member_sessions.len() <= idx {
             st.member_sessions.resize(idx + 1, None);
         }
