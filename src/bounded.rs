@@ -12,7 +12,7 @@
 use parking_lot::Mutex;
 use std::cell::UnsafeCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::Thread;
 use std::time::{Duration, Instant};
@@ -41,27 +41,121 @@ pub const IDLE_EXIT: Duration = Duration::from_secs(10);
 const POLL_CALLER: Duration = Duration::from_micros(100);
 const POLL_WORKER: Duration = Duration::from_micros(100);
 
+/// How long before an expected answer a caller that slept wakes up to poll for it: the timer
+/// slack of a normal thread (50 µs) and waking on a virtual machine.
+const WAKE_LEAD: Duration = Duration::from_micros(70);
+
+/// How long the calls into one module instance take, about: the fastest of late, drifting up
+/// slowly. A caller that expects a long call (a remote member: one round trip is 100 µs or more)
+/// sleeps for most of it rather than polling, and polls only around the time the answer is due:
+/// the CPU of polling is spent where it saves a wake-up, not for the whole round trip.
+#[derive(Default)]
+pub struct Pace {
+    nanos: AtomicU64,
+}
+
+impl Pace {
+    /// Records one call that took `took`.
+    pub fn record(&self, took: Duration) {
+        let took = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let was = self.nanos.load(Ordering::Relaxed);
+        // Down at once, up by an eighth of the gap: a slow call now and then (a key
+        // generation, a stall) does not make callers oversleep the usual ones.
+        let now = if was == 0 || took < was {
+            took
+        } else {
+            was + (took - was) / 8
+        };
+        self.nanos.store(now, Ordering::Relaxed);
+    }
+
+    /// How long a caller may sleep before it polls for the answer of a call starting now.
+    pub fn sleep_first(&self) -> Duration {
+        Duration::from_nanos(self.nanos.load(Ordering::Relaxed)).saturating_sub(WAKE_LEAD)
+    }
+}
+
 /// Callers, and idle workers, polling now. At most one of each polls at a time, so that pollers
 /// never crowd out the threads doing work on a small machine (the others park at once instead;
 /// p11ha-bench measured one poller per CPU as slower on 2 CPUs).
 static POLLING_CALLERS: AtomicUsize = AtomicUsize::new(0);
 static POLLING_WORKERS: AtomicUsize = AtomicUsize::new(0);
 
+/// Polling is harmful when the CPUs are contended: a thread that yields waits behind the
+/// others for their whole time slice (milliseconds), and an unpark does not hurry it, being
+/// runnable already; a parked thread, woken, runs promptly. p11ha-bench part 13, ECDSA at 1
+/// thread with 4 CPU burners, in-process member: 0.01-0.04 of direct polling, 0.4-1.1 parking.
+///
+/// How often [`cpus_busy`] looks again.
+const BUSY_CHECK_EVERY: Duration = Duration::from_millis(5);
+
+/// Whether more threads are runnable than the process has CPUs, as last seen (at most
+/// [`BUSY_CHECK_EVERY`] ago): polling then takes a CPU from a thread that needs it, the
+/// member's own (a p11-kit server), the worker, or another program's. A yield does not tell:
+/// the scheduler often hands the CPU straight back to the poller.
+fn cpus_busy() -> bool {
+    static NEXT_CHECK: AtomicU64 = AtomicU64::new(0);
+    static BUSY: AtomicBool = AtomicBool::new(false);
+    let now = since_epoch(Instant::now());
+    let next = NEXT_CHECK.load(Ordering::Relaxed);
+    let every = BUSY_CHECK_EVERY.as_nanos() as u64;
+    if now >= next
+        && NEXT_CHECK
+            .compare_exchange(next, now + every, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        BUSY.store(runnable_beyond_cpus(), Ordering::Relaxed);
+    }
+    BUSY.load(Ordering::Relaxed)
+}
+
+/// `/proc/loadavg` reads "0.52 0.58 0.59 3/211 1234": the fourth field's first number is the
+/// number of threads runnable now, the reader included. One more than the CPUs is normal (the
+/// reader, its worker, a kernel thread); more is contention (4 CPU burners on 2 CPUs read 5-6).
+/// Without the file: not busy.
+fn runnable_beyond_cpus() -> bool {
+    use std::io::Read;
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let cpus = *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let mut buf = [0u8; 128];
+    let n = std::fs::File::open("/proc/loadavg")
+        .and_then(|mut f| f.read(&mut buf))
+        .unwrap_or(0);
+    let running = std::str::from_utf8(&buf[..n])
+        .ok()
+        .and_then(|t| t.split_whitespace().nth(3))
+        .and_then(|f| f.split('/').next())
+        .and_then(|r| r.parse::<usize>().ok())
+        .unwrap_or(0);
+    running > cpus + 1
+}
+
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn since_epoch(t: Instant) -> u64 {
+    u64::try_from(t.saturating_duration_since(epoch()).as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// Waits for `done` for up to `limit`, yielding the CPU between checks (busy spinning measured
 /// far slower on a loaded 2-CPU machine: the spinner takes the CPU the worker needs), unless
-/// another thread of the same kind polls already; whether `done` came.
+/// another thread of the same kind polls already or the CPUs are contended; whether `done`
+/// came.
 fn poll(limit: Duration, polling: &AtomicUsize, done: impl Fn() -> bool) -> bool {
     if done() {
         return true;
     }
+    let start = Instant::now();
     if limit.is_zero()
+        || cpus_busy()
         || polling
             .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
             .is_err()
     {
         return false;
     }
-    let start = Instant::now();
     let got = loop {
         std::thread::yield_now();
         if done() {
@@ -231,7 +325,21 @@ where
         return catch_unwind(AssertUnwindSafe(|| without_sigpipe(f)))
             .map_err(|_| Stalled::Panicked);
     }
-    match start(f).wait(timeout) {
+    run_after(timeout, Duration::ZERO, f)
+}
+
+/// [`run`] for a call expected to take at least `sleep_first` ([`Pace::sleep_first`]): the
+/// caller sleeps that long (woken earlier by an earlier answer) before it polls.
+pub fn run_after<T, F>(timeout: Duration, sleep_first: Duration, f: F) -> Result<T, Stalled>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    if is_inline() {
+        return catch_unwind(AssertUnwindSafe(|| without_sigpipe(f)))
+            .map_err(|_| Stalled::Panicked);
+    }
+    match start(f).wait_after(timeout, sleep_first) {
         Ok(v) => Ok(v),
         Err(Unfinished::Running(_)) => Err(Stalled::TimedOut),
         Err(Unfinished::Panicked) => Err(Stalled::Panicked),
@@ -254,30 +362,67 @@ pub enum Unfinished<T> {
 impl<T> Pending<T> {
     /// The result, or what became of the call after `timeout`.
     pub fn wait(self, timeout: Duration) -> Result<T, Unfinished<T>> {
+        self.wait_after(timeout, Duration::ZERO)
+    }
+
+    /// [`Pending::wait`], sleeping up to `sleep_first` before polling (see [`Pace`]).
+    fn wait_after(self, timeout: Duration, sleep_first: Duration) -> Result<T, Unfinished<T>> {
         let state = || self.call.state().load(Ordering::Acquire);
-        if !poll(POLL_CALLER.min(timeout), &POLLING_CALLERS, || {
-            state() != RUNNING
-        }) {
-            let deadline = Instant::now() + timeout;
-            {
+        let start = Instant::now();
+        let deadline = start + timeout;
+        // With the CPUs busy, sleeping first measured far slower (p11ha-bench part 13, remote
+        // member with 4 CPU burners: 0.16 of direct, 1.01 parking at once).
+        let sleep_first = if cpus_busy() {
+            Duration::ZERO
+        } else {
+            sleep_first
+        };
+        let sleep_until = start + sleep_first.min(timeout);
+        let mut registered = false;
+        let mut polled = sleep_first.is_zero();
+        if polled
+            && poll(POLL_CALLER.min(timeout), &POLLING_CALLERS, || {
+                state() != RUNNING
+            })
+        {
+            return self.answer();
+        }
+        while state() == RUNNING {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Unfinished::Running(self));
+            }
+            if !polled && now >= sleep_until {
+                // Slept through most of the call: its answer is due about now.
+                polled = true;
+                let left = deadline - now;
+                if poll(POLL_CALLER.min(left), &POLLING_CALLERS, || {
+                    state() != RUNNING
+                }) {
+                    break;
+                }
+                continue;
+            }
+            if !registered {
                 // The thread that started the call is registered already; another one (a
                 // C_Initialize waited for by the recovery thread) registers itself.
+                registered = true;
                 let mut w = self.call.waiter().lock();
                 let me = std::thread::current();
                 if w.as_ref().map(Thread::id) != Some(me.id()) {
                     *w = Some(me);
                 }
+                continue; // the answer may have come meanwhile
             }
-            while state() == RUNNING {
-                let now = Instant::now();
-                if now >= deadline {
-                    return Err(Unfinished::Running(self));
-                }
-                // Wakes on the worker's unpark, or spuriously (a stale token): checked again.
-                std::thread::park_timeout(deadline - now);
-            }
+            let until = if polled { deadline } else { sleep_until };
+            // Wakes on the worker's unpark, or spuriously (a stale token): checked again.
+            std::thread::park_timeout(until - now);
         }
-        match state() {
+        self.answer()
+    }
+
+    fn answer(self) -> Result<T, Unfinished<T>> {
+        match self.call.state().load(Ordering::Acquire) {
             DONE => self.call.take().ok_or(Unfinished::Panicked),
             _ => Err(Unfinished::Panicked),
         }
@@ -471,6 +616,65 @@ mod tests {
             waited < Duration::from_secs(10),
             "slept to its deadline: {waited:?}"
         );
+    }
+
+    #[test]
+    fn the_pace_follows_the_fastest_calls_at_once_and_slower_ones_slowly() {
+        let pace = Pace::default();
+        assert_eq!(
+            pace.sleep_first(),
+            Duration::ZERO,
+            "nothing known: no sleep"
+        );
+        pace.record(Duration::from_micros(1070));
+        assert_eq!(pace.sleep_first(), Duration::from_micros(1000));
+        pace.record(Duration::from_micros(270));
+        assert_eq!(
+            pace.sleep_first(),
+            Duration::from_micros(200),
+            "down at once"
+        );
+        pace.record(Duration::from_micros(1070));
+        assert_eq!(
+            pace.sleep_first(),
+            Duration::from_micros(300),
+            "up by an eighth of the gap"
+        );
+        pace.record(Duration::from_micros(10));
+        assert_eq!(
+            pace.sleep_first(),
+            Duration::ZERO,
+            "a fast member is polled for"
+        );
+    }
+
+    #[test]
+    fn a_caller_sleeping_first_is_woken_by_an_early_answer_and_still_bounded() {
+        let t0 = Instant::now();
+        assert_eq!(
+            run_after(Duration::from_secs(20), Duration::from_secs(10), || 3),
+            Ok(3)
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "slept past the answer"
+        );
+
+        let (release_tx, release_rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let t0 = Instant::now();
+        let r = run_after(
+            Duration::from_millis(100),
+            Duration::from_secs(10),
+            move || {
+                let _ = release_rx.recv();
+            },
+        );
+        assert_eq!(r, Err(Stalled::TimedOut));
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "slept past the deadline"
+        );
+        release_tx.send(()).unwrap();
     }
 
     #[test]

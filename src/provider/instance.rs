@@ -70,6 +70,8 @@ pub(crate) struct Gate {
     inside: AtomicUsize,
     /// Held by the call inside the module, when calls take turns ([`Calls::OneAtATime`]).
     turn: Option<Mutex<()>>,
+    /// How long calls into the module take: how long a caller sleeps before it polls.
+    pace: bounded::Pace,
 }
 
 /// One call inside the instance; leaving is dropping it, wherever the call finished.
@@ -149,14 +151,18 @@ impl Instance {
         let fns = self.fns;
         // The caller gives up at the deadline; so does a call still waiting for its turn.
         let deadline = Instant::now() + self.timeout;
-        bounded::run(self.timeout, move || {
+        let sleep_first = self.gate.pace.sleep_first();
+        bounded::run_after(self.timeout, sleep_first, move || {
             // The pass is moved in so the instance counts this call as inside until it returns.
             let inside = pass;
             let _turn = match &inside.0.turn {
                 Some(turn) => Some(turn.try_lock_until(deadline)?),
                 None => None,
             };
-            Some(f(fns))
+            let began = Instant::now();
+            let out = f(fns);
+            inside.0.pace.record(began.elapsed());
+            Some(out)
         })
         .map_err(Fault::from)?
         .ok_or(Fault::TimedOut)

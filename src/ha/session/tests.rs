@@ -262,7 +262,11 @@ fn an_init_the_member_accepted_before_travels_with_the_first_data_call() {
     let (g, fakes) = group(&[false], TIMEOUT);
     let s = session(&g);
     digest_init(&s).unwrap();
-    assert_eq!(fakes[0].calls("C_DigestInit"), 1, "a first Init is made at once");
+    assert_eq!(
+        fakes[0].calls("C_DigestInit"),
+        1,
+        "a first Init is made at once"
+    );
     assert_eq!(digest(&s), Ok(1));
     digest_init(&s).unwrap();
     assert_eq!(
@@ -290,7 +294,11 @@ fn a_travelling_init_the_member_refuses_is_made_on_its_own_and_its_answer_reache
 
     // Refused both times: the member's answer, and the next Init is made at the Init again.
     digest_init(&s).unwrap();
-    assert_eq!(fakes[0].calls("C_DigestInit"), 3, "accepted on its own, so it travels");
+    assert_eq!(
+        fakes[0].calls("C_DigestInit"),
+        3,
+        "accepted on its own, so it travels"
+    );
     fakes[0].next("C_DigestInit", Answer::Rv(CKR_KEY_FUNCTION_NOT_PERMITTED));
     fakes[0].next("C_DigestInit", Answer::Rv(CKR_KEY_FUNCTION_NOT_PERMITTED));
     assert_eq!(digest(&s), Err(CKR_KEY_FUNCTION_NOT_PERMITTED));
@@ -335,5 +343,9 @@ fn a_member_that_fails_at_a_travelling_init_is_dropped_and_the_operation_runs_el
     let tag = digest(&s).unwrap() as usize - 1;
     assert_ne!(tag, holder, "served by the member that failed");
     assert!(!up(&g, holder) && up(&g, tag));
-    assert_eq!(fakes[holder].calls("C_Digest"), 1, "data went to a dead member");
+    assert_eq!(
+        fakes[holder].calls("C_Digest"),
+        1,
+        "data went to a dead member"
+    );
 }
