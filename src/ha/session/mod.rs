@@ -52,6 +52,9 @@ struct ActiveOp {
     /// The member's Init, not made yet: it travels with the first data call
     /// (`crate::ha::accepted`). Only while this is the session's one operation.
     begin: Option<Begin>,
+    /// A length query answered by doing the operation (`ops.rs`, `answer_ahead`): its result
+    /// for the follow-up call. The member's operation is over meanwhile.
+    answered: Option<ops::Answered>,
 }
 
 #[derive(Default)]

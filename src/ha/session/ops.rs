@@ -13,6 +13,37 @@ use crate::ha::accepted::Init;
 use crate::mechanism::OwnedMechanism;
 use crate::provider::{Begin, Data, Fault, Input, MemberResult, OpKind, Output};
 use cryptoki_sys::*;
+use zeroize::Zeroizing;
+
+/// A length query's answer given ahead: the operation was done at the query, and the result
+/// waits for the follow-up call with the same input. A two-call application then costs one
+/// member call, not two (over p11-kit: one round trip).
+pub(super) struct Answered {
+    input: Data,
+    /// Zeroized: a digest of secret data, or a signature, is nobody else's business.
+    out: Zeroizing<Vec<u8>>,
+}
+
+/// Operations whose length query is answered ahead: their query answers the exact length on
+/// the members p11ha knows (SoftHSM), so the answer given ahead is the one the member would
+/// have given. A decryption's query answers an upper bound instead, and its errors belong to
+/// the follow-up call, so it is asked as it is.
+fn answers_ahead(kind: OpKind) -> bool {
+    matches!(kind, OpKind::Sign | OpKind::Digest)
+}
+
+/// What became of a length query done ahead.
+enum Ahead {
+    /// The length, the result kept for the follow-up call.
+    Answer(Output),
+    /// To be asked as a plain length query.
+    Plain,
+    /// The member's answer to it, as to the plain query.
+    Refused(CK_RV),
+}
+
+/// Room for an output done ahead; a larger one is asked for as a plain length query.
+const AHEAD_ROOM: usize = 1024;
 
 /// C_DigestKey's input is a key on the member, not bytes p11ha holds.
 const DIGEST_KEY: &str = "C_DigestKey fed it a key, which is not replayed";
@@ -39,6 +70,7 @@ impl Session {
                         kept: Default::default(),
                         busy,
                         begin: None,
+                        answered: None,
                         ..was
                     });
                     return Ok(());
@@ -118,6 +150,7 @@ impl Session {
             kept: Default::default(),
             busy,
             begin,
+            answered: None,
         });
         Ok(())
     }
@@ -139,10 +172,20 @@ impl Session {
     /// whose member fails meanwhile moves; one that cannot start anywhere is forgotten (the
     /// application's next call for it gets CKR_OPERATION_NOT_INITIALIZED from a member).
     pub(super) fn begin_waiting(&self, st: &mut State) {
-        let Some(pos) = st.ops.iter().position(|o| o.begin.is_some()) else {
+        let Some(pos) = st
+            .ops
+            .iter()
+            .position(|o| o.begin.is_some() || o.answered.is_some())
+        else {
             return;
         };
         let mut op = st.ops.swap_remove(pos);
+        if op.answered.is_some() {
+            if self.reopen(st, &mut op).is_ok() {
+                st.ops.push(op);
+            }
+            return;
+        }
         let Some(b) = op.begin.take() else { return };
         let mech = Some(OwnedMechanism::new(b.mechanism));
         match op.inst.op_init(op.kind, op.session, mech, b.key) {
@@ -166,6 +209,9 @@ impl Session {
         op: &mut ActiveOp,
         call: impl Fn(&ActiveOp, Option<Begin>) -> MemberResult<T>,
     ) -> CkResult<MemberResult<T>> {
+        if op.answered.is_some() {
+            self.reopen(st, op)?;
+        }
         let Some(b) = op.begin.take() else {
             return Ok(call(op, None));
         };
@@ -178,6 +224,94 @@ impl Session {
             }
             r => Ok(r),
         }
+    }
+
+    /// Initializes again, on its member, an operation whose length query was answered ahead
+    /// (the member's operation is over) for a call other than the follow-up it expected: the
+    /// member then sees the operation the application believes active.
+    fn reopen(&self, st: &mut State, op: &mut ActiveOp) -> CkResult<()> {
+        op.answered = None;
+        let key = if op.key == 0 {
+            Ok(Some(0))
+        } else {
+            self.resolve(op.idx, &op.inst, op.session, op.key)
+        };
+        let r = key.and_then(|k| {
+            let k = k.ok_or(Fault::Rv(CKR_KEY_HANDLE_INVALID))?;
+            op.inst.op_init(op.kind, op.session, op.mech.clone(), k)
+        });
+        match r {
+            Ok(()) => Ok(()),
+            Err(f) if f.fails_member() => self.restart_elsewhere(st, op, f),
+            Err(f) => Err(f.rv()),
+        }
+    }
+
+    /// A length query of an operation done ahead (see [`Answered`]). It is asked as a plain
+    /// query instead, the member's operation active, when the output is larger than
+    /// [`AHEAD_ROOM`], when the member failed (the query fails over as any call does), or
+    /// when it refused the data (the refusal belongs to the follow-up call, as it would
+    /// directly). `Err`: the travelling Init failed (see `feed`).
+    fn answer_ahead(&self, st: &mut State, op: &mut ActiveOp, data: &Data) -> CkResult<Ahead> {
+        let room = Some(data.len().saturating_add(AHEAD_ROOM) as CK_ULONG);
+        let kind = op.kind;
+        let r = self.feed(st, op, |op, b| {
+            op.inst.op_single(kind, op.session, data.clone(), room, b)
+        })?;
+        match r {
+            Ok(Output {
+                rv: CKR_OK,
+                len,
+                data: Some(out),
+            }) => {
+                op.answered = Some(Answered {
+                    input: data.clone(),
+                    out: Zeroizing::new(out),
+                });
+                Ok(Ahead::Answer(Output {
+                    rv: CKR_OK,
+                    len,
+                    data: None,
+                }))
+            }
+            Ok(_) => Ok(Ahead::Plain),
+            Err(f) if f.fails_member() => Ok(Ahead::Plain),
+            // It was over already (ended by an earlier error): the query's own answer.
+            Err(f @ Fault::Rv(CKR_OPERATION_NOT_INITIALIZED)) => Ok(Ahead::Refused(f.rv())),
+            // The member may have ended the operation on the error, or kept it (SoftHSM
+            // keeps some): active either way before the plain query.
+            Err(f) => match self.reopen(st, op) {
+                Ok(()) | Err(CKR_OPERATION_ACTIVE) => Ok(Ahead::Plain),
+                Err(_) => Ok(Ahead::Refused(f.rv())),
+            },
+        }
+    }
+
+    /// The follow-up of a length query answered ahead, with the same input: the kept answer.
+    /// `None` when the input differs.
+    fn answered_before(op: &mut ActiveOp, data: &Data, cap: Option<CK_ULONG>) -> Option<Output> {
+        let a = op.answered.as_ref()?;
+        if a.input[..] != data[..] {
+            return None;
+        }
+        let len = a.out.len() as CK_ULONG;
+        Some(match cap {
+            None => Output {
+                rv: CKR_OK,
+                len,
+                data: None,
+            },
+            Some(c) if c < len => Output {
+                rv: CKR_BUFFER_TOO_SMALL,
+                len,
+                data: None,
+            },
+            Some(_) => Output {
+                rv: CKR_OK,
+                len,
+                data: op.answered.take().map(|a| a.out.to_vec()),
+            },
+        })
     }
 
     /// A fresh Init of `op` (which its member refused to take with a data call), preferably
@@ -331,6 +465,25 @@ impl Session {
                 t.inst.op_single(kind, t.session, data.clone(), cap, None)
             });
         };
+        if let Some(out) = Self::answered_before(&mut op, &data, cap) {
+            if keeps_active(&out, cap) {
+                st.ops.push(op);
+            }
+            return Ok(out);
+        }
+        if cap.is_none() && op.answered.is_none() && answers_ahead(kind) {
+            match self.answer_ahead(&mut st, &mut op, &data)? {
+                Ahead::Answer(out) => {
+                    st.ops.push(op);
+                    return Ok(out);
+                }
+                Ahead::Refused(rv) => {
+                    Self::keep(&mut st, op);
+                    return Err(rv);
+                }
+                Ahead::Plain => {}
+            }
+        }
         loop {
             let r = self.feed(&mut st, &mut op, |op, b| {
                 op.inst.op_single(kind, op.session, data.clone(), cap, b)
@@ -468,7 +621,7 @@ impl Session {
             return;
         };
         drop(st);
-        if op.begin.is_none() {
+        if op.begin.is_none() && op.answered.is_none() {
             end_on_member(&op);
         }
     }

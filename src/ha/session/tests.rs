@@ -349,3 +349,50 @@ fn a_member_that_fails_at_a_travelling_init_is_dropped_and_the_operation_runs_el
         "data went to a dead member"
     );
 }
+
+#[test]
+fn a_length_query_is_answered_by_doing_the_operation_and_its_follow_up_asks_no_member() {
+    let (g, fakes) = group(&[false], TIMEOUT);
+    let s = session(&g);
+    let abc = || Input::new(b"abc".to_vec());
+    let calls = |f: &'static str| fakes[0].calls(f);
+    digest_init(&s).unwrap();
+    let q = s.op_single(OpKind::Digest, abc(), None).unwrap();
+    assert_eq!((q.rv, q.len, q.data), (CKR_OK, 4, None));
+    assert_eq!(calls("C_Digest"), 1);
+    let small = s.op_single(OpKind::Digest, abc(), Some(2)).unwrap();
+    assert_eq!((small.rv, small.len), (CKR_BUFFER_TOO_SMALL, 4));
+    let out = s.op_single(OpKind::Digest, abc(), Some(64)).unwrap();
+    assert_eq!((out.rv, out.data), (CKR_OK, Some(vec![1; 4])));
+    assert_eq!(calls("C_Digest"), 1, "a follow-up asked the member");
+    assert_eq!(
+        digest(&s),
+        Err(CKR_OPERATION_NOT_INITIALIZED),
+        "the operation outlived its follow-up"
+    );
+
+    // Another input after the query: the member does that one, its operation made active again.
+    digest_init(&s).unwrap();
+    s.op_single(OpKind::Digest, abc(), None).unwrap();
+    let (inits, digests) = (calls("C_DigestInit"), calls("C_Digest"));
+    let other = s
+        .op_single(OpKind::Digest, Input::new(b"abd".to_vec()), Some(64))
+        .unwrap();
+    assert_eq!(other.data, Some(vec![1; 4]));
+    assert_eq!(
+        (calls("C_DigestInit"), calls("C_Digest")),
+        (inits + 1, digests + 1),
+        "another input was answered from the kept result"
+    );
+
+    // A refusal of the data belongs to the follow-up call: the query is asked as it is.
+    digest_init(&s).unwrap();
+    fakes[0].next("C_Digest", Answer::Rv(CKR_DATA_LEN_RANGE));
+    let q = s.op_single(OpKind::Digest, abc(), None).unwrap();
+    assert_eq!((q.rv, q.len), (CKR_OK, 4));
+    assert_eq!(
+        s.op_single(OpKind::Digest, abc(), Some(64)).unwrap().data,
+        Some(vec![1; 4])
+    );
+    assert!(up(&g, 0));
+}
