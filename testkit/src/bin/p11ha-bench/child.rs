@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 /// The operations measured.
 pub const OPS: &[&str] = &[
-    "ecdsa", "rsa", "hmac", "aesgcm", "random", "digest", "sessinfo",
+    "ecdsa", "ecdsa2", "rsa", "hmac", "aesgcm", "random", "digest", "sessinfo",
 ];
 
 /// The multi-part stream of part 8: SHA-256 over `MP_PARTS` parts of `MP_PART` bytes (1 MiB).
@@ -41,7 +41,7 @@ impl Worker {
     fn new(m: &Arc<Module>, slot: CK_SLOT_ID, op: &str) -> Result<Box<Worker>, String> {
         let h = m.open_session(slot)?;
         let (class, id, dlen, olen) = match op {
-            "ecdsa" => (CKO_PRIVATE_KEY, EC_ID, 32, 72),
+            "ecdsa" | "ecdsa2" => (CKO_PRIVATE_KEY, EC_ID, 32, 72),
             "rsa" => (CKO_PRIVATE_KEY, RSA_ID, 32, 256),
             "hmac" => (CKO_SECRET_KEY, HMAC_ID, 64, 32),
             "aesgcm" => (CKO_SECRET_KEY, AES_ID, 1024, 1024 + 16),
@@ -79,6 +79,14 @@ impl Worker {
     fn once(&mut self) -> CK_RV {
         let m = &*self.m;
         match self.op.as_str() {
+            "ecdsa2" => {
+                let mut mech = CK_MECHANISM {
+                    mechanism: CKM_ECDSA,
+                    pParameter: std::ptr::null_mut(),
+                    ulParameterLen: 0,
+                };
+                m.sign_two_call(self.h, &mut mech, self.key, &mut self.data, &mut self.out)
+            }
             "ecdsa" | "rsa" | "hmac" => {
                 let mech = match self.op.as_str() {
                     "ecdsa" => CKM_ECDSA,

@@ -443,6 +443,7 @@ fn part1(w: &Cluster, lib: &Path, p: &Params) -> String {
 fn op_name(op: &str) -> &'static str {
     match op {
         "ecdsa" => "ECDSA P-256 sign (CKM_ECDSA, 32 B digest)",
+        "ecdsa2" => "ECDSA P-256 sign, two-call (length query, then the buffer)",
         "rsa" => "RSA-2048 sign (CKM_SHA256_RSA_PKCS)",
         "hmac" => "HMAC-SHA256 sign (64 B)",
         "aesgcm" => "AES-256-GCM encrypt 1 KiB",
@@ -466,7 +467,14 @@ fn part2(w: &Cluster, lib: &Path, p: &Params) -> String {
         cs.push(ha_child(w, b, "before-r3", &conf(&[0, 1, 2], false)));
     }
     let threads = [1usize, 2, 4, 8];
-    let cells: Vec<(&str, usize)> = threads.iter().map(|&t| ("ecdsa", t)).collect();
+    let mut cells: Vec<(&str, usize)> = threads.iter().map(|&t| ("ecdsa", t)).collect();
+    // A two-call application (length query, then the buffer) at 1 thread: the last row.
+    cells.push(("ecdsa2", 1));
+    let rows: Vec<String> = threads
+        .iter()
+        .map(|t| t.to_string())
+        .chain(["1, two-call".to_string()])
+        .collect();
     let res = alternate(&mut cs, &cells, p);
     let mut s = String::from(
         "## 2. Remote members through `p11-kit server`, ECDSA P-256 sign\n\n\
@@ -475,7 +483,7 @@ fn part2(w: &Cluster, lib: &Path, p: &Params) -> String {
          | threads | p11-kit-client direct | p11ha, 1 member | p11ha, 2 members | p11ha, 3 members | failed |\n\
          |---|---|---|---|---|---|\n",
     );
-    for (ci, th) in threads.iter().enumerate() {
+    for (ci, th) in rows.iter().enumerate() {
         let d = res[ci][0];
         let cell = |x: Summary| {
             format!(
@@ -498,7 +506,7 @@ fn part2(w: &Cluster, lib: &Path, p: &Params) -> String {
         );
     }
     if before.is_some() {
-        let rows: Vec<_> = threads
+        let rows: Vec<_> = rows
             .iter()
             .enumerate()
             .map(|(ci, th)| {
