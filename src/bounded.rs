@@ -321,10 +321,6 @@ where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
 {
-    if is_inline() {
-        return catch_unwind(AssertUnwindSafe(|| without_sigpipe(f)))
-            .map_err(|_| Stalled::Panicked);
-    }
     run_after(timeout, Duration::ZERO, f)
 }
 

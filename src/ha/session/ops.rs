@@ -249,9 +249,9 @@ impl Session {
 
     /// A length query of an operation done ahead (see [`Answered`]). It is asked as a plain
     /// query instead, the member's operation active, when the output is larger than
-    /// [`AHEAD_ROOM`], when the member failed (the query fails over as any call does), or
+    /// [`AHEAD_ROOM`], when the member failed (on the member the operation moved to), or
     /// when it refused the data (the refusal belongs to the follow-up call, as it would
-    /// directly). `Err`: the travelling Init failed (see `feed`).
+    /// directly). `Err`: the operation could not start anywhere (see `feed`).
     fn answer_ahead(&self, st: &mut State, op: &mut ActiveOp, data: &Data) -> CkResult<Ahead> {
         let room = Some(data.len().saturating_add(AHEAD_ROOM) as CK_ULONG);
         let kind = op.kind;
@@ -275,7 +275,12 @@ impl Session {
                 }))
             }
             Ok(_) => Ok(Ahead::Plain),
-            Err(f) if f.fails_member() => Ok(Ahead::Plain),
+            // The member failed, maybe before the Init that travelled: the operation starts
+            // again on another member, and the plain query goes there.
+            Err(f) if f.fails_member() => {
+                self.restart_elsewhere(st, op, f)?;
+                Ok(Ahead::Plain)
+            }
             // It was over already (ended by an earlier error): the query's own answer.
             Err(f @ Fault::Rv(CKR_OPERATION_NOT_INITIALIZED)) => Ok(Ahead::Refused(f.rv())),
             // The member may have ended the operation on the error, or kept it (SoftHSM

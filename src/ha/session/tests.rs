@@ -348,6 +348,20 @@ fn a_member_that_fails_at_a_travelling_init_is_dropped_and_the_operation_runs_el
         1,
         "data went to a dead member"
     );
+
+    // The same with a length query first, which is answered by doing the operation.
+    let (g, fakes) = group(&[false, false], TIMEOUT);
+    let s = session(&g);
+    digest_init(&s).unwrap();
+    let holder = digest(&s).unwrap() as usize - 1;
+    digest_init(&s).unwrap();
+    fakes[holder].always("C_DigestInit", Answer::Rv(CKR_DEVICE_REMOVED));
+    let abc = || Input::new(b"abc".to_vec());
+    let q = s.op_single(OpKind::Digest, abc(), None).unwrap();
+    assert_eq!((q.rv, q.len), (CKR_OK, 4), "the query did not move");
+    let out = s.op_single(OpKind::Digest, abc(), Some(64)).unwrap();
+    assert_ne!(out.data.unwrap()[0] as usize - 1, holder);
+    assert!(!up(&g, holder));
 }
 
 #[test]

@@ -76,6 +76,18 @@ impl Worker {
         Ok(w)
     }
 
+    /// CKR_OK when the output is the first one's (kept then), CKR_GENERAL_ERROR otherwise.
+    fn same_as_reference(&mut self) -> CK_RV {
+        match &self.reference {
+            None => {
+                self.reference = Some(self.out.clone());
+                CKR_OK
+            }
+            Some(r) if *r == self.out => CKR_OK,
+            Some(_) => CKR_GENERAL_ERROR,
+        }
+    }
+
     fn once(&mut self) -> CK_RV {
         let m = &*self.m;
         match self.op.as_str() {
@@ -153,14 +165,7 @@ impl Worker {
         if len != 32 {
             return CKR_GENERAL_ERROR;
         }
-        match &self.reference {
-            None => {
-                self.reference = Some(self.out.clone());
-                CKR_OK
-            }
-            Some(r) if *r == self.out => CKR_OK,
-            Some(_) => CKR_GENERAL_ERROR,
-        }
+        self.same_as_reference()
     }
 
     /// One multi-part SHA-256 over 1 MiB; a digest unlike the first stream's is a failure
@@ -196,14 +201,7 @@ impl Worker {
             }
             self.out.truncate(len as usize);
         }
-        match &self.reference {
-            None => {
-                self.reference = Some(self.out.clone());
-                CKR_OK
-            }
-            Some(r) if *r == self.out => CKR_OK,
-            Some(_) => CKR_GENERAL_ERROR,
-        }
+        self.same_as_reference()
     }
 }
 
