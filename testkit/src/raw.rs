@@ -241,21 +241,7 @@ impl Module {
         data: &mut [u8],
         out: &mut [u8],
     ) -> CK_RV {
-        let rv = call!(self, C_SignInit(h, mech, key));
-        if rv != CKR_OK {
-            return rv;
-        }
-        let mut len = out.len() as CK_ULONG;
-        call!(
-            self,
-            C_Sign(
-                h,
-                data.as_mut_ptr(),
-                data.len() as CK_ULONG,
-                out.as_mut_ptr(),
-                &mut len
-            )
-        )
+        self.sign_calls(h, mech, key, data, out, false)
     }
 
     /// C_SignInit, then C_Sign twice as the standard's two-call convention has it: a length
@@ -268,18 +254,32 @@ impl Module {
         data: &mut [u8],
         out: &mut [u8],
     ) -> CK_RV {
+        self.sign_calls(h, mech, key, data, out, true)
+    }
+
+    fn sign_calls(
+        &self,
+        h: CK_SESSION_HANDLE,
+        mech: &mut CK_MECHANISM,
+        key: CK_OBJECT_HANDLE,
+        data: &mut [u8],
+        out: &mut [u8],
+        query_first: bool,
+    ) -> CK_RV {
         let rv = call!(self, C_SignInit(h, mech, key));
         if rv != CKR_OK {
             return rv;
         }
-        let mut len = 0 as CK_ULONG;
         let (d, n) = (data.as_mut_ptr(), data.len() as CK_ULONG);
-        let rv = call!(self, C_Sign(h, d, n, std::ptr::null_mut(), &mut len));
-        if rv != CKR_OK {
-            return rv;
-        }
-        if len as usize > out.len() {
-            return CKR_BUFFER_TOO_SMALL;
+        let mut len = out.len() as CK_ULONG;
+        if query_first {
+            let rv = call!(self, C_Sign(h, d, n, std::ptr::null_mut(), &mut len));
+            if rv != CKR_OK {
+                return rv;
+            }
+            if len as usize > out.len() {
+                return CKR_BUFFER_TOO_SMALL;
+            }
         }
         call!(self, C_Sign(h, d, n, out.as_mut_ptr(), &mut len))
     }

@@ -166,11 +166,13 @@ impl Session {
         }
     }
 
-    /// Makes the Init still waiting in this session's operation (there is at most one) now,
-    /// for a call that cannot carry it: another Init (the member must see the operation that
-    /// is active, as it would directly), C_DigestKey, a context-specific login. An operation
-    /// whose member fails meanwhile moves; one that cannot start anywhere is forgotten (the
-    /// application's next call for it gets CKR_OPERATION_NOT_INITIALIZED from a member).
+    /// Makes the member hold this session's operation again (there is at most one waiting)
+    /// for a call that is not the operation's own next one: the Init still waiting is made,
+    /// and an operation whose length query was answered ahead is initialized again. Called by
+    /// another Init (the member must see the operation that is active, as it would directly),
+    /// C_DigestKey, a context-specific login, and `member_session` (every other call). An
+    /// operation whose member fails meanwhile moves; one that cannot start anywhere is
+    /// forgotten (the application's next call for it gets CKR_OPERATION_NOT_INITIALIZED).
     pub(super) fn begin_waiting(&self, st: &mut State) {
         let Some(pos) = st
             .ops
@@ -218,7 +220,9 @@ impl Session {
         match call(op, Some(b)) {
             Err(Fault::NotBegun(rv)) if !Fault::Rv(rv).fails_member() => {
                 self.group.objects.inits.refuse(&accepted_init(op, b));
-                self.init_again_here(st, op)?;
+                let prefer = Some(op.idx);
+                self.init_anew(st, op, prefer)
+                    .map_err(|rv| self.init_rv(rv, op.key))?;
                 self.group.objects.inits.accept(accepted_init(op, b));
                 Ok(call(op, None))
             }
@@ -319,17 +323,16 @@ impl Session {
         })
     }
 
-    /// A fresh Init of `op` (which its member refused to take with a data call), preferably
-    /// on the same member.
-    fn init_again_here(&self, st: &mut State, op: &mut ActiveOp) -> CkResult<()> {
+    /// Initializes `op` afresh through the usual member choice (`prefer` first) and moves its
+    /// record to the member that took it: after its member failed, or refused the Init that
+    /// travelled with a data call.
+    fn init_anew(&self, st: &mut State, op: &mut ActiveOp, prefer: Option<usize>) -> CkResult<()> {
         let keys: Vec<_> = if op.key == 0 { vec![] } else { vec![op.key] };
-        let (kind, mech, key) = (op.kind, op.mech.clone(), op.key);
-        let (_, t) = self
-            .attempt(st, &keys, Some(op.idx), |t| {
-                let member_key = t.objects.first().copied().unwrap_or(0);
-                t.inst.op_init(kind, t.session, mech.clone(), member_key)
-            })
-            .map_err(|rv| self.init_rv(rv, key))?;
+        let (kind, mech) = (op.kind, op.mech.clone());
+        let (_, t) = self.attempt(st, &keys, prefer, |t| {
+            let member_key = t.objects.first().copied().unwrap_or(0);
+            t.inst.op_init(kind, t.session, mech.clone(), member_key)
+        })?;
         op.busy = Some(self.group.member(t.idx).busy());
         op.idx = t.idx;
         op.inst = t.inst;
@@ -432,20 +435,7 @@ impl Session {
                 self.log_replay(op, why);
                 return Err(CKR_DEVICE_ERROR);
             }
-            let keys: Vec<_> = if op.key == 0 { vec![] } else { vec![op.key] };
-            let (kind, mech) = (op.kind, op.mech.clone());
-            let (_, t) = self.attempt(st, &keys, None, |t| {
-                t.inst.op_init(
-                    kind,
-                    t.session,
-                    mech.clone(),
-                    t.objects.first().copied().unwrap_or(0),
-                )
-            })?;
-            op.busy = Some(self.group.member(t.idx).busy());
-            op.idx = t.idx;
-            op.inst = t.inst;
-            op.session = t.session;
+            self.init_anew(st, op, None)?;
             if !op.fed {
                 return Ok(());
             }

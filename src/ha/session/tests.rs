@@ -3,7 +3,7 @@
 //! with real members and real faults are in tests/ha_failover.rs and tests/ha_recovery.rs.
 
 use super::Session;
-use crate::ha::fake_member::{group, group_with, Answer};
+use crate::ha::fake_member::{group, group_with, Answer, FakeMember};
 use crate::ha::group::Group;
 use crate::mechanism::OwnedMechanism;
 use crate::provider::outcome::RV_TIMEOUT;
@@ -257,6 +257,16 @@ fn digest(s: &Session) -> Result<u8, CK_RV> {
         .map(|o| o.data.expect("digest bytes")[0])
 }
 
+/// A group of `n` fakes and a session on it in which one digest ran, so that its member
+/// accepted the Init; and that member's index.
+fn after_one_digest(n: usize) -> (Arc<Group>, Vec<Arc<FakeMember>>, Session, usize) {
+    let (g, fakes) = group(&vec![false; n], TIMEOUT);
+    let s = session(&g);
+    digest_init(&s).unwrap();
+    let holder = digest(&s).unwrap() as usize - 1;
+    (g, fakes, s, holder)
+}
+
 #[test]
 fn an_init_the_member_accepted_before_travels_with_the_first_data_call() {
     let (g, fakes) = group(&[false], TIMEOUT);
@@ -281,10 +291,7 @@ fn an_init_the_member_accepted_before_travels_with_the_first_data_call() {
 
 #[test]
 fn a_travelling_init_the_member_refuses_is_made_on_its_own_and_its_answer_reaches_the_caller() {
-    let (g, fakes) = group(&[false], TIMEOUT);
-    let s = session(&g);
-    digest_init(&s).unwrap();
-    digest(&s).unwrap();
+    let (g, fakes, s, _) = after_one_digest(1);
 
     // Refused once with the data call, accepted on its own: the caller sees nothing of it.
     digest_init(&s).unwrap();
@@ -318,10 +325,7 @@ fn a_travelling_init_the_member_refuses_is_made_on_its_own_and_its_answer_reache
 
 #[test]
 fn a_second_init_meets_the_waiting_one_as_the_member_would_meet_it() {
-    let (g, fakes) = group(&[false], TIMEOUT);
-    let s = session(&g);
-    digest_init(&s).unwrap();
-    digest(&s).unwrap();
+    let (_g, fakes, s, _) = after_one_digest(1);
     digest_init(&s).unwrap();
     assert_eq!(
         digest_init(&s),
@@ -334,10 +338,7 @@ fn a_second_init_meets_the_waiting_one_as_the_member_would_meet_it() {
 
 #[test]
 fn a_member_that_fails_at_a_travelling_init_is_dropped_and_the_operation_runs_elsewhere() {
-    let (g, fakes) = group(&[false, false], TIMEOUT);
-    let s = session(&g);
-    digest_init(&s).unwrap();
-    let holder = digest(&s).unwrap() as usize - 1;
+    let (g, fakes, s, holder) = after_one_digest(2);
     digest_init(&s).unwrap();
     fakes[holder].always("C_DigestInit", Answer::Rv(CKR_DEVICE_REMOVED));
     let tag = digest(&s).unwrap() as usize - 1;
@@ -350,10 +351,7 @@ fn a_member_that_fails_at_a_travelling_init_is_dropped_and_the_operation_runs_el
     );
 
     // The same with a length query first, which is answered by doing the operation.
-    let (g, fakes) = group(&[false, false], TIMEOUT);
-    let s = session(&g);
-    digest_init(&s).unwrap();
-    let holder = digest(&s).unwrap() as usize - 1;
+    let (g, fakes, s, holder) = after_one_digest(2);
     digest_init(&s).unwrap();
     fakes[holder].always("C_DigestInit", Answer::Rv(CKR_DEVICE_REMOVED));
     let abc = || Input::new(b"abc".to_vec());
