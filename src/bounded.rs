@@ -135,6 +135,11 @@ fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
+/// Now, in ns on a clock private to p11ha: an atomic's worth of time.
+pub fn now_ns() -> u64 {
+    since_epoch(Instant::now())
+}
+
 fn since_epoch(t: Instant) -> u64 {
     u64::try_from(t.saturating_duration_since(epoch()).as_nanos()).unwrap_or(u64::MAX)
 }
@@ -298,6 +303,23 @@ pub fn forget_after_fork() {
     POOL.store(std::ptr::null_mut(), Ordering::Release);
 }
 
+thread_local! {
+    /// Set on threads p11ha starts ([`mark_own_thread`]).
+    static OWN_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks the calling thread as one of p11ha's own (pool, management, audit, parallel member
+/// calls): a module whose calls otherwise run on the caller's thread is still called bounded
+/// from it, so that a hung module cannot take p11ha's machinery with it.
+pub fn mark_own_thread() {
+    OWN_THREAD.with(|o| o.set(true));
+}
+
+/// Whether the calling thread is one of p11ha's own ([`mark_own_thread`]).
+pub fn on_own_thread() -> bool {
+    OWN_THREAD.with(|o| o.get())
+}
+
 /// With `true`, calls run on the caller's thread without a deadline.
 pub fn set_inline(inline: bool) {
     INLINE.store(inline, Ordering::Relaxed);
@@ -332,14 +354,21 @@ where
     F: FnOnce() -> T + Send + 'static,
 {
     if is_inline() {
-        return catch_unwind(AssertUnwindSafe(|| without_sigpipe(f)))
-            .map_err(|_| Stalled::Panicked);
+        return here(|| without_sigpipe(f));
     }
     match start(f).wait_after(timeout, sleep_first) {
         Ok(v) => Ok(v),
         Err(Unfinished::Running(_)) => Err(Stalled::TimedOut),
         Err(Unfinished::Panicked) => Err(Stalled::Panicked),
     }
+}
+
+/// Runs `f` on the calling thread, without a deadline, catching a panic: for modules whose
+/// operator chose speed over the bound (`ProviderNNBoundedCalls = 0`: modules that do no I/O,
+/// so SIGPIPE is not kept from the application around them; that costs three system calls a
+/// call, a third of a pass-through's price), and when threads are forbidden.
+pub fn here<T>(f: impl FnOnce() -> T) -> Result<T, Stalled> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|_| Stalled::Panicked)
 }
 
 /// A call started on the pool; wait for it as often as needed, from any thread.
@@ -514,6 +543,7 @@ fn without_sigpipe<T>(f: impl FnOnce() -> T) -> T {
 
 fn worker(p: &'static Pool, first: Option<Arc<dyn Job>>) {
     block_sigpipe();
+    mark_own_thread();
     let me = Arc::new(Worker {
         job: Mutex::new(None),
         ready: AtomicBool::new(false),

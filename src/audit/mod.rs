@@ -368,6 +368,7 @@ impl Audit {
             let spawned = std::thread::Builder::new()
                 .name("p11ha-audit".into())
                 .spawn(move || {
+                    crate::bounded::mark_own_thread();
                     let w = c.lock().take();
                     if let Some(w) = w {
                         writer_thread(rx, w, d);

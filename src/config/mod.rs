@@ -91,6 +91,9 @@ pub struct ProviderConfig {
     pub library: PathBuf,
     /// `ProviderNNEnv`: set while calling C_GetFunctionList and C_Initialize.
     pub env: Vec<(String, String)>,
+    /// `ProviderNNBoundedCalls` (default on): calls run on p11ha's threads, bounded by
+    /// ReceiveTimeout; off, on the application's thread (C_Initialize stays bounded).
+    pub bounded_calls: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

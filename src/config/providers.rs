@@ -1,10 +1,12 @@
-//! Member modules: `HAProviders.ProviderNNLibrary` (a loadable PKCS#11 module, not p11ha) and
-//! `ProviderNNEnv` (the environment set while p11ha calls into it).
+//! Member modules: `HAProviders.ProviderNNLibrary` (a loadable PKCS#11 module, not p11ha),
+//! `ProviderNNEnv` (the environment set while p11ha calls into it) and `ProviderNNBoundedCalls`
+//! (whether its calls run on p11ha's threads, bounded by ReceiveTimeout: the default).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::echo::{plain, quoted};
+use super::ha_configuration::parse_bool;
 use super::keys::{digits_in, index, numbered};
 use super::validate::{Ctx, SEC_PROVIDERS};
 use super::{module_check, ConfigError, ProviderConfig, RawEntry};
@@ -44,6 +46,38 @@ pub(crate) fn parse_env(value: &str) -> Result<Vec<(String, String)>, String> {
 struct Draft<'a> {
     library: Option<&'a RawEntry>,
     env: Option<&'a RawEntry>,
+    bounded_calls: Option<&'a RawEntry>,
+}
+
+/// `ProviderNNBoundedCalls`. Off, calls run on the application's thread with no time bound:
+/// refused for p11-kit-client, which blocks a thread for ever when its server dies under load
+/// or stops (REFERENCE §3), so a bound is the only thing between a dead HSM and a hung
+/// application.
+fn bounded_calls(ctx: &Ctx, e: &RawEntry, library: &std::path::Path) -> Result<bool, ConfigError> {
+    let on = parse_bool(&e.value).ok_or_else(|| {
+        ctx.entry_err(
+            e,
+            format!(
+                "expected 1 (calls bounded by ReceiveTimeout, the default) or 0 (calls on the \
+                 application's thread, unbounded), found {}",
+                quoted(&e.value)
+            ),
+        )
+    })?;
+    let name = library.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    if !on && name.starts_with("p11-kit-client") {
+        return Err(ctx.entry_err(
+            e,
+            format!(
+                "{} = 0 is refused for p11-kit-client: its calls block for ever when the server \
+                 stops or dies, and only the bound (ReceiveTimeout) gives the application its \
+                 thread back. Unbounded calls are for modules loaded in-process that do no I/O \
+                 of their own (SoftHSM)",
+                plain(&e.key)
+            ),
+        ));
+    }
+    Ok(on)
 }
 
 fn library(ctx: &Ctx, lib: &RawEntry) -> Result<PathBuf, ConfigError> {
@@ -81,14 +115,14 @@ pub(crate) fn build(ctx: &mut Ctx, prov: &[&RawEntry]) -> Result<Vec<ProviderCon
     let mut drafts: BTreeMap<u32, Draft> = BTreeMap::new();
     for e in prov {
         if let Some((digits, suffix)) = numbered(&e.key, "Provider") {
-            if matches!(suffix.as_str(), "library" | "env") {
+            if matches!(suffix.as_str(), "library" | "env" | "boundedcalls") {
                 let example = format!("Provider0{digits}Library");
                 let index = index(digits, &example).map_err(|m| ctx.entry_err(e, m))?;
                 let d = drafts.entry(index).or_default();
-                let slot = if suffix == "library" {
-                    &mut d.library
-                } else {
-                    &mut d.env
+                let slot = match suffix.as_str() {
+                    "library" => &mut d.library,
+                    "env" => &mut d.env,
+                    _ => &mut d.bounded_calls,
                 };
                 if let Some(first) = slot {
                     return Err(ctx.entry_err(
@@ -105,18 +139,26 @@ pub(crate) fn build(ctx: &mut Ctx, prov: &[&RawEntry]) -> Result<Vec<ProviderCon
             }
         }
         let nn = digits_in(&e.key);
-        let candidates = vec![format!("Provider{nn}Library"), format!("Provider{nn}Env")];
+        let candidates = vec![
+            format!("Provider{nn}Library"),
+            format!("Provider{nn}Env"),
+            format!("Provider{nn}BoundedCalls"),
+        ];
         ctx.unknown_key(e, SEC_PROVIDERS, &candidates);
     }
     let mut out = Vec::new();
     for (index, d) in drafts {
         let Some(lib) = d.library else {
-            let e = d.env.expect("a draft has at least one key");
+            let e = d
+                .env
+                .or(d.bounded_calls)
+                .expect("a draft has at least one key");
             return Err(ctx.entry_err(
                 e,
                 format!(
-                    "Provider{index:02}Env without Provider{index:02}Library: add \
-                     Provider{index:02}Library = /path/to/pkcs11-module.so"
+                    "{} without Provider{index:02}Library: add \
+                     Provider{index:02}Library = /path/to/pkcs11-module.so",
+                    plain(&e.key)
                 ),
             ));
         };
@@ -125,10 +167,15 @@ pub(crate) fn build(ctx: &mut Ctx, prov: &[&RawEntry]) -> Result<Vec<ProviderCon
             Some(e) => parse_env(&e.value).map_err(|m| ctx.entry_err(e, m))?,
             None => Vec::new(),
         };
+        let bounded_calls = match d.bounded_calls {
+            Some(e) => bounded_calls(ctx, e, &library)?,
+            None => true,
+        };
         out.push(ProviderConfig {
             index,
             library,
             env,
+            bounded_calls,
         });
     }
     Ok(out)

@@ -41,20 +41,23 @@ pub fn start(ha: &Arc<Ha>) -> Option<Mgmt> {
     };
     let spawned = std::thread::Builder::new()
         .name("p11ha-mgmt".into())
-        .spawn(move || loop {
+        .spawn(move || {
+            crate::bounded::mark_own_thread();
             let _done = &done_tx;
-            select! {
-                recv(stop_rx) -> _ => break,
-                default(wait) => match weak.upgrade() {
-                    Some(ha) => {
-                        if wait.is_zero() {
-                            catch_up_all(&ha);
+            loop {
+                select! {
+                    recv(stop_rx) -> _ => break,
+                    default(wait) => match weak.upgrade() {
+                        Some(ha) => {
+                            if wait.is_zero() {
+                                catch_up_all(&ha);
+                            }
+                            poll(&ha);
+                            wait = interval;
                         }
-                        poll(&ha);
-                        wait = interval;
-                    }
-                    None => break,
-                },
+                        None => break,
+                    },
+                }
             }
         });
     match spawned {

@@ -52,6 +52,11 @@ pub fn poll(ha: &Ha) {
             if let Some(b) = m.binding().filter(|b| b.instance.is_retired()) {
                 g.drop_member(idx, b.instance.id, Fault::Closed);
             }
+            // Calls made on the application's threads (ProviderNNBoundedCalls = 0) that stay
+            // inside the member: no more threads should walk into it.
+            if let Some(b) = m.binding().filter(|b| b.instance.is_stuck()) {
+                g.drop_member(idx, b.instance.id, Fault::TimedOut);
+            }
             let h = m.health();
             if h.binding.is_some() || !h.auto_recovery || limit == 0 || m.is_removed() {
                 continue;

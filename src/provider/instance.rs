@@ -29,7 +29,7 @@ pub struct Instance {
     timeout: Duration,
 }
 
-/// How many calls a module instance may run at once.
+/// How calls reach a module instance, and how many may be inside at once.
 ///
 /// p11-kit-client (0.24) sends every thread's calls over one socket, and its server answers them
 /// one after the other, so calls running at once only queue. When a call fails on that socket
@@ -42,18 +42,28 @@ pub struct Instance {
 /// the socket, and the others wait for their turn in p11ha, where their deadline still holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Calls {
+    /// On pool threads, bounded by ReceiveTimeout, several at once.
     Concurrent,
+    /// On pool threads, bounded, one at a time (p11-kit-client).
     OneAtATime,
+    /// On the application's thread, several at once, with no bound (`ProviderNNBoundedCalls =
+    /// 0`): no hand-off, so an in-process module runs at its own speed, but a call that hangs
+    /// holds the application's thread until it returns. The instance still notices when its
+    /// calls are stuck ([`Gate::stuck`]) and then lets no new call in.
+    OnCaller,
 }
 
 impl Calls {
-    /// p11-kit-client (and copies of it, which keep its name) multiplex one connection.
-    pub fn for_library(path: &std::path::Path) -> Calls {
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    /// p11-kit-client (and copies of it, which keep its name) multiplex one connection; the
+    /// configuration refuses unbounded calls for it.
+    pub fn for_provider(library: &std::path::Path, bounded: bool) -> Calls {
+        let name = library.file_name().and_then(|n| n.to_str()).unwrap_or("");
         if name.starts_with("p11-kit-client") {
             Calls::OneAtATime
-        } else {
+        } else if bounded {
             Calls::Concurrent
+        } else {
+            Calls::OnCaller
         }
     }
 }
@@ -70,26 +80,67 @@ pub(crate) struct Gate {
     inside: AtomicUsize,
     /// Held by the call inside the module, when calls take turns ([`Calls::OneAtATime`]).
     turn: Option<Mutex<()>>,
+    /// Calls run on the caller's thread ([`Calls::OnCaller`]).
+    here: bool,
+    /// Kept for [`Calls::OnCaller`]: when a call last left, or entered the idle instance (ns on
+    /// [`bounded::now_ns`]'s clock).
+    moved: AtomicU64,
+    /// Calls inside that were given more than the instance's receive timeout (key generation):
+    /// while one is inside, no progress for that long proves nothing.
+    long_inside: AtomicUsize,
+    /// The receive timeout the instance was made with.
+    timeout: Duration,
     /// How long calls into the module take: how long a caller sleeps before it polls.
     pace: bounded::Pace,
 }
 
 /// One call inside the instance; leaving is dropping it, wherever the call finished.
-pub(crate) struct Pass(Arc<Gate>);
+pub(crate) struct Pass {
+    gate: Arc<Gate>,
+    /// Given more than the instance's receive timeout (see [`Gate::long_inside`]).
+    long: bool,
+}
 
 impl Gate {
     /// SeqCst on both sides: either `enter` sees the gate closed, or `drained` sees the call.
-    pub(crate) fn enter(self: &Arc<Self>) -> Option<Pass> {
-        self.inside.fetch_add(1, Ordering::SeqCst);
-        let pass = Pass(self.clone());
+    pub(crate) fn enter(self: &Arc<Self>, long: bool) -> Option<Pass> {
+        let before = self.inside.fetch_add(1, Ordering::SeqCst);
+        if self.here {
+            if before == 0 {
+                self.moved.store(bounded::now_ns(), Ordering::Relaxed);
+            }
+            if long {
+                self.long_inside.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let pass = Pass {
+            gate: self.clone(),
+            long,
+        };
         (!self.closed.load(Ordering::SeqCst)).then_some(pass)
     }
 
-    fn new(calls: Calls) -> Gate {
+    fn new(calls: Calls, timeout: Duration) -> Gate {
         Gate {
             turn: (calls == Calls::OneAtATime).then(|| Mutex::new(())),
+            here: calls == Calls::OnCaller,
+            timeout,
             ..Gate::default()
         }
+    }
+
+    /// Whether the calls inside are stuck in the module: `besides` calls other than the one
+    /// asking are inside, none has left for longer than the receive timeout, and none was given
+    /// longer. A call on the caller's thread does not start then: it fails as a timed-out call
+    /// does, its member is dropped, and only the threads already inside wait for a hung module.
+    fn stuck(&self, besides: usize) -> bool {
+        if self.inside.load(Ordering::SeqCst) <= besides
+            || self.long_inside.load(Ordering::Relaxed) > 0
+        {
+            return false;
+        }
+        let moved = self.moved.load(Ordering::Relaxed);
+        Duration::from_nanos(bounded::now_ns().saturating_sub(moved)) > self.timeout
     }
 
     fn close(&self) {
@@ -103,7 +154,14 @@ impl Gate {
 
 impl Drop for Pass {
     fn drop(&mut self) {
-        self.0.inside.fetch_sub(1, Ordering::SeqCst);
+        let gate = &self.gate;
+        if gate.here {
+            gate.moved.store(bounded::now_ns(), Ordering::Relaxed);
+            if self.long {
+                gate.long_inside.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        gate.inside.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -115,7 +173,7 @@ impl Instance {
             origin: id,
             provider,
             fns,
-            gate: Arc::new(Gate::new(calls)),
+            gate: Arc::new(Gate::new(calls, timeout)),
             timeout,
         })
     }
@@ -147,21 +205,34 @@ impl Instance {
         &self,
         f: impl FnOnce(Fns) -> T + Send + 'static,
     ) -> MemberResult<T> {
-        let pass = self.gate.enter().ok_or(Fault::Closed)?;
+        let pass = self
+            .gate
+            .enter(self.timeout > self.gate.timeout)
+            .ok_or(Fault::Closed)?;
         let fns = self.fns;
+        // p11ha's own threads (recovery, the audit trail, copies to members) keep the bound
+        // everywhere: a hung module must not take them with it.
+        if self.gate.here && !bounded::on_own_thread() {
+            if self.gate.stuck(1) {
+                return Err(Fault::TimedOut);
+            }
+            let out = bounded::here(move || f(fns));
+            drop(pass);
+            return out.map_err(Fault::from);
+        }
         // The caller gives up at the deadline; so does a call still waiting for its turn.
         let deadline = Instant::now() + self.timeout;
         let sleep_first = self.gate.pace.sleep_first();
         bounded::run_after(self.timeout, sleep_first, move || {
             // The pass is moved in so the instance counts this call as inside until it returns.
             let inside = pass;
-            let _turn = match &inside.0.turn {
+            let _turn = match &inside.gate.turn {
                 Some(turn) => Some(turn.try_lock_until(deadline)?),
                 None => None,
             };
             let began = Instant::now();
             let out = f(fns);
-            inside.0.pace.record(began.elapsed());
+            inside.gate.pace.record(began.elapsed());
             Some(out)
         })
         .map_err(Fault::from)?
@@ -195,6 +266,13 @@ impl Instance {
         true
     }
 
+    /// Whether calls on the application's thread ([`Calls::OnCaller`]) are stuck inside: some
+    /// are, and none has left for longer than the receive timeout. The management round drops
+    /// such a member, so that threads stop walking into it.
+    pub fn is_stuck(&self) -> bool {
+        self.gate.here && self.gate.stuck(0)
+    }
+
     /// Whether the instance was taken out of service ([`Instance::retire`]).
     pub fn is_retired(&self) -> bool {
         self.gate.closed.load(Ordering::SeqCst)
@@ -214,10 +292,10 @@ mod tests {
     #[test]
     fn a_closed_gate_admits_no_call_and_drains_when_the_last_one_leaves() {
         let gate = Arc::new(Gate::default());
-        let inside = gate.enter().expect("open gate admits");
+        let inside = gate.enter(false).expect("open gate admits");
         assert!(!gate.drained());
         gate.close();
-        assert!(gate.enter().is_none(), "closed gate admitted a call");
+        assert!(gate.enter(false).is_none(), "closed gate admitted a call");
         assert!(
             !gate.drained(),
             "refused call left a count behind or the first one vanished"
@@ -300,10 +378,130 @@ mod tests {
         );
     }
 
+    /// Calls into an [`Calls::OnCaller`] fake: the thread each ran on, and how long it stays
+    /// inside (`ulRandomLen` ms). Counters of their own: tests run in parallel.
+    static HERE_INSIDE: AtomicUsize = AtomicUsize::new(0);
+    static HERE_MOST: AtomicUsize = AtomicUsize::new(0);
+    static HERE_ENTERED: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static RAN_HERE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    extern "C" fn here_random(_: CK_SESSION_HANDLE, _: CK_BYTE_PTR, ms: CK_ULONG) -> CK_RV {
+        RAN_HERE.with(|r| r.set(true));
+        HERE_ENTERED.fetch_add(1, Ordering::SeqCst);
+        let now = HERE_INSIDE.fetch_add(1, Ordering::SeqCst) + 1;
+        HERE_MOST.fetch_max(now, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(ms));
+        HERE_INSIDE.fetch_sub(1, Ordering::SeqCst);
+        CKR_OK
+    }
+
+    fn here_fake(timeout: Duration) -> Arc<Instance> {
+        // SAFETY: a table of None function pointers is a valid CK_FUNCTION_LIST.
+        let mut list: CK_FUNCTION_LIST = unsafe { std::mem::zeroed() };
+        list.C_GenerateRandom = Some(here_random);
+        let calls = Calls::for_provider(std::path::Path::new("/usr/lib/softhsm.so"), false);
+        assert_eq!(calls, Calls::OnCaller);
+        Instance::new(0, Fns(Box::leak(Box::new(list))), timeout, calls)
+    }
+
+    /// Runs `f` on a new thread, marked as p11ha's own when `own`.
+    fn on_thread<T: Send + 'static>(own: bool, f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::spawn(move || {
+            if own {
+                bounded::mark_own_thread();
+            }
+            f()
+        })
+        .join()
+        .unwrap()
+    }
+
+    #[test]
+    fn unbounded_calls_run_on_the_callers_thread_and_a_stuck_module_admits_no_more() {
+        let inst = here_fake(Duration::from_millis(150));
+        let ran_here = |own: bool| {
+            let inst = inst.clone();
+            on_thread(own, move || {
+                let rv = random(&inst, 0);
+                (rv, RAN_HERE.with(|r| r.get()))
+            })
+        };
+        assert_eq!(ran_here(false), (Ok(CKR_OK), true));
+        // p11ha's own threads keep the bound: the call runs on a pool thread.
+        assert_eq!(ran_here(true), (Ok(CKR_OK), false));
+
+        // Several at once, like the application's threads.
+        HERE_MOST.store(0, Ordering::SeqCst);
+        let threads: Vec<_> = (0..3)
+            .map(|_| {
+                let inst = inst.clone();
+                std::thread::spawn(move || random(&inst, 100))
+            })
+            .collect();
+        for t in threads {
+            assert_eq!(t.join().unwrap(), Ok(CKR_OK));
+        }
+        assert!(HERE_MOST.load(Ordering::SeqCst) > 1, "calls took turns");
+
+        // One call stays inside for 1.2 s. Within the timeout another call still enters; once
+        // nothing has left for longer than the timeout, a call fails at once without entering.
+        let stuck = {
+            let inst = inst.clone();
+            std::thread::spawn(move || random(&inst, 1200))
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(random(&inst, 0), Ok(CKR_OK), "within the timeout");
+        std::thread::sleep(Duration::from_millis(400));
+        let entered = HERE_ENTERED.load(Ordering::SeqCst);
+        let t0 = Instant::now();
+        assert!(inst.is_stuck());
+        assert_eq!(
+            random(&inst, 0),
+            Err(Fault::TimedOut),
+            "stuck module admitted a call"
+        );
+        assert!(
+            t0.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            t0.elapsed()
+        );
+        assert_eq!(
+            HERE_ENTERED.load(Ordering::SeqCst),
+            entered,
+            "it entered the module"
+        );
+        // The stuck call is not bounded: it returns when the module lets it, and then calls
+        // enter again.
+        assert_eq!(stuck.join().unwrap(), Ok(CKR_OK));
+        assert!(!inst.is_stuck());
+        assert_eq!(
+            random(&inst, 0),
+            Ok(CKR_OK),
+            "after the stuck call returned"
+        );
+
+        // A call given longer than the receive timeout (key generation) is not taken for stuck.
+        let long = {
+            let long = inst.with_timeout(Duration::from_secs(5));
+            std::thread::spawn(move || random(&long, 500))
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!inst.is_stuck());
+        assert_eq!(
+            random(&inst, 0),
+            Ok(CKR_OK),
+            "a long call made the module look stuck"
+        );
+        assert_eq!(long.join().unwrap(), Ok(CKR_OK));
+        assert!(inst.retire(Duration::from_secs(3)));
+    }
+
     #[test]
     fn a_call_leaving_on_another_thread_drains_the_gate() {
         let gate = Arc::new(Gate::default());
-        let pass = gate.enter().unwrap();
+        let pass = gate.enter(false).unwrap();
         gate.close();
         std::thread::spawn(move || drop(pass)).join().unwrap();
         assert!(gate.drained());

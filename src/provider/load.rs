@@ -93,6 +93,7 @@ pub struct Provider {
     pub library: PathBuf,
     env: Vec<(String, String)>,
     receive_timeout: Duration,
+    calls: Calls,
 }
 
 /// Why an instance could not be made.
@@ -140,6 +141,7 @@ impl Provider {
             library: cfg.library.clone(),
             env: cfg.env.clone(),
             receive_timeout,
+            calls: Calls::for_provider(&cfg.library, cfg.bounded_calls),
         }
     }
 
@@ -150,6 +152,7 @@ impl Provider {
             library: self.library.clone(),
             env: self.env.clone(),
             receive_timeout: self.receive_timeout,
+            calls: self.calls,
         }
     }
 
@@ -202,7 +205,7 @@ impl Provider {
             fns,
             index: self.index,
             timeout: self.receive_timeout,
-            calls: Calls::for_library(&self.library),
+            calls: self.calls,
         }
         .wait(left())
     }
@@ -213,7 +216,7 @@ impl Provider {
                 self.index,
                 fns,
                 self.receive_timeout,
-                Calls::for_library(&self.library),
+                self.calls,
             ))
         })
     }

@@ -10,11 +10,16 @@
 //!                                                            # reports in the printed directory
 //! P11HA_PROFILE_PERF=stat target/release/examples/remote_profile 5
 //!                                                            # under `perf stat`: context switches
+//! P11HA_PROFILE_INPROCESS=1 P11HA_PROFILE_OP=random target/release/examples/remote_profile 5
+//!                                                            # the member loaded in-process (a
+//!                                                            # SoftHSM copy), C_GenerateRandom(32)
+//!                                                            # (P11HA_PROFILE_UNBOUNDED=1: with
+//!                                                            # ProviderNNBoundedCalls = 0)
 //! ```
 
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::ObjectClass;
-use p11ha_testkit::{p11ha_lib, Cluster, ConfigOpts, MemberClient, EC_ID, GROUP_LABEL};
+use p11ha_testkit::{p11ha_lib, Cluster, ConfigOpts, MemberClient, EC_ID, GROUP_LABEL, HMAC_ID};
 use std::process::Command;
 use std::time::Instant;
 
@@ -27,17 +32,30 @@ fn cpu_s() -> f64 {
     t(u.ru_utime) + t(u.ru_stime)
 }
 
-/// In the child: sign for `secs` through `client`, print ops/s and CPU µs per op.
+/// In the child: sign (or, with `P11HA_PROFILE_OP=random`, draw 32 random bytes; `hmac`:
+/// HMAC-SHA256 over 32 bytes) for `secs`
+/// through `client`, print ops/s and CPU µs per op.
 fn sign_for(client: MemberClient, secs: f64) {
     let s = client.session().expect("session");
     let key = client
         .find(&s, ObjectClass::PRIVATE_KEY, EC_ID)
         .expect("EC key");
+    let op = std::env::var("P11HA_PROFILE_OP").unwrap_or_default();
+    let hmac = client
+        .find(&s, ObjectClass::SECRET_KEY, HMAC_ID)
+        .expect("HMAC key");
     let data = [7u8; 32];
+    let mut buf = [0u8; 32];
     let (t, c0) = (Instant::now(), cpu_s());
     let mut n = 0u64;
     while t.elapsed().as_secs_f64() < secs {
-        s.sign(&Mechanism::Ecdsa, key, &data).expect("sign");
+        if op == "random" {
+            s.generate_random_slice(&mut buf).expect("random");
+        } else if op == "hmac" {
+            s.sign(&Mechanism::Sha256Hmac, hmac, &data).expect("HMAC");
+        } else {
+            s.sign(&Mechanism::Ecdsa, key, &data).expect("sign");
+        }
         n += 1;
     }
     let wall = t.elapsed().as_secs_f64();
@@ -56,6 +74,11 @@ fn main() {
             let c = MemberClient::via_p11kit(&args[3], &args[4]).expect("p11-kit-client");
             return sign_for(c, secs);
         }
+        Some("softhsm") => {
+            let c = MemberClient::via_softhsm(args[3].as_ref(), args[4].as_ref(), &args[5])
+                .expect("SoftHSM");
+            return sign_for(c, secs);
+        }
         Some("p11ha") => {
             let env = [("P11HA_CONF", Some(args[3].as_str()))];
             let c = MemberClient::open(&p11ha_lib(), GROUP_LABEL, &env).expect("p11ha");
@@ -63,10 +86,15 @@ fn main() {
         }
         _ => {}
     }
+    let inprocess = std::env::var_os("P11HA_PROFILE_INPROCESS").is_some();
     let w = Cluster::new(1);
-    w.start_server(0);
+    if !inprocess {
+        w.start_server(0);
+    }
     let conf = w.write_config(&ConfigOpts {
         members: Some(vec![0]),
+        direct: inprocess,
+        unbounded_calls: std::env::var_os("P11HA_PROFILE_UNBOUNDED").is_some(),
         ..Default::default()
     });
     let perf = std::env::var("P11HA_PROFILE_PERF").ok();
@@ -75,11 +103,18 @@ fn main() {
     }
     let me = std::env::current_exe().expect("own path");
     let m = &w.members[0];
+    let direct = if inprocess {
+        vec![
+            "softhsm".to_string(),
+            w.softhsm_copy(0).display().to_string(),
+            m.conf.display().to_string(),
+            m.label.clone(),
+        ]
+    } else {
+        vec!["direct".to_string(), m.address(), m.label.clone()]
+    };
     let runs = [
-        (
-            "direct",
-            vec!["direct".to_string(), m.address(), m.label.clone()],
-        ),
+        ("direct", direct),
         (
             "p11ha",
             vec!["p11ha".to_string(), conf.display().to_string()],

@@ -28,6 +28,9 @@ pub struct ConfigOpts {
     /// Members reached directly through per-member copies of libsofthsm2.so instead of
     /// p11-kit-client + p11-kit server.
     pub direct: bool,
+    /// `ProviderNNBoundedCalls = 0` for each provider (direct members only: the configuration
+    /// refuses it for p11-kit-client).
+    pub unbounded_calls: bool,
     pub label: String,
     /// `VirtualToken00SN`; omitted when None.
     pub group_serial: Option<String>,
@@ -59,6 +62,7 @@ impl Default for ConfigOpts {
     fn default() -> Self {
         ConfigOpts {
             direct: false,
+            unbounded_calls: false,
             label: GROUP_LABEL.to_string(),
             group_serial: None,
             members: None,
@@ -367,6 +371,9 @@ impl Cluster {
             };
             writeln!(s, "   Provider{n:02}Library = {};", lib.display()).unwrap();
             writeln!(s, "   Provider{n:02}Env = {env};").unwrap();
+            if o.unbounded_calls {
+                writeln!(s, "   Provider{n:02}BoundedCalls = 0;").unwrap();
+            }
         }
         writeln!(s, "}}").unwrap();
         for l in &o.extra_lines {

@@ -399,6 +399,47 @@ fn error_provider_env() {
 }
 
 #[test]
+fn provider_bounded_calls() {
+    let f = fixture();
+    let conf = |v: &str| {
+        format!(
+            "{GROUP}HAProviders = {{\n Provider00Library = {};\n Provider00BoundedCalls = {v};\n}}\n",
+            f.lib
+        )
+    };
+    let bounded = |v: &str| parse(&conf(v)).unwrap().providers[0].bounded_calls;
+    assert!(ok("").providers[0].bounded_calls, "the default");
+    assert!(bounded("1"));
+    assert!(!bounded("0"));
+    assert!(!bounded("no"));
+    let e = parse(&conf("sometimes")).unwrap_err();
+    assert_err(&e, 7, "Provider00BoundedCalls", "expected 1 (calls bounded");
+    let e = parse(&format!(
+        "{GROUP}HAProviders = {{\n Provider00Library = {};\n Provider01BoundedCalls = 0;\n}}\n",
+        f.lib
+    ))
+    .unwrap_err();
+    assert_err(&e, 7, "Provider01BoundedCalls", "without Provider01Library");
+    // p11-kit-client blocks for ever when its server stops: its calls keep the bound.
+    let client = "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so";
+    let e = parse(&format!(
+        "{GROUP}HAProviders = {{\n Provider00Library = {client};\n Provider00BoundedCalls = 0;\n}}\n"
+    ))
+    .unwrap_err();
+    assert_err(
+        &e,
+        7,
+        "Provider00BoundedCalls",
+        "refused for p11-kit-client",
+    );
+    let c = parse(&format!(
+        "{GROUP}HAProviders = {{\n Provider00Library = {client};\n Provider00BoundedCalls = 1;\n}}\n"
+    ))
+    .unwrap();
+    assert!(c.providers[0].bounded_calls);
+}
+
+#[test]
 fn error_no_provider_with_groups() {
     let e = parse(GROUP).unwrap_err();
     assert_err(&e, 2, "HAProviders", "no member providers configured");

@@ -33,7 +33,10 @@ pub(super) fn beside<I: Sync, R: Send, M>(
             .map(|item| {
                 std::thread::Builder::new()
                     .name("p11ha-members".into())
-                    .spawn_scoped(s, move || f(item))
+                    .spawn_scoped(s, move || {
+                        crate::bounded::mark_own_thread();
+                        f(item)
+                    })
                     .map_err(|_| item)
             })
             .collect();

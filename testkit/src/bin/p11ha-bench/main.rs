@@ -382,18 +382,30 @@ fn part1(w: &Cluster, lib: &Path, p: &Params) -> String {
         cs.push(ha_child(w, b, "before-1", &conf(&[0], true)));
         cs.push(ha_child(w, b, "before-3", &conf(&[0, 1, 2], true)));
     }
+    // Calls on the application's thread (`ProviderNNBoundedCalls = 0`), measured alongside.
+    let unbounded = |members: &[usize]| ConfigOpts {
+        unbounded_calls: true,
+        ..conf(members, true)
+    };
+    let u = cs.len();
+    cs.push(ha_child(w, lib, "p11ha-1u", &unbounded(&[0])));
+    cs.push(ha_child(w, lib, "p11ha-3u", &unbounded(&[0, 1, 2])));
     let cells: Vec<(&str, usize)> = child::OPS.iter().map(|&o| (o, 1)).collect();
     let res = alternate(&mut cs, &cells, p);
-    let mut s = String::from(
+    let head = "| operation | direct SoftHSM | p11ha, 1 member | ratio | Δ/call | CPU ÷ | p11ha, 3 members | ratio | Δ/call | CPU ÷ | failed |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n";
+    let mut s = format!(
         "## 1. Overhead per operation, 1 thread (SoftHSM members loaded in-process)\n\n\
          Cell: ops/s, p50 / p99 latency, CPU time (user + sys, whole process) per operation. Ratio = \
          p11ha ops/s ÷ direct ops/s; Δ/call = extra time per call of p11ha over direct (from the \
-         throughputs); CPU ÷ = p11ha CPU per operation ÷ direct CPU per operation.\n\n\
-         | operation | direct SoftHSM | p11ha, 1 member | ratio | Δ/call | CPU ÷ | p11ha, 3 members | ratio | Δ/call | CPU ÷ | failed |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|\n",
+         throughputs); CPU ÷ = p11ha CPU per operation ÷ direct CPU per operation.\n\n{head}"
+    );
+    let mut calls_here = format!(
+        "\nThe same, measured alongside, with `ProviderNNBoundedCalls = 0` (member calls on the \
+         application's thread, no ReceiveTimeout bound):\n\n{head}"
     );
     for (ci, &(op, _)) in cells.iter().enumerate() {
-        let [d, h1, h3] = [res[ci][0], res[ci][1], res[ci][2]];
+        let d = res[ci][0];
         let cell = |x: Summary| {
             format!(
                 "{} /s, {} / {}, CPU {}",
@@ -407,21 +419,26 @@ fn part1(w: &Cluster, lib: &Path, p: &Params) -> String {
             let v: f64 = 1e9 / x.ops - 1e9 / d.ops;
             format!("{}{}", if v < 0.0 { "−" } else { "+" }, fmt_ns(v.abs()))
         };
-        s += &format!(
-            "| {} | {} | {} | {:.3} | {} | {:.2} | {} | {:.3} | {} | {:.2} | {} |\n",
-            op_name(op),
-            cell(d),
-            cell(h1),
-            h1.ops / d.ops,
-            delta(h1),
-            h1.cpu / d.cpu,
-            cell(h3),
-            h3.ops / d.ops,
-            delta(h3),
-            h3.cpu / d.cpu,
-            d.fails + h1.fails + h3.fails
-        );
+        let row = |h1: Summary, h3: Summary| {
+            format!(
+                "| {} | {} | {} | {:.3} | {} | {:.2} | {} | {:.3} | {} | {:.2} | {} |\n",
+                op_name(op),
+                cell(d),
+                cell(h1),
+                h1.ops / d.ops,
+                delta(h1),
+                h1.cpu / d.cpu,
+                cell(h3),
+                h3.ops / d.ops,
+                delta(h3),
+                h3.cpu / d.cpu,
+                d.fails + h1.fails + h3.fails
+            )
+        };
+        s += &row(res[ci][1], res[ci][2]);
+        calls_here += &row(res[ci][u], res[ci][u + 1]);
     }
+    s += &calls_here;
     if before.is_some() {
         let rows: Vec<_> = cells
             .iter()

@@ -1,0 +1,192 @@
+//! `ProviderNNBoundedCalls = 0`: member calls run on the application's thread, with no
+//! ReceiveTimeout bound. Only for members reached directly (the configuration refuses it for
+//! p11-kit-client, whose calls block for ever when its server stops: src/config/providers.rs),
+//! so the p11-kit set-ups do not apply; HAOnly = 1 and 0 both run. Members sit behind the
+//! fault module (testkit's `setup`): a dead member fails every call, a hung one blocks them.
+
+mod support;
+
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::ObjectClass;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+use support::*;
+
+macro_rules! in_direct_setups {
+    ($($scenario:ident),+ $(,)?) => {$(
+        mod $scenario {
+            #[test]
+            fn direct_ha_only_1() {
+                p11ha_testkit::setup::run_in(super::Setup::DIRECT_HA_ONLY_1, super::$scenario)
+            }
+            #[test]
+            fn direct_ha_only_0() {
+                p11ha_testkit::setup::run_in(super::Setup::DIRECT_HA_ONLY_0, super::$scenario)
+            }
+        }
+    )+};
+}
+
+in_direct_setups!(
+    a_dead_member_fails_over_without_a_failed_operation,
+    a_hung_member_holds_only_the_threads_inside_it,
+);
+
+/// p11ha is one library per process: tests that load it in-process take turns.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+fn serial() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn unbounded(setup: Setup, members: usize) -> Group {
+    Group::new(
+        setup,
+        members,
+        ConfigOpts {
+            unbounded_calls: true,
+            receive_timeout_ms: 500,
+            ..Default::default()
+        },
+    )
+}
+
+/// `threads` threads signing (RSA) until `stop`; each answers its failures' messages.
+fn signing(
+    ha: &Arc<MemberClient>,
+    threads: usize,
+    stop: &Arc<AtomicBool>,
+    signed: &Arc<AtomicUsize>,
+) -> Vec<thread::JoinHandle<Vec<String>>> {
+    (0..threads)
+        .map(|t| {
+            let (ha, stop, signed) = (ha.clone(), stop.clone(), signed.clone());
+            thread::spawn(move || {
+                let s = ha.session().expect("session");
+                let key = ha.find(&s, ObjectClass::PRIVATE_KEY, RSA_ID).expect("key");
+                let mut failed = Vec::new();
+                let mut n = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    match s.sign(&Mechanism::Sha256RsaPkcs, key, &[t as u8, n as u8]) {
+                        Ok(_) => {
+                            signed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => failed.push(e.to_string()),
+                    }
+                }
+                failed
+            })
+        })
+        .collect()
+}
+
+/// Stops the signing threads when dropped, also when an assertion fails first.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+fn a_dead_member_fails_over_without_a_failed_operation(setup: Setup) {
+    let _g = serial();
+    let group = unbounded(setup, 2);
+    let ha = Arc::new(group.ha().unwrap());
+    let (stop, signed) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let load = signing(&ha, 3, &stop, &signed);
+    let _stop = StopOnDrop(stop.clone());
+    let count = || signed.load(Ordering::Relaxed);
+    assert!(wait_until(Duration::from_secs(30), || count() >= 5));
+    group.die(0);
+    let at_death = count();
+    let dropped = format!("has dropped member: {}", group.members[0].serial);
+    let went_on = wait_until(Duration::from_secs(30), || {
+        count() > at_death + 20 && group.ha_log_lines().iter().any(|l| l.contains(&dropped))
+    });
+    stop.store(true, Ordering::Relaxed);
+    let failed: Vec<String> = load.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    assert!(
+        went_on,
+        "{} signatures; log: {:#?}",
+        count(),
+        group.ha_log_lines()
+    );
+    assert!(failed.is_empty(), "failed operations: {failed:?}");
+}
+
+/// The price of unbounded calls, and its limit: a call inside a hung member waits until the
+/// member lets it go (a bounded one would be back after ReceiveTimeout, see ha_failover.rs),
+/// while everything else goes on with the other member: once nothing has left the hung
+/// member for longer than ReceiveTimeout, the management round drops it (and a call that
+/// finds it so does not enter). When it resumes, the held calls return, and it recovers.
+fn a_hung_member_holds_only_the_threads_inside_it(setup: Setup) {
+    let _g = serial();
+    let group = unbounded(setup, 2);
+    let ha = Arc::new(group.ha().unwrap());
+    let (stop, signed) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let load = signing(&ha, 4, &stop, &signed);
+    let _stop = StopOnDrop(stop.clone());
+    let count = || signed.load(Ordering::Relaxed);
+    assert!(wait_until(Duration::from_secs(30), || count() >= 5));
+    let s0 = group.members[0].serial.clone();
+    group.hang(0);
+    let dropped = format!("has dropped member: {s0}");
+    assert!(
+        group
+            .wait_ha_log(&dropped, Duration::from_secs(30))
+            .is_some(),
+        "m0 never dropped; log: {:#?}",
+        group.ha_log_lines()
+    );
+    // A new session goes to the member that answers, each signature without a wait.
+    let s = ha.session().unwrap();
+    let key = ha.find(&s, ObjectClass::PRIVATE_KEY, RSA_ID).unwrap();
+    for i in 0..10u8 {
+        let t0 = Instant::now();
+        s.sign(&Mechanism::Sha256RsaPkcs, key, &[i])
+            .unwrap_or_else(|e| panic!("signature {i} while m0 hangs: {e}"));
+        assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    }
+    stop.store(true, Ordering::Relaxed);
+    // Threads not inside m0 finish their signature and stop; those inside stay until the resume.
+    wait_until(Duration::from_secs(3), || {
+        load.iter().all(|h| h.is_finished())
+    });
+    let inside = load.iter().filter(|h| !h.is_finished()).count();
+    group.resume(0);
+    let back = wait_until(Duration::from_secs(15), || {
+        load.iter().all(|h| h.is_finished())
+    });
+    assert!(
+        inside > 0,
+        "no call stayed inside the hung member: were calls bounded?"
+    );
+    assert!(back, "threads still inside m0 after the resume");
+    let failed: Vec<String> = load.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    // Only a call that was inside m0 when it hung may fail (its member was dropped under it).
+    assert!(failed.len() <= inside, "failed: {failed:?}");
+    let recovered = format!("succeeded for member: {s0}");
+    assert!(
+        group
+            .wait_ha_log(&recovered, Duration::from_secs(20))
+            .is_some(),
+        "m0 never recovered; log: {:#?}",
+        group.ha_log_lines()
+    );
+    // Only the recovered member is left: it serves.
+    group.die(1);
+    for i in 0..5u8 {
+        s.sign(&Mechanism::Sha256RsaPkcs, key, &[i])
+            .unwrap_or_else(|e| panic!("signature {i} on the recovered m0: {e}"));
+    }
+    eprintln!("{inside} thread(s) held by the hung member");
+}
