@@ -232,6 +232,11 @@ extern "C" fn digest(
 
 /// The instance p11ha would get from connecting to the fake's module.
 pub fn instance(timeout: Duration) -> Arc<Instance> {
+    instance_calling(timeout, Calls::Concurrent)
+}
+
+/// [`instance`], its calls made as `calls` says.
+pub fn instance_calling(timeout: Duration, calls: Calls) -> Arc<Instance> {
     // SAFETY: a table of None function pointers is a valid CK_FUNCTION_LIST.
     let mut list: CK_FUNCTION_LIST = unsafe { std::mem::zeroed() };
     list.C_OpenSession = Some(open_session);
@@ -242,12 +247,7 @@ pub fn instance(timeout: Duration) -> Arc<Instance> {
     list.C_GenerateRandom = Some(generate_random);
     list.C_DigestInit = Some(digest_init);
     list.C_Digest = Some(digest);
-    Instance::new(
-        0,
-        Fns(Box::leak(Box::new(list))),
-        timeout,
-        Calls::Concurrent,
-    )
+    Instance::new(0, Fns(Box::leak(Box::new(list))), timeout, calls)
 }
 
 /// A group over fresh fakes, one per entry of `standby` (true: a standby member), every member
@@ -262,7 +262,15 @@ pub fn group_with(
     timeout: Duration,
     adjust: impl FnOnce(&mut Group),
 ) -> (Arc<Group>, Vec<Arc<FakeMember>>) {
-    let inst = instance(timeout);
+    group_calling(standby, instance(timeout), adjust)
+}
+
+/// [`group_with`] over views of `inst`.
+pub fn group_calling(
+    standby: &[bool],
+    inst: Arc<Instance>,
+    adjust: impl FnOnce(&mut Group),
+) -> (Arc<Group>, Vec<Arc<FakeMember>>) {
     let mut fakes = Vec::new();
     let mut members = Vec::new();
     for (i, &standby) in standby.iter().enumerate() {

@@ -266,6 +266,11 @@ impl Instance {
         true
     }
 
+    /// Whether calls into the instance run on the application's thread ([`Calls::OnCaller`]).
+    pub fn calls_on_caller(&self) -> bool {
+        self.gate.here
+    }
+
     /// Whether calls on the application's thread ([`Calls::OnCaller`]) are stuck inside: some
     /// are, and none has left for longer than the receive timeout. The management round drops
     /// such a member, so that threads stop walking into it.

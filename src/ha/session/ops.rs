@@ -118,6 +118,9 @@ impl Session {
         let (begin, t) = self
             .attempt(st, &keys, prefer, |t| {
                 let member_key = t.objects.first().copied().unwrap_or(0);
+                // The Init travels to save a thread hand-off; a member called on the
+                // application's thread has none to save, and sees every Init when it is made.
+                let mechanism = mechanism.filter(|_| !t.inst.calls_on_caller());
                 let init = mechanism.map(|mechanism| Init {
                     key,
                     member: t.idx,

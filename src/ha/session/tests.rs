@@ -6,6 +6,7 @@ use super::Session;
 use crate::ha::fake_member::{group, group_with, Answer, FakeMember};
 use crate::ha::group::Group;
 use crate::mechanism::OwnedMechanism;
+use crate::provider::instance::Calls;
 use crate::provider::outcome::RV_TIMEOUT;
 use crate::provider::{Input, OpKind};
 use cryptoki_sys::*;
@@ -287,6 +288,22 @@ fn an_init_the_member_accepted_before_travels_with_the_first_data_call() {
     assert_eq!(digest(&s), Ok(1));
     assert_eq!(fakes[0].calls("C_DigestInit"), 2, "no Init before C_Digest");
     assert_eq!(fakes[0].calls("C_Digest"), 2);
+}
+
+#[test]
+fn an_init_travels_only_where_it_saves_a_thread_hand_off() {
+    let inst = crate::ha::fake_member::instance_calling(TIMEOUT, Calls::OnCaller);
+    let (g, fakes) = crate::ha::fake_member::group_calling(&[false], inst, |_| {});
+    let s = session(&g);
+    for n in 1..=3 {
+        digest_init(&s).unwrap();
+        assert_eq!(
+            fakes[0].calls("C_DigestInit"),
+            n,
+            "an Init waited for the data call on a member called on the caller's thread"
+        );
+        assert_eq!(digest(&s), Ok(1));
+    }
 }
 
 #[test]
