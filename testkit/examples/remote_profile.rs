@@ -33,7 +33,7 @@ fn cpu_s() -> f64 {
 }
 
 /// In the child: sign (or, with `P11HA_PROFILE_OP=random`, draw 32 random bytes; `hmac`:
-/// HMAC-SHA256 over 32 bytes) for `secs`
+/// HMAC-SHA256 over 32 bytes; `digest`: SHA-256 of them) for `secs`
 /// through `client`, print ops/s and CPU µs per op.
 fn sign_for(client: MemberClient, secs: f64) {
     let s = client.session().expect("session");
@@ -51,6 +51,8 @@ fn sign_for(client: MemberClient, secs: f64) {
     while t.elapsed().as_secs_f64() < secs {
         if op == "random" {
             s.generate_random_slice(&mut buf).expect("random");
+        } else if op == "digest" {
+            s.digest(&Mechanism::Sha256, &data).expect("digest");
         } else if op == "hmac" {
             s.sign(&Mechanism::Sha256Hmac, hmac, &data).expect("HMAC");
         } else {
