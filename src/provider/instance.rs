@@ -284,8 +284,9 @@ mod tests {
             );
         }
 
-        // A call that hangs holds the turn; the next one gives up at its own deadline, without
-        // entering the module, and its worker leaves the gate.
+        // A call that hangs holds the serving thread; the next one gives up at its own
+        // deadline, without entering the module, and leaves the gate once the hung call
+        // returns (the serving thread drops it unmade).
         let inst = fake(Calls::OneAtATime, Duration::from_millis(200));
         let hung = {
             let inst = inst.clone();
