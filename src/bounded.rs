@@ -26,6 +26,9 @@ pub enum Stalled {
     Panicked,
 }
 
+mod serial;
+pub use serial::Serial;
+
 /// How long an idle worker waits before it exits. Calls that hung while a member was stopped
 /// leave extra workers behind once they return; they are gone this long after the faults end
 /// (tokio's blocking pool keeps idle threads as long). Starting a thread again costs tens of
@@ -297,10 +300,16 @@ fn pool() -> &'static Pool {
     }
 }
 
+/// Forks seen by this process: a [`Serial`] queue made before the last one belongs to the
+/// parent (its serving thread does not exist here).
+static FORKS: AtomicU64 = AtomicU64::new(0);
+
 /// In a forked child: the parent's pool threads are gone, so the next call starts a new pool.
-/// The old one is leaked, untouched (its locks may have been held at the fork).
+/// The old one is leaked, untouched (its locks may have been held at the fork); so are the
+/// queues of the parent's serving threads ([`Serial`]).
 pub fn forget_after_fork() {
     POOL.store(std::ptr::null_mut(), Ordering::Release);
+    FORKS.fetch_add(1, Ordering::AcqRel);
 }
 
 thread_local! {
@@ -392,9 +401,19 @@ impl<T> Pending<T> {
 
     /// [`Pending::wait`], sleeping up to `sleep_first` before polling (see [`Pace`]).
     fn wait_after(self, timeout: Duration, sleep_first: Duration) -> Result<T, Unfinished<T>> {
-        let state = || self.call.state().load(Ordering::Acquire);
         let start = Instant::now();
-        let deadline = start + timeout;
+        self.wait_until(start, start + timeout, sleep_first)
+    }
+
+    /// [`Pending::wait_after`] for a wait that began at `start` and ends at `deadline`.
+    fn wait_until(
+        self,
+        start: Instant,
+        deadline: Instant,
+        sleep_first: Duration,
+    ) -> Result<T, Unfinished<T>> {
+        let state = || self.call.state().load(Ordering::Acquire);
+        let timeout = deadline.saturating_duration_since(start);
         // With the CPUs busy, sleeping first measured far slower (p11ha-bench part 13, remote
         // member with 4 CPU burners: 0.16 of direct, 1.01 parking at once).
         let sleep_first = if cpus_busy() {
@@ -460,18 +479,27 @@ where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
 {
-    let call = Arc::new(Call {
-        state: AtomicU8::new(RUNNING),
-        f: UnsafeCell::new(Some(f)),
-        value: UnsafeCell::new(None),
-        waiter: Mutex::new(Some(std::thread::current())),
-    });
+    let call = new_call(f);
     if is_inline() {
         without_sigpipe(|| call.run(&|| {}));
     } else {
         submit(call.clone());
     }
     Pending { call }
+}
+
+/// One call of `f`, not started yet, to be waited for by this thread.
+fn new_call<T, F>(f: F) -> Arc<Call<T, F>>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    Arc::new(Call {
+        state: AtomicU8::new(RUNNING),
+        f: UnsafeCell::new(Some(f)),
+        value: UnsafeCell::new(None),
+        waiter: Mutex::new(Some(std::thread::current())),
+    })
 }
 
 fn submit(job: Arc<dyn Job>) {

@@ -1,13 +1,13 @@
 //! One initialized instance of a member module, and the gate that keeps C_Finalize away from
 //! calls still running inside it. Every call into an instance runs through `Instance::call`:
 //! on a pool thread, bounded by ReceiveTimeout, with owned data only, and, for a module that
-//! multiplexes one connection ([`Calls::OneAtATime`]), one call at a time.
+//! multiplexes one connection ([`Calls::OneAtATime`]), one call at a time, on the instance's
+//! serving thread ([`bounded::Serial`]).
 
 use super::outcome::{Fault, MemberResult};
 use super::table::{ck, Fns};
 use crate::bounded;
 use cryptoki_sys::*;
-use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -78,8 +78,8 @@ impl Calls {
 pub(crate) struct Gate {
     closed: AtomicBool,
     inside: AtomicUsize,
-    /// Held by the call inside the module, when calls take turns ([`Calls::OneAtATime`]).
-    turn: Option<Mutex<()>>,
+    /// Makes the calls one at a time, in order, when they take turns ([`Calls::OneAtATime`]).
+    serial: Option<bounded::Serial>,
     /// Calls run on the caller's thread ([`Calls::OnCaller`]).
     here: bool,
     /// Kept for [`Calls::OnCaller`]: when a call last left, or entered the idle instance (ns on
@@ -122,7 +122,7 @@ impl Gate {
 
     fn new(calls: Calls, timeout: Duration) -> Gate {
         Gate {
-            turn: (calls == Calls::OneAtATime).then(|| Mutex::new(())),
+            serial: (calls == Calls::OneAtATime).then(bounded::Serial::default),
             here: calls == Calls::OnCaller,
             timeout,
             ..Gate::default()
@@ -220,23 +220,29 @@ impl Instance {
             drop(pass);
             return out.map_err(Fault::from);
         }
-        // The caller gives up at the deadline; so does a call still waiting for its turn.
-        let deadline = Instant::now() + self.timeout;
+        if let Some(serial) = &self.gate.serial {
+            // Queued for the serving thread; a call still queued at the deadline is not made.
+            return serial
+                .run(self.timeout, &self.gate.pace, move || {
+                    // Moved in: the instance counts the call as inside until it returns.
+                    let inside = pass;
+                    let began = Instant::now();
+                    let out = f(fns);
+                    inside.gate.pace.record(began.elapsed());
+                    out
+                })
+                .map_err(Fault::from);
+        }
         let sleep_first = self.gate.pace.sleep_first();
         bounded::run_after(self.timeout, sleep_first, move || {
             // The pass is moved in so the instance counts this call as inside until it returns.
             let inside = pass;
-            let _turn = match &inside.gate.turn {
-                Some(turn) => Some(turn.try_lock_until(deadline)?),
-                None => None,
-            };
             let began = Instant::now();
             let out = f(fns);
             inside.gate.pace.record(began.elapsed());
-            Some(out)
+            out
         })
-        .map_err(Fault::from)?
-        .ok_or(Fault::TimedOut)
+        .map_err(Fault::from)
     }
 
     /// [`Instance::call`] for a closure that answers with a member result itself.
@@ -361,8 +367,9 @@ mod tests {
             );
         }
 
-        // A call that hangs holds the turn; the next one gives up at its own deadline, without
-        // entering the module, and its worker leaves the gate.
+        // A call that hangs holds the serving thread; the next one gives up at its own
+        // deadline, without entering the module, and leaves the gate once the hung call
+        // returns (the serving thread drops it unmade).
         let inst = fake(Calls::OneAtATime, Duration::from_millis(200));
         let hung = {
             let inst = inst.clone();
