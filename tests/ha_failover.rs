@@ -7,7 +7,6 @@ mod support;
 use cryptoki::error::{Error, RvError};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::ObjectClass;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -28,72 +27,12 @@ fn serial() -> MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Signs with the RSA key from `threads` threads until `stop`, counting results; returns
-/// (ok, failed, slowest call). `signed` counts the successful signatures as they happen.
-fn signing_load(
-    ha: &Arc<MemberClient>,
-    threads: usize,
-    stop: &Arc<AtomicBool>,
-    signed: &Arc<AtomicUsize>,
-) -> Vec<thread::JoinHandle<(usize, Vec<String>, Duration)>> {
-    (0..threads)
-        .map(|t| {
-            let (ha, stop, signed) = (ha.clone(), stop.clone(), signed.clone());
-            thread::spawn(move || {
-                let s = ha.session().expect("session");
-                let key = ha.find(&s, ObjectClass::PRIVATE_KEY, RSA_ID).expect("key");
-                let (mut ok, mut failed, mut slowest) = (0, Vec::new(), Duration::ZERO);
-                let mut n = 0u32;
-                while !stop.load(Ordering::Relaxed) {
-                    n += 1;
-                    let t0 = Instant::now();
-                    match s.sign(&Mechanism::Sha256RsaPkcs, key, &[t as u8, n as u8]) {
-                        Ok(_) => {
-                            ok += 1;
-                            signed.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(e) => failed.push(e.to_string()),
-                    }
-                    slowest = slowest.max(t0.elapsed());
-                }
-                (ok, failed, slowest)
-            })
-        })
-        .collect()
-}
-
-/// Stops a signing load when dropped: also when an assertion fails before the load is collected.
-struct StopOnDrop(Arc<AtomicBool>);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
-fn collect(
-    h: Vec<thread::JoinHandle<(usize, Vec<String>, Duration)>>,
-) -> (usize, Vec<String>, Duration) {
-    h.into_iter().map(|h| h.join().unwrap()).fold(
-        (0, vec![], Duration::ZERO),
-        |mut acc, (ok, f, s)| {
-            acc.0 += ok;
-            acc.1.extend(f);
-            acc.2 = acc.2.max(s);
-            acc
-        },
-    )
-}
-
 fn killing_a_member_under_load_fails_no_operation(setup: Setup) {
     let _g = serial();
     let cluster = Group::new(setup, 3, ConfigOpts::default());
     let ha = Arc::new(cluster.ha().unwrap());
-    let stop = Arc::new(AtomicBool::new(false));
-    let signed = Arc::new(AtomicUsize::new(0));
-    let load = signing_load(&ha, 4, &stop, &signed);
-    let _stop_load = StopOnDrop(stop.clone());
-    let count = || signed.load(Ordering::Relaxed);
+    let load = load::SigningLoad::start(&ha, 4);
+    let count = || load.signed();
     // Counts, not sleeps: the load is under way before the kill, and goes on after it until
     // p11ha has dropped m0 and more than 20 signatures were made without it. Bounded
     // generously: a loaded machine signs slowly, not 20 times in 30 s.
@@ -104,8 +43,7 @@ fn killing_a_member_under_load_fails_no_operation(setup: Setup) {
     let went_on = wait_until(Duration::from_secs(30), || {
         count() > at_kill + 20 && cluster.ha_log_lines().iter().any(|l| l.contains(&dropped))
     });
-    stop.store(true, Ordering::Relaxed);
-    let (ok, failed, slowest) = collect(load);
+    let (ok, failed, slowest) = load.collect();
     assert!(
         went_on,
         "{} signatures after the kill; log: {:#?}",
@@ -198,11 +136,8 @@ fn a_hung_member_costs_at_most_the_receive_timeout(setup: Setup) {
         },
     );
     let ha = Arc::new(cluster.ha().unwrap());
-    let stop = Arc::new(AtomicBool::new(false));
-    let signed = Arc::new(AtomicUsize::new(0));
-    let load = signing_load(&ha, 2, &stop, &signed);
-    let _stop_load = StopOnDrop(stop.clone());
-    let count = || signed.load(Ordering::Relaxed);
+    let load = load::SigningLoad::start(&ha, 2);
+    let count = || load.signed();
     assert!(wait_until(Duration::from_secs(30), || count() >= 5));
     cluster.hang(0);
     let at_stop = count();
@@ -211,15 +146,15 @@ fn a_hung_member_costs_at_most_the_receive_timeout(setup: Setup) {
     let went_on = wait_until(Duration::from_secs(30), || {
         count() > at_stop + 10 && cluster.ha_log_lines().iter().any(|l| l.contains(&dropped))
     });
-    stop.store(true, Ordering::Relaxed);
+    load.stop();
     // The bound under test: no caller is held much longer than ReceiveTimeout (1 s). 1 s + 3 s:
     // a failover on a loaded 2-core machine costs a few hundred ms beyond the timeout, never
     // 3 s. Every caller must be back within it while m0 still hangs; an unbounded call would
     // stay inside m0 until the resume below, which then makes it the slowest call.
     let bound = Duration::from_millis(1000 + 3000);
-    let all_back = wait_until(bound, || load.iter().all(|h| h.is_finished()));
+    let all_back = wait_until(bound, || load.running() == 0);
     cluster.resume(0);
-    let (ok, failed, slowest) = collect(load);
+    let (ok, failed, slowest) = load.collect();
     assert!(
         went_on,
         "{ok} signatures; log: {:#?}",

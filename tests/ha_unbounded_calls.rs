@@ -8,9 +8,7 @@ mod support;
 
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::ObjectClass;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread;
 use std::time::{Duration, Instant};
 use support::*;
 
@@ -52,69 +50,28 @@ fn unbounded(setup: Setup, members: usize) -> Group {
     )
 }
 
-/// `threads` threads signing (RSA) until `stop`; each answers its failures' messages.
-fn signing(
-    ha: &Arc<MemberClient>,
-    threads: usize,
-    stop: &Arc<AtomicBool>,
-    signed: &Arc<AtomicUsize>,
-) -> Vec<thread::JoinHandle<Vec<String>>> {
-    (0..threads)
-        .map(|t| {
-            let (ha, stop, signed) = (ha.clone(), stop.clone(), signed.clone());
-            thread::spawn(move || {
-                let s = ha.session().expect("session");
-                let key = ha.find(&s, ObjectClass::PRIVATE_KEY, RSA_ID).expect("key");
-                let mut failed = Vec::new();
-                let mut n = 0u32;
-                while !stop.load(Ordering::Relaxed) {
-                    n += 1;
-                    match s.sign(&Mechanism::Sha256RsaPkcs, key, &[t as u8, n as u8]) {
-                        Ok(_) => {
-                            signed.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(e) => failed.push(e.to_string()),
-                    }
-                }
-                failed
-            })
-        })
-        .collect()
-}
-
-/// Stops the signing threads when dropped, also when an assertion fails first.
-struct StopOnDrop(Arc<AtomicBool>);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
+/// The group in `setup` through p11ha, with `threads` threads signing, 5 signatures made.
+fn loaded(setup: Setup, threads: usize) -> (Group, Arc<MemberClient>, load::SigningLoad) {
+    let group = unbounded(setup, 2);
+    let ha = Arc::new(group.ha().unwrap());
+    let load = load::SigningLoad::start(&ha, threads);
+    assert!(wait_until(Duration::from_secs(30), || load.signed() >= 5));
+    (group, ha, load)
 }
 
 fn a_dead_member_fails_over_without_a_failed_operation(setup: Setup) {
     let _g = serial();
-    let group = unbounded(setup, 2);
-    let ha = Arc::new(group.ha().unwrap());
-    let (stop, signed) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicUsize::new(0)),
-    );
-    let load = signing(&ha, 3, &stop, &signed);
-    let _stop = StopOnDrop(stop.clone());
-    let count = || signed.load(Ordering::Relaxed);
-    assert!(wait_until(Duration::from_secs(30), || count() >= 5));
+    let (group, _ha, load) = loaded(setup, 3);
     group.die(0);
-    let at_death = count();
+    let at_death = load.signed();
     let dropped = format!("has dropped member: {}", group.members[0].serial);
     let went_on = wait_until(Duration::from_secs(30), || {
-        count() > at_death + 20 && group.ha_log_lines().iter().any(|l| l.contains(&dropped))
+        load.signed() > at_death + 20 && group.ha_log_lines().iter().any(|l| l.contains(&dropped))
     });
-    stop.store(true, Ordering::Relaxed);
-    let failed: Vec<String> = load.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    let (signed, failed, _) = load.collect();
     assert!(
         went_on,
-        "{} signatures; log: {:#?}",
-        count(),
+        "{signed} signatures; log: {:#?}",
         group.ha_log_lines()
     );
     assert!(failed.is_empty(), "failed operations: {failed:?}");
@@ -127,16 +84,7 @@ fn a_dead_member_fails_over_without_a_failed_operation(setup: Setup) {
 /// finds it so does not enter). When it resumes, the held calls return, and it recovers.
 fn a_hung_member_holds_only_the_threads_inside_it(setup: Setup) {
     let _g = serial();
-    let group = unbounded(setup, 2);
-    let ha = Arc::new(group.ha().unwrap());
-    let (stop, signed) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicUsize::new(0)),
-    );
-    let load = signing(&ha, 4, &stop, &signed);
-    let _stop = StopOnDrop(stop.clone());
-    let count = || signed.load(Ordering::Relaxed);
-    assert!(wait_until(Duration::from_secs(30), || count() >= 5));
+    let (group, ha, load) = loaded(setup, 4);
     let s0 = group.members[0].serial.clone();
     group.hang(0);
     let dropped = format!("has dropped member: {s0}");
@@ -156,22 +104,18 @@ fn a_hung_member_holds_only_the_threads_inside_it(setup: Setup) {
             .unwrap_or_else(|e| panic!("signature {i} while m0 hangs: {e}"));
         assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
     }
-    stop.store(true, Ordering::Relaxed);
+    load.stop();
     // Threads not inside m0 finish their signature and stop; those inside stay until the resume.
-    wait_until(Duration::from_secs(3), || {
-        load.iter().all(|h| h.is_finished())
-    });
-    let inside = load.iter().filter(|h| !h.is_finished()).count();
+    wait_until(Duration::from_secs(3), || load.running() == 0);
+    let inside = load.running();
     group.resume(0);
-    let back = wait_until(Duration::from_secs(15), || {
-        load.iter().all(|h| h.is_finished())
-    });
+    let back = wait_until(Duration::from_secs(15), || load.running() == 0);
     assert!(
         inside > 0,
         "no call stayed inside the hung member: were calls bounded?"
     );
     assert!(back, "threads still inside m0 after the resume");
-    let failed: Vec<String> = load.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    let (_, failed, _) = load.collect();
     // Only a call that was inside m0 when it hung may fail (its member was dropped under it).
     assert!(failed.len() <= inside, "failed: {failed:?}");
     let recovered = format!("succeeded for member: {s0}");

@@ -13,6 +13,7 @@
 //! - [`status`]: p11ha's status API (`p11ha_group_status`) read into Rust values.
 //! - [`diff`]: the differential tester (a seeded call sequence run on SoftHSM and on p11ha).
 //! - [`clients`]: bounded commands: the real-client scripts of `tests/clients/`, the C client.
+//! - [`load`]: a signing load whose signatures are counted as they happen (failover tests).
 //! - [`proc`]: bounded waits, process-group helpers, locating `libp11ha.so`.
 //! - [`setup`]: the configuration space failover tests run over (p11-kit or direct members,
 //!   `HAOnly` 1 or 0), with member death and hangs that mean the same in each.
@@ -25,6 +26,7 @@ use std::path::{Path, PathBuf};
 pub mod clients;
 pub mod cluster;
 pub mod diff;
+pub mod load;
 pub mod member;
 pub mod proc;
 pub mod provision;
