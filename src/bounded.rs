@@ -365,7 +365,12 @@ where
     if is_inline() {
         return here(|| without_sigpipe(f));
     }
-    match start(f).wait_after(timeout, sleep_first) {
+    settled(start(f).wait_after(timeout, sleep_first))
+}
+
+/// A waited-for call's result as a bounded call gives it: still running is timed out.
+fn settled<T>(r: Result<T, Unfinished<T>>) -> Result<T, Stalled> {
+    match r {
         Ok(v) => Ok(v),
         Err(Unfinished::Running(_)) => Err(Stalled::TimedOut),
         Err(Unfinished::Panicked) => Err(Stalled::Panicked),

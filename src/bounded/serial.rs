@@ -19,12 +19,11 @@
 //!   the last fork is abandoned (leaked: its lock may have been held) and a new one made.
 
 use super::{
-    is_inline, new_call, poll, since_epoch, without_sigpipe, Job, Pace, Pending, Stalled,
-    Unfinished, FORKS, IDLE_EXIT, POLLING_WORKERS, POLL_WORKER,
+    is_inline, new_call, poll, since_epoch, without_sigpipe, Job, Pace, Pending, Stalled, FORKS,
+    IDLE_EXIT, POLLING_WORKERS, POLL_WORKER,
 };
 use parking_lot::Mutex;
 use std::collections::VecDeque;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::Thread;
@@ -134,8 +133,7 @@ impl Serial {
             let Some(_turn) = self.inline_turn.try_lock_until(deadline) else {
                 return Err(Stalled::TimedOut);
             };
-            return catch_unwind(AssertUnwindSafe(|| without_sigpipe(f)))
-                .map_err(|_| Stalled::Panicked);
+            return super::here(|| without_sigpipe(f));
         }
         let call = new_call(f);
         let ahead = self.queue(mode.forks).submit(call.clone(), deadline)?;
@@ -146,11 +144,7 @@ impl Serial {
         } else {
             timeout
         };
-        match (Pending { call }).wait_until(start, deadline, sleep_first) {
-            Ok(v) => Ok(v),
-            Err(Unfinished::Running(_)) => Err(Stalled::TimedOut),
-            Err(Unfinished::Panicked) => Err(Stalled::Panicked),
-        }
+        super::settled((Pending { call }).wait_until(start, deadline, sleep_first))
     }
 
     /// This process's queue (made now if there is none, or only the parent's of a fork).

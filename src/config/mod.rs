@@ -22,6 +22,7 @@ mod ini;
 mod keys;
 mod module_check;
 mod providers;
+pub use providers::is_p11kit_client;
 mod read;
 #[cfg(test)]
 mod tests;

@@ -49,6 +49,15 @@ struct Draft<'a> {
     bounded_calls: Option<&'a RawEntry>,
 }
 
+/// Whether `library` is p11-kit-client, or a copy of it (copies keep its name): the module
+/// that sends every thread's calls over one socket and blocks for ever when its server stops.
+pub fn is_p11kit_client(library: &std::path::Path) -> bool {
+    library
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("p11-kit-client"))
+}
+
 /// `ProviderNNBoundedCalls`. Off, calls run on the application's thread with no time bound:
 /// refused for p11-kit-client, which blocks a thread for ever when its server dies under load
 /// or stops (REFERENCE §3), so a bound is the only thing between a dead HSM and a hung
@@ -64,8 +73,7 @@ fn bounded_calls(ctx: &Ctx, e: &RawEntry, library: &std::path::Path) -> Result<b
             ),
         )
     })?;
-    let name = library.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    if !on && name.starts_with("p11-kit-client") {
+    if !on && is_p11kit_client(library) {
         return Err(ctx.entry_err(
             e,
             format!(

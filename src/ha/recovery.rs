@@ -49,13 +49,14 @@ pub fn poll(ha: &Ha) {
             }
             // A passed-through member slot (HAOnly = 0) shares its provider's instance, which
             // the recovery of an HA member may have just replaced: it moves to the new one.
-            if let Some(b) = m.binding().filter(|b| b.instance.is_retired()) {
-                g.drop_member(idx, b.instance.id, Fault::Closed);
-            }
-            // Calls made on the application's threads (ProviderNNBoundedCalls = 0) that stay
-            // inside the member: no more threads should walk into it.
-            if let Some(b) = m.binding().filter(|b| b.instance.is_stuck()) {
-                g.drop_member(idx, b.instance.id, Fault::TimedOut);
+            // And a member whose calls on the application's threads (ProviderNNBoundedCalls =
+            // 0) stay inside it is dropped: no more threads should walk into it.
+            if let Some(b) = m.binding() {
+                if b.instance.is_retired() {
+                    g.drop_member(idx, b.instance.id, Fault::Closed);
+                } else if b.instance.is_stuck() {
+                    g.drop_member(idx, b.instance.id, Fault::TimedOut);
+                }
             }
             let h = m.health();
             if h.binding.is_some() || !h.auto_recovery || limit == 0 || m.is_removed() {

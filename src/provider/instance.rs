@@ -57,8 +57,7 @@ impl Calls {
     /// p11-kit-client (and copies of it, which keep its name) multiplex one connection; the
     /// configuration refuses unbounded calls for it.
     pub fn for_provider(library: &std::path::Path, bounded: bool) -> Calls {
-        let name = library.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if name.starts_with("p11-kit-client") {
+        if crate::config::is_p11kit_client(library) {
             Calls::OneAtATime
         } else if bounded {
             Calls::Concurrent
