@@ -1,7 +1,7 @@
 //! An HA group as the application sees it: one virtual slot and token over its members, the
 //! group's login, member choice (least busy) and dropping failed members.
 
-use super::member::Member;
+use super::member::{Binding, Member};
 use super::objects::ObjectTable;
 use super::sync_state::SyncState;
 use crate::config::RecoveryMode;
@@ -174,13 +174,13 @@ impl Group {
     /// synchronization off every token object, so that an operation naming several of them
     /// (C_WrapKey, C_DigestKey, a search) finds them on one member. It stays the home while it
     /// is up and can serve; then the least busy member that can becomes the home.
-    pub fn home(&self, usable: impl Fn(usize, &Member) -> bool) -> Option<usize> {
+    pub fn home(&self, usable: impl Fn(usize, &Binding) -> bool) -> Option<usize> {
         let members = self.members();
         let current = self.home.load(Ordering::Acquire);
         let fits = |i: usize| {
             members
                 .get(i)
-                .is_some_and(|m| m.is_up() && !m.standby && usable(i, m))
+                .is_some_and(|m| !m.standby && m.binding().is_some_and(|b| usable(i, &b)))
         };
         if fits(current) {
             return Some(current);
@@ -210,17 +210,23 @@ impl Group {
 
     /// Members that may serve a call now, best first: up, active before standby (standbys only
     /// when no active member is up), least busy, ties rotated. `usable` filters further.
-    pub fn candidates(&self, usable: impl Fn(usize, &Member) -> bool) -> Vec<usize> {
+    pub fn candidates(&self, usable: impl Fn(usize, &Binding) -> bool) -> Vec<usize> {
         let members = self.members();
-        let up: Vec<usize> = (0..members.len())
-            .filter(|&i| members[i].is_up() && usable(i, &members[i]))
-            .collect();
-        let active: Vec<usize> = up
-            .iter()
-            .copied()
-            .filter(|&i| !members[i].standby)
-            .collect();
-        let mut pool = if active.is_empty() { up } else { active };
+        let mut active = Vec::with_capacity(members.len());
+        // Allocated only when no active member serves.
+        let mut standby = Vec::new();
+        for (i, m) in members.iter().enumerate() {
+            // One look at the member's health: this runs on every call.
+            if (m.standby && !active.is_empty()) || !m.binding().is_some_and(|b| usable(i, &b)) {
+                continue;
+            }
+            if m.standby {
+                standby.push(i);
+            } else {
+                active.push(i);
+            }
+        }
+        let mut pool = if active.is_empty() { standby } else { active };
         if pool.len() > 1 {
             let start = self.rr.fetch_add(1, Ordering::Relaxed) % pool.len();
             pool.rotate_left(start);
@@ -228,6 +234,14 @@ impl Group {
             pool.sort_by_key(|&i| members[i].in_flight.load(Ordering::Relaxed));
         }
         pool
+    }
+
+    /// Operations in progress on member `idx` (the balancer's measure).
+    pub fn in_flight(&self, idx: usize) -> usize {
+        self.members
+            .read()
+            .get(idx)
+            .map_or(0, |m| m.in_flight.load(Ordering::Relaxed))
     }
 
     /// Drops a member that failed while bound to `instance_id`, with its HA log lines.

@@ -63,6 +63,8 @@ struct State {
     member_sessions: Vec<Option<(u64, CK_SESSION_HANDLE)>>,
     ops: Vec<ActiveOp>,
     found: Option<std::vec::IntoIter<CK_OBJECT_HANDLE>>,
+    /// Where this session's calls went last (`route.rs`, the balancer's tie-break).
+    stay: Option<route::Stay>,
 }
 
 pub struct Session {

@@ -46,7 +46,35 @@ pub struct Target {
     pub objects: Vec<CK_OBJECT_HANDLE>,
 }
 
+/// Calls a session makes in a row on one member while that member is no busier than the
+/// others. Consecutive calls on one member find its caches warm (its key objects, the crypto
+/// library's tables, the CPU's): p11ha-bench, 3 in-process members at 1 thread, ECDSA ratio
+/// 0.930 rotating every call. Moving on after a run still gives every member work from a lone
+/// caller, so a member that died is met by a call, not only by the next management round.
+pub(super) const STAY_CALLS: u32 = 16;
+
+/// The member this session's last call went to, and how many calls in a row it took.
+#[derive(Clone, Copy)]
+pub(super) struct Stay {
+    idx: usize,
+    calls: u32,
+}
+
 impl Session {
+    /// Where the balancer sends this session's next call among equally busy `candidates`
+    /// (best first): the member of its last calls, until it has had [`STAY_CALLS`] of them;
+    /// then another one. `None`: the balancer's first choice.
+    fn stay(&self, st: &State, candidates: &[usize]) -> Option<usize> {
+        let s = st.stay?;
+        let least = self.group.in_flight(*candidates.first()?);
+        let tied = |i: usize| self.group.in_flight(i) <= least;
+        if s.calls < STAY_CALLS {
+            Some(s.idx).filter(|&i| candidates.contains(&i) && tied(i))
+        } else {
+            candidates.iter().copied().find(|&i| i != s.idx && tied(i))
+        }
+    }
+
     pub(super) fn usable(&self, st: &State, idx: usize, b: &Binding) -> bool {
         if self.group.mode == RecoveryMode::Enhanced || b.joined <= self.opened_seq {
             return true;
@@ -186,9 +214,9 @@ impl Session {
                 } else {
                     prefer
                 };
-                let candidates = self.group.candidates(|i, m| {
-                    !tried.contains(&i) && m.binding().is_some_and(|b| self.usable(st, i, &b))
-                });
+                let candidates = self
+                    .group
+                    .candidates(|i, b| !tried.contains(&i) && self.usable(st, i, b));
                 // A session object lives on one member only: go there first rather than past
                 // members that cannot have it. Token objects spread the load as any call does.
                 let holder = || {
@@ -205,7 +233,9 @@ impl Session {
                 };
                 match prefer.filter(|p| candidates.contains(p)) {
                     Some(p) => Some(p),
-                    None => holder().or(candidates.first().copied()),
+                    None => holder()
+                        .or_else(|| self.stay(st, &candidates))
+                        .or(candidates.first().copied()),
                 }
             };
             let Some(idx) = next else {
@@ -295,6 +325,13 @@ impl Session {
                 }
                 Ok(v) => {
                     self.drop_suspects(st, &suspects);
+                    st.stay = Some(match st.stay {
+                        Some(s) if s.idx == idx => Stay {
+                            idx,
+                            calls: s.calls.saturating_add(1),
+                        },
+                        _ => Stay { idx, calls: 1 },
+                    });
                     return Ok((v, target));
                 }
                 Err(f) if f.fails_member() => {
@@ -331,8 +368,7 @@ impl Session {
 
     /// The group's home member for this session (see `Group::home`).
     pub(super) fn home(&self, st: &State) -> Option<usize> {
-        self.group
-            .home(|i, m| m.binding().is_some_and(|b| self.usable(st, i, &b)))
+        self.group.home(|i, b| self.usable(st, i, b))
     }
 
     /// With `failover_on_deactivation = 0`, a deactivation is the caller's answer, not a reason

@@ -63,9 +63,7 @@ impl Session {
         // then lists the same objects in the same order every time (the first member's
         // order, as that member would list them), which applications that take the first
         // match rely on.
-        let mut members = self
-            .group
-            .candidates(|i, m| m.binding().is_some_and(|b| self.usable(st, i, &b)));
+        let mut members = self.group.candidates(|i, b| self.usable(st, i, b));
         members.sort_unstable();
         for idx in members {
             let Some(b) = self.group.member(idx).binding() else {

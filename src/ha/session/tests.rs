@@ -34,7 +34,8 @@ fn calls_spread_over_every_member_and_a_failed_member_is_dropped_and_never_asked
     let (g, fakes) = group(&[false, false, false], TIMEOUT);
     let s = session(&g);
     let mut served = [0; 3];
-    for _ in 0..30 {
+    // A session stays on a member for a run of calls (route.rs, STAY_CALLS), then moves on.
+    for _ in 0..(3 * super::route::STAY_CALLS + 3) {
         served[served_by(&s).unwrap() as usize - 1] += 1;
     }
     assert!(
@@ -63,10 +64,10 @@ fn calls_spread_over_every_member_and_a_failed_member_is_dropped_and_never_asked
 fn a_hung_member_costs_the_caller_one_timeout_and_the_call_is_served_elsewhere() {
     let (g, fakes) = group(&[false, false], TIMEOUT);
     let s = session(&g);
-    // Both members have a member session now, so the hang hits the call itself.
-    while fakes.iter().any(|f| f.calls("C_GenerateRandom") == 0) {
-        served_by(&s).unwrap();
-    }
+    // Both members have a member session now, so the hang hits the call itself; and the
+    // session's run of calls has just moved to member 0, so it gets the next one.
+    while served_by(&s).unwrap() != 1 || fakes.iter().any(|f| f.calls("C_GenerateRandom") == 0) {}
+    let before = fakes[0].calls("C_GenerateRandom");
     let hang = Duration::from_secs(5);
     fakes[0].always("C_GenerateRandom", Answer::Hang(hang));
     let start = Instant::now();
@@ -83,7 +84,7 @@ fn a_hung_member_costs_the_caller_one_timeout_and_the_call_is_served_elsewhere()
     assert_eq!(g.member(0).health().last_error, RV_TIMEOUT);
     assert_eq!(
         fakes[0].calls("C_GenerateRandom"),
-        2,
+        before + 1,
         "asked again after its timeout"
     );
 }
@@ -424,4 +425,25 @@ fn a_length_query_is_answered_by_doing_the_operation_and_its_follow_up_asks_no_m
         Some(vec![1; 4])
     );
     assert!(up(&g, 0));
+}
+
+#[test]
+fn a_lone_session_stays_on_a_member_for_a_run_of_calls_then_moves_on_or_leaves_a_busier_one() {
+    let (g, _fakes) = group(&[false, false, false], TIMEOUT);
+    let s = session(&g);
+    let run = super::route::STAY_CALLS as usize;
+    let by: Vec<u8> = (0..3 * run).map(|_| served_by(&s).unwrap()).collect();
+    let runs: Vec<&[u8]> = by.chunks(run).collect();
+    for r in &runs {
+        assert!(r.iter().all(|&m| m == r[0]), "a run moved early: {by:?}");
+    }
+    assert!(
+        runs.windows(2).all(|w| w[0][0] != w[1][0]),
+        "a run did not move on: {by:?}"
+    );
+    // Mid-run, the member gets busier than the others (another session's operation): the
+    // next call goes to one of those.
+    let here = served_by(&s).unwrap();
+    let _busy = g.member(here as usize - 1).busy();
+    assert_ne!(served_by(&s).unwrap(), here);
 }

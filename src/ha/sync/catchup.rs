@@ -167,7 +167,10 @@ fn settle(g: &Group, serial: &str, mine: &Opened, only_if_owed: bool) -> CopyRes
     let what = format!("group {}: catching up {serial}", g.label);
     let mut to = End::new(&mine.inst, mine.session, serial);
     let source = g
-        .candidates(|_, m| m.serial != serial && view.safe_source(&m.serial))
+        .candidates(|i, _| {
+            let m = g.member(i);
+            m.serial != serial && view.safe_source(&m.serial)
+        })
         .into_iter()
         .find_map(|i| survey.ends.iter().find(|e| e.idx == i));
     let mut from = source.map(|e| End::new(&e.opened.inst, e.opened.session, &e.serial));
