@@ -23,23 +23,21 @@ pub type Data = Arc<Input>;
 
 /// An application's input buffer as it gave it: its bytes, and whether the pointer was NULL
 /// (only possible with length 0), which members answer differently from an empty buffer.
+/// Wiped when dropped ([`wipe`]).
 pub struct Input {
-    bytes: Zeroizing<Vec<u8>>,
+    bytes: Vec<u8>,
     null: bool,
 }
 
 impl Input {
     pub fn new(bytes: Vec<u8>) -> Data {
-        Arc::new(Input {
-            bytes: Zeroizing::new(bytes),
-            null: false,
-        })
+        Arc::new(Input { bytes, null: false })
     }
 
     /// A NULL pointer (with length 0).
     pub fn null() -> Data {
         Arc::new(Input {
-            bytes: Zeroizing::new(Vec::new()),
+            bytes: Vec::new(),
             null: true,
         })
     }
@@ -55,6 +53,22 @@ impl Input {
 
     fn ulen(&self) -> CK_ULONG {
         self.bytes.len() as CK_ULONG
+    }
+}
+
+impl Drop for Input {
+    fn drop(&mut self) {
+        wipe(&mut self.bytes);
+    }
+}
+
+/// Clears a buffer's whole capacity as C's `explicit_bzero` does: at `memset` speed, and never
+/// left out by the compiler. `zeroize` writes a byte at a time, which measured 0.4 µs for the
+/// 1 KiB input of one AES-GCM encryption (a sixth of p11ha's cost per call there).
+pub fn wipe(v: &mut Vec<u8>) {
+    if v.capacity() > 0 {
+        // SAFETY: the pointer is valid for writes of the vector's whole capacity.
+        unsafe { libc::explicit_bzero(v.as_mut_ptr().cast(), v.capacity()) };
     }
 }
 
@@ -623,6 +637,17 @@ fn plain(rv: CK_RV) -> MemberResult<Output> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wipe_clears_the_whole_capacity_not_only_the_length() {
+        let mut v = vec![7u8; 48];
+        v.truncate(5);
+        wipe(&mut v);
+        // SAFETY: every byte of the capacity was initialized (to 7) above.
+        let all = unsafe { std::slice::from_raw_parts(v.as_ptr(), v.capacity()) };
+        assert_eq!(all.len(), 48);
+        assert!(all.iter().all(|&b| b == 0), "{all:?}");
+    }
 
     #[test]
     fn an_absurd_capacity_sets_aside_only_what_the_call_can_produce() {
