@@ -8,6 +8,8 @@
 //! P11HA_PROFILE_PERF=record target/release/examples/remote_profile 5
 //!                                                            # the same under `perf record -g`,
 //!                                                            # reports in the printed directory
+//!                                                            # (P11HA_PROFILE_CALLGRAPH=dwarf:
+//!                                                            # call graphs through libc)
 //! P11HA_PROFILE_PERF=stat target/release/examples/remote_profile 5
 //!                                                            # under `perf stat`: context switches
 //! P11HA_PROFILE_INPROCESS=1 P11HA_PROFILE_OP=random target/release/examples/remote_profile 5
@@ -17,9 +19,12 @@
 //!                                                            # ProviderNNBoundedCalls = 0)
 //! ```
 
+use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::ObjectClass;
-use p11ha_testkit::{p11ha_lib, Cluster, ConfigOpts, MemberClient, EC_ID, GROUP_LABEL, HMAC_ID};
+use p11ha_testkit::{
+    p11ha_lib, Cluster, ConfigOpts, MemberClient, AES_ID, EC_ID, GROUP_LABEL, HMAC_ID,
+};
 use std::process::Command;
 use std::time::Instant;
 
@@ -33,7 +38,7 @@ fn cpu_s() -> f64 {
 }
 
 /// In the child: sign (or, with `P11HA_PROFILE_OP=random`, draw 32 random bytes; `hmac`:
-/// HMAC-SHA256 over 32 bytes; `digest`: SHA-256 of them) for `secs`
+/// HMAC-SHA256 over 32 bytes; `digest`: SHA-256 of them; `gcm`: AES-256-GCM of 1 KiB) for `secs`
 /// through `client`, print ops/s and CPU µs per op.
 fn sign_for(client: MemberClient, secs: f64) {
     let s = client.session().expect("session");
@@ -44,7 +49,12 @@ fn sign_for(client: MemberClient, secs: f64) {
     let hmac = client
         .find(&s, ObjectClass::SECRET_KEY, HMAC_ID)
         .expect("HMAC key");
+    let aes = client
+        .find(&s, ObjectClass::SECRET_KEY, AES_ID)
+        .expect("AES key");
     let data = [7u8; 32];
+    let plain = [7u8; 1024];
+    let mut iv = [7u8; 12];
     let mut buf = [0u8; 32];
     let (t, c0) = (Instant::now(), cpu_s());
     let mut n = 0u64;
@@ -53,6 +63,10 @@ fn sign_for(client: MemberClient, secs: f64) {
             s.generate_random_slice(&mut buf).expect("random");
         } else if op == "digest" {
             s.digest(&Mechanism::Sha256, &data).expect("digest");
+        } else if op == "gcm" {
+            let gcm = GcmParams::new(&mut iv, &[], 128.into()).expect("GCM parameters");
+            s.encrypt(&Mechanism::AesGcm(gcm), aes, &plain)
+                .expect("AES-GCM");
         } else if op == "hmac" {
             s.sign(&Mechanism::Sha256Hmac, hmac, &data).expect("HMAC");
         } else {
@@ -127,7 +141,12 @@ fn main() {
             Some("record") => {
                 let mut c = Command::new("perf");
                 let out = w.dir().join(format!("perf-{name}.data"));
-                c.args(["record", "-q", "-g", "-o"]).arg(out).arg(&me);
+                // P11HA_PROFILE_CALLGRAPH=dwarf: call graphs through libc and the modules,
+                // which have no frame pointers (malloc's callers).
+                let graph = std::env::var("P11HA_PROFILE_CALLGRAPH").unwrap_or("fp".into());
+                c.args(["record", "-q", "--call-graph", &graph, "-o"])
+                    .arg(out)
+                    .arg(&me);
                 c
             }
             Some("stat") => {

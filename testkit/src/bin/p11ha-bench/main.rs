@@ -390,6 +390,10 @@ fn part1(w: &Cluster, lib: &Path, p: &Params) -> String {
     let u = cs.len();
     cs.push(ha_child(w, lib, "p11ha-1u", &unbounded(&[0])));
     cs.push(ha_child(w, lib, "p11ha-3u", &unbounded(&[0, 1, 2])));
+    if let Some(b) = &before {
+        cs.push(ha_child(w, b, "before-1u", &unbounded(&[0])));
+        cs.push(ha_child(w, b, "before-3u", &unbounded(&[0, 1, 2])));
+    }
     let cells: Vec<(&str, usize)> = child::OPS.iter().map(|&o| (o, 1)).collect();
     let res = alternate(&mut cs, &cells, p);
     let head = "| operation | direct SoftHSM | p11ha, 1 member | ratio | Δ/call | CPU ÷ | p11ha, 3 members | ratio | Δ/call | CPU ÷ | failed |\n\
@@ -448,11 +452,22 @@ fn part1(w: &Cluster, lib: &Path, p: &Params) -> String {
                 (
                     op_name(op).to_string(),
                     r[0],
-                    vec![(r[3], r[1]), (r[4], r[2])],
+                    vec![
+                        (r[3], r[1]),
+                        (r[4], r[2]),
+                        (r[u + 2], r[u]),
+                        (r[u + 3], r[u + 1]),
+                    ],
                 )
             })
             .collect();
-        s += &before_after("Part 1", &["1 member", "3 members"], &rows);
+        let cols = [
+            "1 member",
+            "3 members",
+            "1 member, `BoundedCalls = 0`",
+            "3 members, `BoundedCalls = 0`",
+        ];
+        s += &before_after("Part 1", &cols, &rows);
     }
     s
 }
