@@ -23,21 +23,23 @@ pub type Data = Arc<Input>;
 
 /// An application's input buffer as it gave it: its bytes, and whether the pointer was NULL
 /// (only possible with length 0), which members answer differently from an empty buffer.
-/// Wiped when dropped ([`wipe`]).
 pub struct Input {
-    bytes: Vec<u8>,
+    bytes: Secret,
     null: bool,
 }
 
 impl Input {
-    pub fn new(bytes: Vec<u8>) -> Data {
-        Arc::new(Input { bytes, null: false })
+    pub fn new(bytes: impl Into<Secret>) -> Data {
+        Arc::new(Input {
+            bytes: bytes.into(),
+            null: false,
+        })
     }
 
     /// A NULL pointer (with length 0).
     pub fn null() -> Data {
         Arc::new(Input {
-            bytes: Vec::new(),
+            bytes: Secret::default(),
             null: true,
         })
     }
@@ -56,9 +58,34 @@ impl Input {
     }
 }
 
-impl Drop for Input {
+/// Bytes that pass through p11ha on their way between the application and a member (data to
+/// sign or encrypt, a decrypted plaintext, a signature, a wrapped key): wiped when dropped.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(Vec<u8>);
+
+impl From<Vec<u8>> for Secret {
+    fn from(v: Vec<u8>) -> Secret {
+        Secret(v)
+    }
+}
+
+impl std::ops::Deref for Secret {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret({} bytes)", self.0.len())
+    }
+}
+
+impl Drop for Secret {
     fn drop(&mut self) {
-        wipe(&mut self.bytes);
+        wipe(&mut self.0);
     }
 }
 
@@ -104,7 +131,7 @@ const MAX_FOUND: usize = 1 << 22;
 pub struct Output {
     pub rv: CK_RV,
     pub len: CK_ULONG,
-    pub data: Option<Vec<u8>>,
+    pub data: Option<Secret>,
 }
 
 /// Which cryptographic operation a generic init/update/final call is for.
@@ -170,7 +197,7 @@ fn output(rv: CK_RV, len: CK_ULONG, buf: Option<Vec<u8>>) -> MemberResult<Output
         CKR_OK => {
             let data = buf.map(|mut b| {
                 b.truncate(usize_of(len).min(b.len()));
-                b
+                Secret(b)
             });
             Ok(Output { rv, len, data })
         }

@@ -19,7 +19,7 @@ pub mod load;
 pub mod outcome;
 pub mod table;
 
-pub use calls::{AttributeValues, Begin, Data, Input, OpKind, Output};
+pub use calls::{AttributeValues, Begin, Data, Input, OpKind, Output, Secret};
 pub use instance::Instance;
 pub use load::{Connected, Initializing, LoadError, Provider, ENV_GRACE};
 pub use outcome::{is_deactivation, Fault, MemberResult};

@@ -11,17 +11,16 @@ use super::replay::not_movable;
 use super::{forget, keeps_active, ActiveOp, CkResult, Session, State};
 use crate::ha::accepted::Init;
 use crate::mechanism::OwnedMechanism;
-use crate::provider::{Begin, Data, Fault, Input, MemberResult, OpKind, Output};
+use crate::provider::{Begin, Data, Fault, Input, MemberResult, OpKind, Output, Secret};
 use cryptoki_sys::*;
-use zeroize::{Zeroize, Zeroizing};
 
 /// A length query's answer given ahead: the operation was done at the query, and the result
 /// waits for the follow-up call with the same input. A two-call application then costs one
 /// member call, not two (over p11-kit: one round trip).
 pub(super) struct Answered {
     input: Data,
-    /// Zeroized: a digest of secret data, or a signature, is nobody else's business.
-    out: Zeroizing<Vec<u8>>,
+    /// Wiped when dropped: a digest of secret data, or a signature, is nobody else's business.
+    out: Secret,
 }
 
 /// Operations whose length query is answered ahead: their query answers the exact length on
@@ -269,17 +268,11 @@ impl Session {
             Ok(Output {
                 rv: CKR_OK,
                 len,
-                data: Some(mut out),
+                data: Some(out),
             }) => {
-                // Kept at its exact size: zeroizing a Vec clears its whole capacity (the
-                // room given for the answer, about 1 KiB) a byte at a time, which measured
-                // 8 % of an in-process digest. Past its length the buffer holds only the
-                // zeroes it was made with.
-                let kept = Zeroizing::new(out.clone());
-                out.as_mut_slice().zeroize();
                 op.answered = Some(Answered {
                     input: data.clone(),
-                    out: kept,
+                    out,
                 });
                 Ok(Ahead::Answer(Output {
                     rv: CKR_OK,
@@ -327,7 +320,7 @@ impl Session {
             Some(_) => Output {
                 rv: CKR_OK,
                 len,
-                data: op.answered.take().map(|a| a.out.to_vec()),
+                data: op.answered.take().map(|a| a.out),
             },
         })
     }

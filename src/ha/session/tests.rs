@@ -393,7 +393,7 @@ fn a_length_query_is_answered_by_doing_the_operation_and_its_follow_up_asks_no_m
     let small = s.op_single(OpKind::Digest, abc(), Some(2)).unwrap();
     assert_eq!((small.rv, small.len), (CKR_BUFFER_TOO_SMALL, 4));
     let out = s.op_single(OpKind::Digest, abc(), Some(64)).unwrap();
-    assert_eq!((out.rv, out.data), (CKR_OK, Some(vec![1; 4])));
+    assert_eq!((out.rv, out.data), (CKR_OK, Some(vec![1; 4].into())));
     assert_eq!(calls("C_Digest"), 1, "a follow-up asked the member");
     assert_eq!(
         digest(&s),
@@ -408,7 +408,7 @@ fn a_length_query_is_answered_by_doing_the_operation_and_its_follow_up_asks_no_m
     let other = s
         .op_single(OpKind::Digest, Input::new(b"abd".to_vec()), Some(64))
         .unwrap();
-    assert_eq!(other.data, Some(vec![1; 4]));
+    assert_eq!(other.data, Some(vec![1; 4].into()));
     assert_eq!(
         (calls("C_DigestInit"), calls("C_Digest")),
         (inits + 1, digests + 1),
@@ -422,7 +422,7 @@ fn a_length_query_is_answered_by_doing_the_operation_and_its_follow_up_asks_no_m
     assert_eq!((q.rv, q.len), (CKR_OK, 4));
     assert_eq!(
         s.op_single(OpKind::Digest, abc(), Some(64)).unwrap().data,
-        Some(vec![1; 4])
+        Some(vec![1; 4].into())
     );
     assert!(up(&g, 0));
 }
