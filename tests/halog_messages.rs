@@ -93,6 +93,10 @@ fn expected() -> Vec<Case> {
             Box::new(|l: &HaLog| l.recovery_now_activated(GROUP, MEMBER))),
         ("P11HA_CONFIG_ERROR", "configuration error: /etc/Chrystoki.conf:12: logLen: not a number",
             Box::new(|l: &HaLog| l.config_error(GROUP, "/etc/Chrystoki.conf:12: logLen: not a number"))),
+        // p11ha's own: the application's wrong PIN is not a member failure (HALOG_LOGINFAILED
+        // says auto-recovery will be disabled, which is not done for it).
+        ("P11HA_LOGIN_REFUSED", "application login refused by member: 1234840370164 (the application gets the code; no member dropped, auto-recovery unchanged). Code: 0x000000a0 : CKR_PIN_INCORRECT",
+            Box::new(|l: &HaLog| l.login_refused(GROUP, MEMBER, 0xA0))),
     ]
 }
 
@@ -142,6 +146,22 @@ fn every_seed_message_async_and_ids() {
     check_lines(&content, &texts);
     // Message IDs of the catalogue.
     assert_eq!(Event::DropMember { member: "x" }.id(), "HALOG_DROPMEMBER");
+    assert_eq!(
+        Event::LoginRefused {
+            member: "x",
+            rv: 0xA0
+        }
+        .id(),
+        "P11HA_LOGIN_REFUSED"
+    );
+    assert_eq!(
+        Event::LoginFailed {
+            member: "x",
+            rv: 0xA0
+        }
+        .id(),
+        "HALOG_LOGINFAILED"
+    );
     assert_eq!(
         Event::RecoveryExhausted { member: "x" }.id(),
         "HALOG_RECOVERYFAILED"

@@ -51,8 +51,13 @@ pub enum Event<'a> {
     DropMember { member: &'a str },
     /// HALOG_DROPUNRECOVERABLE
     DropUnrecoverable { member: &'a str },
-    /// HALOG_LOGINFAILED
+    /// HALOG_LOGINFAILED: a member refuses the group's PIN (one the others accepted, or at
+    /// recovery); auto-recovery is disabled for it.
     LoginFailed { member: &'a str, rv: CK_RV },
+    /// p11ha's own: the application's C_Login was refused by the member that judged it (the
+    /// first to answer). The application gets the code; no member is dropped and auto-recovery
+    /// is unchanged, so this is not [`Event::LoginFailed`]. Never shows the PIN.
+    LoginRefused { member: &'a str, rv: CK_RV },
     /// HALOG_MEMBER_DEACTIVATED
     MemberDeactivated { member: &'a str },
     /// HALOG_MEMBER_NOW_ACTIVATED
@@ -144,6 +149,7 @@ impl Event<'_> {
             Event::DropMember { .. } => "HALOG_DROPMEMBER",
             Event::DropUnrecoverable { .. } => "HALOG_DROPUNRECOVERABLE",
             Event::LoginFailed { .. } => "HALOG_LOGINFAILED",
+            Event::LoginRefused { .. } => "P11HA_LOGIN_REFUSED",
             Event::MemberDeactivated { .. } => "HALOG_MEMBER_DEACTIVATED",
             Event::MemberNowActivated { .. } => "HALOG_MEMBER_NOW_ACTIVATED",
             Event::MemberRevoked { .. } => "HALOG_MEMBER_REVOKED",
@@ -191,6 +197,13 @@ impl fmt::Display for Event<'_> {
             Event::LoginFailed { member, rv } => write!(
                 f,
                 "can not login to member: {}, autorecovery will be disabled. Code: {}",
+                Clean(member),
+                Code(rv)
+            ),
+            Event::LoginRefused { member, rv } => write!(
+                f,
+                "application login refused by member: {} (the application gets the code; no \
+                 member dropped, auto-recovery unchanged). Code: {}",
                 Clean(member),
                 Code(rv)
             ),

@@ -215,6 +215,11 @@ impl HaLog {
     pub fn login_failed(&self, group: &str, member: &str, rv: CK_RV) {
         self.event(group, Event::LoginFailed { member, rv })
     }
+    /// Not a seed message: the application's C_Login refused by `member`, the member that
+    /// judged it (see [`Event::LoginRefused`]).
+    pub fn login_refused(&self, group: &str, member: &str, rv: CK_RV) {
+        self.event(group, Event::LoginRefused { member, rv })
+    }
     pub fn member_deactivated(&self, group: &str, member: &str) {
         self.event(group, Event::MemberDeactivated { member })
     }

@@ -55,11 +55,16 @@ impl Session {
                     self.drop_member(idx, &b.instance, f)
                 }
                 // The first member to answer judges the caller's PIN and arguments: a wrong PIN
-                // is reported once and never tried on the others. Its serial goes to the HA log,
-                // so that a member whose PIN was changed on its own shows up there.
+                // is reported once and never tried on the others. That is the application's
+                // error, not the member's: every member stays up, auto-recovery stays on, and
+                // the HA log says so (P11HA_LOGIN_REFUSED, not HALOG_LOGINFAILED). The serial is
+                // there so that a member whose PIN was changed on its own shows up. A panic of
+                // ours is no member's answer: no line.
                 v if !accepted || v == Verdict::Undecided(Fault::Panicked) => {
                     let rv = v.rv();
-                    group.log.login_failed(&group.serial, &m.serial, rv);
+                    if v != Verdict::Undecided(Fault::Panicked) {
+                        group.log.login_refused(&group.serial, &m.serial, rv);
+                    }
                     return Err(rv);
                 }
                 // A later member refuses the PIN the first one took: it is not this group's

@@ -454,6 +454,8 @@ pub fn test_name(setup: Setup) -> &'static str {
         Setup::Direct => "direct_members_sync_off",
         Setup::Sync => "direct_members_sync_on",
         Setup::P11Kit => "p11kit_members",
+        Setup::DirectUnbounded => "direct_members_unbounded_calls_sync_off",
+        Setup::SyncUnbounded => "direct_members_unbounded_calls_sync_on",
         Setup::SelfCheck => "softhsm_against_softhsm",
     }
 }

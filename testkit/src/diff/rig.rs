@@ -29,13 +29,26 @@ pub enum Setup {
     Sync,
     /// Members behind p11-kit servers; SoftHSM too is reached through p11-kit-client.
     P11Kit,
+    /// [`Setup::Direct`] with `ProviderNNBoundedCalls = 0`: member calls run on the
+    /// application's thread, and an Init is not carried to the next call (no travelling Init),
+    /// so a member's error surfaces at another moment. Direct members only: the configuration
+    /// refuses unbounded calls through p11-kit-client.
+    DirectUnbounded,
+    /// [`Setup::Sync`] with `ProviderNNBoundedCalls = 0`.
+    SyncUnbounded,
     /// The tester's own check: a second SoftHSM token where p11ha would be. Any difference
     /// (beyond the two tokens' names and clocks) is the tester's error.
     SelfCheck,
 }
 
 impl Setup {
-    pub const ALL: [Setup; 3] = [Setup::Direct, Setup::Sync, Setup::P11Kit];
+    pub const ALL: [Setup; 5] = [
+        Setup::Direct,
+        Setup::Sync,
+        Setup::P11Kit,
+        Setup::DirectUnbounded,
+        Setup::SyncUnbounded,
+    ];
 
     /// The name allow-list entries use.
     pub fn name(self) -> &'static str {
@@ -43,15 +56,27 @@ impl Setup {
             Setup::Direct => "direct",
             Setup::Sync => "sync",
             Setup::P11Kit => "p11kit",
+            Setup::DirectUnbounded => "direct-unbounded",
+            Setup::SyncUnbounded => "sync-unbounded",
             Setup::SelfCheck => "self-check",
         }
+    }
+
+    /// `HASynchronize` on.
+    pub fn sync(self) -> bool {
+        matches!(self, Setup::Sync | Setup::SyncUnbounded)
+    }
+
+    /// `ProviderNNBoundedCalls = 0` for every member.
+    pub fn unbounded(self) -> bool {
+        matches!(self, Setup::DirectUnbounded | Setup::SyncUnbounded)
     }
 
     /// Tokens on the p11ha side.
     pub fn members(self) -> usize {
         match self {
-            Setup::Direct => 3,
-            Setup::Sync | Setup::P11Kit => 2,
+            Setup::Direct | Setup::DirectUnbounded => 3,
+            Setup::Sync | Setup::SyncUnbounded | Setup::P11Kit => 2,
             Setup::SelfCheck => 1,
         }
     }
@@ -108,7 +133,7 @@ impl Loaded {
 
 impl Rig {
     /// Provisions the tokens and loads both modules (uninitialized). `cli` is the `p11ha`
-    /// binary (cloning keys for [`Setup::Sync`]).
+    /// binary (cloning keys for [`Setup::sync`] set-ups).
     pub fn new(setup: Setup, cli: &Path) -> Result<Rig, String> {
         let n = setup.members();
         let cluster = if setup == Setup::P11Kit {
@@ -118,12 +143,23 @@ impl Rig {
         };
         let conf = cluster.write_config(&ConfigOpts {
             direct: setup != Setup::P11Kit,
-            ha_synchronize: Some(setup == Setup::Sync),
+            ha_synchronize: Some(setup.sync()),
+            unbounded_calls: setup.unbounded(),
             members: Some((0..n).collect()),
             providers: Some((0..n).collect()),
             ..Default::default()
         });
-        if setup == Setup::Sync {
+        let bounded_off = fs::read_to_string(&conf)
+            .map_err(|e| format!("{}: {e}", conf.display()))?
+            .contains("BoundedCalls = 0");
+        if bounded_off != setup.unbounded() {
+            return Err(format!(
+                "{}: ProviderNNBoundedCalls = 0 is {} the configuration",
+                conf.display(),
+                if bounded_off { "in" } else { "missing from" }
+            ));
+        }
+        if setup.sync() {
             let out = Command::new(cli)
                 .args(["synchronize", "-group", GROUP_LABEL, "-init-cloning-key"])
                 .env("P11HA_CONF", &conf)
