@@ -236,14 +236,6 @@ impl Group {
         pool
     }
 
-    /// Operations in progress on member `idx` (the balancer's measure).
-    pub fn in_flight(&self, idx: usize) -> usize {
-        self.members
-            .read()
-            .get(idx)
-            .map_or(0, |m| m.in_flight.load(Ordering::Relaxed))
-    }
-
     /// Drops a member that failed while bound to `instance_id`, with its HA log lines.
     pub fn drop_member(&self, idx: usize, instance_id: u64, fault: Fault) {
         let m = self.member(idx);

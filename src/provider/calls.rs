@@ -193,11 +193,13 @@ fn with_out(
 }
 
 fn output(rv: CK_RV, len: CK_ULONG, buf: Option<Vec<u8>>) -> MemberResult<Output> {
+    // Wiped whatever the answer: a member may have written part of an output before it failed.
+    let buf = buf.map(Secret);
     match rv {
         CKR_OK => {
             let data = buf.map(|mut b| {
-                b.truncate(usize_of(len).min(b.len()));
-                Secret(b)
+                b.0.truncate(usize_of(len).min(b.len()));
+                b
             });
             Ok(Output { rv, len, data })
         }

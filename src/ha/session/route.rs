@@ -66,8 +66,10 @@ impl Session {
     /// then another one. `None`: the balancer's first choice.
     fn stay(&self, st: &State, candidates: &[usize]) -> Option<usize> {
         let s = st.stay?;
-        let least = self.group.in_flight(*candidates.first()?);
-        let tied = |i: usize| self.group.in_flight(i) <= least;
+        let members = self.group.members();
+        let busy = |i: usize| members[i].in_flight.load(Ordering::Relaxed);
+        let least = busy(*candidates.first()?);
+        let tied = |i: usize| busy(i) <= least;
         if s.calls < STAY_CALLS {
             Some(s.idx).filter(|&i| candidates.contains(&i) && tied(i))
         } else {
